@@ -1,0 +1,1 @@
+"""Jobs that evaluate frozen TIPS features (dense probes, zero-shot, retrieval, kNN)."""

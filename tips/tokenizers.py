@@ -1,0 +1,111 @@
+"""Tokenizers for the TIPS text tower. Both return ``(ids, padding)``: ids (B, L) int64, padding (B, L) bool, True = padded.
+
+- :class:`SentencePieceTokenizer`: the official rules for the official ``tokenizer.model`` (32k vocabulary):
+  lower-case, no BOS/EOS, truncate/pad to 64 with id 0. Padding is computed **per row** (the official batch
+  tokenizer drops the mask of the whole batch when one text is longer than 64).
+- :class:`BPETokenizer`: open_clip's bundled byte-level BPE (49 408 tokens), for training from scratch offline.
+  Same rules; no start/end tokens; padding comes from lengths because id 0 is a real BPE token ("!").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+DEFAULT_LENGTH = 64
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is {type(t).__name__}, expected str")
+    return texts
+
+
+def _pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.int64)
+    padding = torch.ones((len(rows), length), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+        padding[i, : len(row)] = False
+    return ids, padding
+
+
+class SentencePieceTokenizer:
+    """The official TIPS tokenizer rules on a SentencePiece model file."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_file: str | os.PathLike, length: int = DEFAULT_LENGTH) -> None:
+        import sentencepiece as spm
+
+        path = Path(model_file)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"SentencePiece model {path} not found. The official TIPS tokenizer is "
+                "https://storage.googleapis.com/tips_data/v1_0/checkpoints/tokenizer.model; download it and pass its path."
+            )
+        self.model_file = path
+        self.processor = spm.SentencePieceProcessor(model_file=str(path))
+        self.length = length
+        self.pad_id = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.processor.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.processor.encode(text.lower(), add_bos=False, add_eos=False)
+
+    def __call__(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.encode(t) for t in _as_list(texts)]
+        ids, _ = _pad(rows, self.length, self.pad_id)
+        # Official rule: a position is padding iff its id is 0 (per row, after truncation).
+        return ids, ids == self.pad_id
+
+
+class BPETokenizer:
+    """open_clip's bundled BPE vocabulary under the TIPS rules (works offline)."""
+
+    kind = "bpe"
+
+    def __init__(self, length: int = DEFAULT_LENGTH) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self._bpe = SimpleTokenizer(context_length=length)
+        self.length = length
+        self.pad_id = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._bpe.encoder)
+
+    def encode(self, text: str) -> list[int]:
+        return self._bpe.encode(text.lower())
+
+    def __call__(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.encode(t) for t in _as_list(texts)]
+        return _pad(rows, self.length, self.pad_id)
+
+
+Tokenizer = SentencePieceTokenizer | BPETokenizer
+
+
+def build_tokenizer(spec: str | os.PathLike | None, length: int = DEFAULT_LENGTH) -> Tokenizer | None:
+    """``"bpe"`` → :class:`BPETokenizer`; a ``.model`` path → :class:`SentencePieceTokenizer`; None → None."""
+    if spec is None:
+        return None
+    if isinstance(spec, (SentencePieceTokenizer, BPETokenizer)):
+        return spec
+    if str(spec).lower() == "bpe":
+        return BPETokenizer(length)
+    if str(spec).lower() == "sentencepiece":
+        raise ValueError("tokenizer 'sentencepiece' needs the path of the .model file, e.g. tokenizer='tokenizer.model'")
+    return SentencePieceTokenizer(spec, length)
