@@ -3,6 +3,8 @@
 from .models import TIPS, ImageFeatures, ModelConfig, TextConfig, VisionConfig, get_variant, l2_normalize
 from .tokenizers import BPETokenizer, SentencePieceTokenizer, build_tokenizer
 from .transforms import Preprocess
+from .loading import load
+from .checkpoints import save_pretrained, export_official
 
 __version__ = "0.1.0"
 
@@ -25,6 +27,9 @@ __all__ = [
     "Preprocess",
     "build_tokenizer",
     "create_model",
+    "export_official",
+    "load",
+    "save_pretrained",
     "get_variant",
     "l2_normalize",
 ]

@@ -131,3 +131,9 @@ class TIPS(nn.Module):
             raise ValueError(f"cls must be 'alt', 'syn' or 'mean', got {cls!r}")
         txt = l2_normalize(self.encode_text(texts, padding))
         return img @ txt.to(img.dtype).T * scale.exp().to(img.dtype)
+
+    def save_pretrained(self, directory) -> None:
+        """Write this model as a ``tips.load``-able folder (``config.json`` + ``model.safetensors``)."""
+        from ..checkpoints import save_pretrained
+
+        save_pretrained(self, directory)

@@ -1,0 +1,63 @@
+"""The one training batch type: what `tips.data` yields and `tips.train` consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+_TENSOR_FIELDS = ("global_crop", "local_crops", "patch_mask", "alt_ids", "alt_padding", "syn_ids", "syn_padding")
+
+
+@dataclass
+class Batch:
+    """B image–text samples, each with its TIPS views, mask and both captions.
+
+    global_crop: (B, 3, H, W) float32 in [0, 1] (no mean/std normalisation).
+    local_crops: (B, M, 3, h, w) float32 in [0, 1].
+    patch_mask: (B, N) bool, True = masked, N = (H/p)·(W/p) patches of the global crop in row-major order.
+    alt_ids, alt_padding: (B, L) int64 / bool, the web alt-text; padding True where padded.
+    syn_ids, syn_padding: (B, L) int64 / bool, one synthetic caption drawn for this step.
+    keys: the B sample keys (``__key__`` of the shard, or the table row key).
+    stats: skip counts (reason → count) of the producing worker since its previous batch; the loader sums them
+        into ``TrainLoader.skips`` and the trainer logs the totals.
+    worker: id of the data worker that produced the batch (0 without workers); used to restore order on resume.
+    """
+
+    global_crop: torch.Tensor
+    local_crops: torch.Tensor
+    patch_mask: torch.Tensor
+    alt_ids: torch.Tensor
+    alt_padding: torch.Tensor
+    syn_ids: torch.Tensor
+    syn_padding: torch.Tensor
+    keys: list[str]
+    stats: dict[str, int] = field(default_factory=dict)
+    worker: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _map(self, fn) -> "Batch":
+        return replace(self, **{name: fn(getattr(self, name)) for name in _TENSOR_FIELDS})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """A copy with every tensor on ``device`` (keys and stats are shared)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        """A copy in pinned host memory; called by the DataLoader's pin thread when ``pin_memory=True``."""
+        return self._map(lambda t: t.pin_memory())
+
+    def __eq__(self, other: object) -> bool:
+        """Same tensors (exactly), keys and worker; ``stats`` is bookkeeping and not compared."""
+        if not isinstance(other, Batch):
+            return NotImplemented
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, torch.Tensor):
+                if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
+                    return False
+            elif f.name != "stats" and a != b:
+                return False
+        return True

@@ -1,0 +1,251 @@
+"""Where images come from and how they are decoded, for feature extraction.
+
+A *source* is a folder (searched recursively), a glob, a list file (one path per line, relative to the list's
+folder), a single image, or webdataset shards (``shards-{000..009}.tar``). Every source becomes a flat list of
+:class:`ImageRef`; :class:`ImageDataset` decodes them robustly: an unreadable or over-sized image becomes a
+:class:`Decoded` with a reason instead of an exception, so one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import re
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .transforms import to_rgb
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+# Webdataset member extensions that hold the image of a sample, in order of preference.
+SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+DEFAULT_MAX_PIXELS: int | None = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb limit (~89.5 M)
+
+
+class UnreadableImage(Exception):
+    """An image that cannot be decoded; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image: a file on disk, or ``size`` bytes at ``offset`` inside a tar shard (``path``)."""
+
+    id: str
+    path: str
+    offset: int = -1
+    size: int = -1
+
+    @property
+    def in_shard(self) -> bool:
+        return self.offset >= 0
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion: ``a-{000..002}.tar`` → three names (zero padding kept), ``{x,y}`` → two."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if m is None:
+        return [pattern]
+    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.groups()
+        width = len(lo) if lo.startswith("0") else 0
+        parts = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    elif "," in body:
+        parts = body.split(",")
+    else:
+        parts = ["{" + body + "}"]  # not an expansion: keep literally
+        return [head + parts[0] + t for t in expand_braces(tail)]
+    return [head + p + t for p in parts for t in expand_braces(tail)]
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def folder_images(folder: Path, prefix: str = "") -> list[ImageRef]:
+    """Every image file under ``folder`` (recursive, sorted, hidden entries skipped); id = relative path."""
+    refs = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file() or not _is_image_name(path):
+            continue
+        refs.append(ImageRef(id=prefix + rel.as_posix(), path=str(path)))
+    return refs
+
+
+def list_file_images(list_file: Path) -> list[ImageRef]:
+    """One path per line (relative to the list's folder; blank lines and ``#`` comments skipped); id = the line."""
+    refs = []
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            refs.append(ImageRef(id=line, path=str(list_file.parent / line)))
+    return refs
+
+
+def _split_member(name: str) -> tuple[str, str] | None:
+    """Webdataset's rule: key = member path up to the first dot of its base name, extension = the rest."""
+    m = re.fullmatch(r"((?:.*/|)[^./]+)\.([^/]*)", name)
+    return (m.group(1), m.group(2).lower()) if m else None
+
+
+def shard_images(shard: Path) -> list[ImageRef]:
+    """Image members of an uncompressed webdataset tar, one per sample key (id = ``__key__``)."""
+    if shard.suffix != ".tar":
+        raise ValueError(f"{shard}: only uncompressed .tar shards can be indexed (got {shard.suffix!r})")
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    with tarfile.open(shard, "r:") as tar:
+        for member in tar:
+            split = _split_member(member.name) if member.isfile() else None
+            if split is not None and split[1] in SHARD_IMAGE_KEYS:
+                samples.setdefault(split[0], {})[split[1]] = member
+    refs = []
+    for key, members in samples.items():
+        member = next(members[ext] for ext in SHARD_IMAGE_KEYS if ext in members)
+        refs.append(ImageRef(id=key, path=str(shard), offset=member.offset_data, size=member.size))
+    return refs
+
+
+def find_images(sources: str | Path | Sequence[str | Path]) -> list[ImageRef]:
+    """Resolve one or more sources into image references, in a deterministic order.
+
+    Folder ids are paths relative to the folder (prefixed by the folder when several sources are given); a
+    glob, a single file or a list file keeps the path as written; shard samples use their webdataset key.
+    """
+    items = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    refs: list[ImageRef] = []
+    for item in items:
+        refs.extend(_resolve(str(item), prefix_folders=len(items) > 1))
+    return refs
+
+
+def _resolve(source: str, prefix_folders: bool) -> list[ImageRef]:
+    expanded = expand_braces(source)
+    if len(expanded) > 1:
+        return [ref for name in expanded for ref in _resolve(name, prefix_folders)]
+    path = Path(source)
+    if path.is_dir():
+        return folder_images(path, prefix=(path.as_posix().rstrip("/") + "/") if prefix_folders else "")
+    if path.is_file():
+        if path.suffix == ".tar":
+            return shard_images(path)
+        if _is_image_name(path):
+            return [ImageRef(id=source, path=source)]
+        return list_file_images(path)
+    if any(c in source for c in "*?["):
+        refs: list[ImageRef] = []
+        for match in sorted(glob.glob(source, recursive=True)):
+            if Path(match).is_file():
+                refs.extend(shard_images(Path(match)) if match.endswith(".tar") else [ImageRef(id=match, path=match)])
+        return refs
+    raise FileNotFoundError(f"{source}: no such file, folder, glob match or shard")
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit set to ``max_pixels`` (None = off) with its warning raised as an error."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_bytes(ref: ImageRef) -> bytes:
+    """The encoded bytes of an image, from disk or from inside its shard."""
+    with open(ref.path, "rb") as f:
+        if not ref.in_shard:
+            return f.read()
+        f.seek(ref.offset)
+        data = f.read(ref.size)
+    if len(data) != ref.size:
+        raise UnreadableImage(f"shard {ref.path} ends inside the member (read {len(data)} of {ref.size} bytes)")
+    return data
+
+
+def decode_image(ref: ImageRef, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode to 8-bit RGB (EXIF orientation, first frame, alpha on white; see ``to_rgb``) or raise UnreadableImage.
+
+    max_pixels: images with more pixels are refused before their pixels are decoded (None or 0 = no limit).
+    """
+    max_pixels = max_pixels or None
+    try:
+        data = read_bytes(ref)
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except IsADirectoryError:
+        raise UnreadableImage("is a directory") from None
+    try:
+        with _pixel_limit(max_pixels):
+            image = Image.open(io.BytesIO(data))
+            w, h = image.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise UnreadableImage(_too_large(w, h, max_pixels))
+            return to_rgb(image)
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(f"image larger than --max-pixels {max_pixels} (decompression-bomb guard)") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image (unrecognised file format)") from None
+    except Exception as e:  # decoders raise many types (OSError, SyntaxError, struct.error, ...) on bad data
+        raise UnreadableImage(f"{type(e).__name__}: {e}") from None
+
+
+def _too_large(w: int, h: int, max_pixels: int) -> str:
+    return f"{w}x{h} = {w * h} pixels exceeds --max-pixels {max_pixels} (decompression-bomb guard)"
+
+
+@dataclass
+class Decoded:
+    """One dataset item: ``image`` (3, H, W) in [0, 1], or None with the ``error`` that made it unreadable."""
+
+    index: int
+    id: str
+    image: torch.Tensor | None
+    error: str | None = None
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Map-style dataset of decoded, preprocessed images; never raises on a bad image."""
+
+    def __init__(
+        self,
+        refs: Sequence[ImageRef],
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.refs = list(refs)
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> Decoded:
+        ref = self.refs[index]
+        try:
+            image = decode_image(ref, self.max_pixels)
+        except UnreadableImage as e:
+            return Decoded(index, ref.id, None, str(e))
+        return Decoded(index, ref.id, self.preprocess(image))
+
+
+def collate_decoded(items: list[Decoded]) -> list[Decoded]:
+    """Keep items as a list: sizes may differ (keep-aspect) and some items are failures."""
+    return items

@@ -1,0 +1,80 @@
+"""``tips.load``: one entry point for every checkpoint source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import checkpoints, hub
+from .models.tips import TIPS
+from .tokenizers import Tokenizer, build_tokenizer
+
+
+def load(
+    source: str | os.PathLike,
+    text: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | Tokenizer | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    heads: int | None = None,
+) -> TIPS:
+    """Load a TIPS model in eval mode.
+
+    source:
+        - an official PyTorch or Scenic vision ``.npz`` (``text=`` the matching text ``.npz``),
+        - a Hugging Face ``google/tipsv2-*`` folder or its ``model.safetensors`` (both towers),
+        - a ``save_pretrained`` folder of ours (both towers, tokenizer, both temperatures),
+        - an official model name, e.g. ``"tips-v2-b14"`` (fetched into the cache on request; see ``tips.hub``).
+    tokenizer: ``"bpe"``, a SentencePiece ``.model`` path, or a tokenizer object; defaults to what the
+        checkpoint carries (ours), the official tokenizer (names), or none.
+    heads: override the head count inferred from the width (official widths use the official table).
+    """
+    model = _load_any(source, text, tokenizer, heads)
+    model.eval()
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def _load_any(source, text, tokenizer, heads) -> TIPS:
+    path = Path(source)
+    if not path.exists():
+        official = hub.resolve_name(str(source))
+        if official is None:
+            known = ", ".join(sorted(hub.OFFICIAL_MODELS))
+            raise FileNotFoundError(f"{source}: no such file or folder, and not an official model name ({known})")
+        vision_file = hub.cached_file(official.vision_url)
+        text_file = hub.cached_file(official.text_url)
+        tok = tokenizer if tokenizer is not None else hub.cached_file(official.tokenizer_url)
+        model = checkpoints.load_official_npz(vision_file, text_file, heads)
+        model.tokenizer = build_tokenizer(tok)
+        return model
+    if path.is_dir():
+        if (path / checkpoints.CONFIG_NAME).is_file() and _is_ours(path):
+            return checkpoints.load_pretrained(path, tokenizer)
+        if (path / checkpoints.WEIGHTS_NAME).is_file():
+            model = checkpoints.load_hf(path, heads)
+            model.tokenizer = build_tokenizer(tokenizer)
+            return model
+        raise FileNotFoundError(f"{path}: folder holds neither a tips checkpoint nor a Hugging Face model.safetensors")
+    if path.suffix == ".npz":
+        model = checkpoints.load_official_npz(path, Path(text) if text is not None else None, heads)
+    elif path.suffix == ".safetensors":
+        if path.parent.joinpath(checkpoints.CONFIG_NAME).is_file() and _is_ours(path.parent):
+            return checkpoints.load_pretrained(path.parent, tokenizer)
+        model = checkpoints.load_hf(path, heads)
+    else:
+        raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors or a folder)")
+    model.tokenizer = build_tokenizer(tokenizer)
+    return model
+
+
+def _is_ours(directory: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((directory / checkpoints.CONFIG_NAME).read_text()).get("format") == "tips"
+    except (OSError, ValueError):
+        return False
