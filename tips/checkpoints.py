@@ -317,14 +317,16 @@ def load_official_npz(vision_path: Path, text_path: Path | None, heads: int | No
         v_heads = heads or v_heads
     else:
         raise ValueError(f"{vision_path}: expected an official vision .npz, found a {fmt!r} layout")
-    text, tau, t_heads = None, None, sidecar.get("text_heads")
+    # Every official variant uses the same head count in both towers, so `heads` overrides both.
+    text, tau, t_heads = None, None, heads or sidecar.get("text_heads")
     if text_path is not None:
         tsd = read_npz(text_path)
         tfmt = detect_format(tsd.keys())
         if tfmt == "official_text":
             text, tau = split_text_temperature(tsd)
         elif tfmt == "scenic_text":
-            text, t_heads, tau = scenic_text_to_ours(tsd, str(text_path))
+            text, scenic_heads, tau = scenic_text_to_ours(tsd, str(text_path))
+            t_heads = heads or scenic_heads
         else:
             raise ValueError(f"{text_path}: expected an official text .npz, found a {tfmt!r} layout")
     _log_first_contact(vision, text, str(vision_path))
@@ -353,7 +355,7 @@ def load_hf(path: Path, heads: int | None = None) -> TIPS:
     taus = [v for k, v in hf_cfg.items() if "temperature" in k and isinstance(v, (int, float))]
     tau = tau if tau is not None else (float(taus[0]) if taus else None)
     vision = official_vision_to_ours(vision_raw, str(weights))
-    return build_from_state_dicts(vision, text_sd, (tau, None), heads, None, None, str(weights))
+    return build_from_state_dicts(vision, text_sd, (tau, None), heads, heads, None, str(weights))
 
 
 # --------------------------------------------------------------------------- our format
