@@ -1,0 +1,169 @@
+"""Build the pieces of a run from its config: model, student, teacher, data loaders."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from ..data import DataConfig, MaskConfig, ViewConfig, build_train_loader
+from ..loading import load
+from ..models.tips import TIPS
+from ..models.variants import get_variant, override_config
+from ..tokenizers import build_tokenizer
+from .config import TrainConfig
+from .objective import TIPSObjective
+from .student import TIPSStudent, TIPSTeacher
+from .teacher import make_teacher
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: TrainConfig) -> TIPS:
+    """A TIPS model from the variant table, or initialised from any checkpoint ``tips.load`` reads."""
+    m = cfg.model
+    if m.init_from:
+        model = load(m.init_from, tokenizer=m.tokenizer)
+        model.train()
+        model_cfg = override_config(model.cfg, **{"vision.drop_path_rate": m.drop_path_rate})
+        if model_cfg != model.cfg:  # rebuild so drop-path takes effect, then copy the weights over
+            fresh = TIPS(model_cfg, tokenizer=model.tokenizer)
+            fresh.load_state_dict(model.state_dict())
+            fresh.has_temperature = {"alt": True, "syn": True}
+            model = fresh
+    else:
+        model_cfg = get_variant(m.variant, **m.overrides, **{"vision.drop_path_rate": m.drop_path_rate})
+        model_cfg = override_config(model_cfg, tokenizer="bpe" if m.tokenizer == "bpe" else "sentencepiece")
+        tokenizer = build_tokenizer(m.tokenizer)
+        if model_cfg.text is not None and tokenizer is not None and tokenizer.vocab_size > model_cfg.text.vocab_size:
+            raise ValueError(
+                f"model.tokenizer has {tokenizer.vocab_size} tokens but text.vocab_size is "
+                f"{model_cfg.text.vocab_size}: set model.overrides.text.vocab_size"
+            )
+        model = TIPS(model_cfg, tokenizer=tokenizer)
+    if model.text is None:
+        raise ValueError("pretraining needs a text tower: the init_from checkpoint has none (pass its text file)")
+    for name, p in model.named_parameters():
+        if name.endswith(".gamma") and not m.layerscale_trainable:
+            p.requires_grad_(False)  # the trained TIPS model has no LayerScale: keep γ = 1
+    for tower in m.freeze:
+        getattr(model, tower).requires_grad_(False)
+    if m.grad_checkpointing:
+        model.vision.set_grad_checkpointing(True)
+        model.text.set_grad_checkpointing(True)
+    return model
+
+
+class TrainModule(nn.Module):
+    """Student + objective in one module, so DDP/FSDP see every trainable parameter and buffer."""
+
+    def __init__(self, student: TIPSStudent, objective: TIPSObjective) -> None:
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, batch, teacher: TIPSTeacher | None, teacher_temp: float) -> dict[str, torch.Tensor]:
+        return self.objective(self.student, teacher, batch, teacher_temp)
+
+
+def build_train_module(cfg: TrainConfig, model: TIPS, frozen_teacher: TIPS | None) -> TrainModule:
+    feature_targets = None
+    if frozen_teacher is not None and not _has_heads(cfg):
+        feature_targets = (frozen_teacher.width, frozen_teacher.width)
+    student = TIPSStudent(model, cfg.loss, feature_targets)
+    return TrainModule(student, TIPSObjective(cfg.loss, model.patch_size))
+
+
+def _has_heads(cfg: TrainConfig) -> bool:
+    """Whether the frozen teacher checkpoint carries DINO/iBOT heads (our training exports with heads)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(cfg.teacher.checkpoint or "") / "model.safetensors"
+    if not path.is_file():
+        return False
+    with safe_open(str(path), "pt") as f:
+        return any(k.startswith("heads.dino_head.") for k in f.keys())
+
+
+def build_teacher(cfg: TrainConfig, student: TIPSStudent, frozen: TIPS | None) -> TIPSTeacher | None:
+    """EMA copy (default), head-only EMA (live student tower + EMA heads), or a frozen loaded model."""
+    if cfg.teacher.mode == "frozen":
+        assert frozen is not None
+        heads = _load_teacher_heads(cfg, student) if _has_heads(cfg) else (None, None)
+        teacher = TIPSTeacher(frozen.vision, *heads)
+        teacher.requires_grad_(False)
+        return teacher.eval()
+    if not (cfg.loss.weights.distill > 0 or (cfg.loss.weights.mask > 0 and cfg.loss.mim_target == "features")):
+        return None  # CLIP-only or pixel-MIM runs need no teacher
+    dino = make_teacher(student.dino_head) if student.dino_head is not None else None
+    ibot = make_teacher(student.ibot_head) if student.ibot_head is not None else None
+    vision = student.model.vision if cfg.teacher.mode == "head_only_ema" else make_teacher(student.model.vision)
+    return TIPSTeacher(vision, dino, ibot)
+
+
+def _load_teacher_heads(cfg: TrainConfig, student: TIPSStudent) -> tuple[nn.Module | None, nn.Module | None]:
+    from safetensors.torch import load_file
+
+    sd = load_file(f"{cfg.teacher.checkpoint}/model.safetensors")
+    heads = []
+    for name in ("dino_head", "ibot_head"):
+        own = getattr(student, name)
+        if own is None:
+            heads.append(None)
+            continue
+        head = make_teacher(own)
+        prefix = f"heads.{name}."
+        head.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+        heads.append(head)
+    return heads[0], heads[1]
+
+
+def teacher_trainable_state(teacher: TIPSTeacher | None, mode: str) -> dict[str, torch.Tensor]:
+    """What must be saved to resume the teacher: EMA tower + heads, or heads only."""
+    if teacher is None or mode == "frozen":
+        return {}
+    sd = teacher.state_dict()
+    if mode == "head_only_ema":  # the tower is the live student's
+        sd = {k: v for k, v in sd.items() if not k.startswith("vision.")}
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def data_config(cfg: TrainConfig, sources: list[str], patch_size: int, resampled: bool | None = None,
+                epoch_size: int | None = None, num_workers: int | None = None) -> DataConfig:
+    d = cfg.data
+    ratio = tuple(d.mask_ratio) if isinstance(d.mask_ratio, (list, tuple)) else float(d.mask_ratio)
+    return DataConfig(
+        sources=list(sources),
+        weights=d.weights,
+        resampled=d.resampled if resampled is None else resampled,
+        batch_size=cfg.run.batch_size,
+        num_workers=d.num_workers if num_workers is None else num_workers,
+        epoch_size=d.epoch_size if epoch_size is None else epoch_size,
+        seed=cfg.run.seed,
+        shuffle_buffer=d.shuffle_buffer,
+        shuffle_initial=max(1, min(d.shuffle_buffer, 500)),
+        views=ViewConfig(
+            global_size=d.global_size, global_scale=tuple(d.global_scale), local_size=d.local_size,
+            local_scale=tuple(d.local_scale), num_local=d.num_local, color_jitter=d.color_jitter,
+        ),
+        mask=MaskConfig(mask_shape=d.mask_shape, mask_ratio=ratio),
+        patch_size=patch_size,
+        tokenizer=cfg.model.tokenizer,
+        image_root=d.image_root,
+    )  # fmt: skip
+
+
+def default_epoch_size(cfg: TrainConfig) -> int:
+    """Resampled streams are endless: one virtual epoch = 1000 batches per rank unless set."""
+    return cfg.data.epoch_size or cfg.run.batch_size * 1000
+
+
+def peak_lr(cfg: TrainConfig, world_size: int) -> float:
+    """Configured LR, else 2.5e-4·sqrt(global_batch / 1024) (1e-3 at 16k, spec §5.9)."""
+    if cfg.optim.lr is not None:
+        return cfg.optim.lr
+    return 2.5e-4 * math.sqrt(cfg.run.batch_size * world_size * cfg.run.grad_accum / 1024)

@@ -1,0 +1,185 @@
+"""Typed training configuration: dataclasses loaded from YAML with dotted ``key=value`` overrides.
+
+``python -m tips.train --config configs/pretrain/demo_cpu.yaml run.steps=100 loss.weights.mask=0``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class ModelSection:
+    variant: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"vision.depth": 6}
+    tokenizer: str = "bpe"  # "bpe" or a SentencePiece .model path
+    init_from: str | None = None  # any checkpoint tips.load reads (fine-tuning)
+    freeze: list[str] = field(default_factory=list)  # towers to freeze: "vision", "text"
+    drop_path_rate: float = 0.1
+    layerscale_trainable: bool = False
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class LossWeights:
+    contrastive_alt: float = 0.5
+    contrastive_syn: float = 0.5
+    distill: float = 1.0
+    mask: float = 2.0
+
+
+@dataclass
+class LossSection:
+    weights: LossWeights = field(default_factory=LossWeights)
+    contrastive: str = "softmax"  # or "sigmoid" (SigLIP)
+    contrastive_view: str = "unmasked"  # or "masked": CLS tokens from the masked pass (one student pass fewer)
+    logit_scale_max: float = 500.0
+    dino_k: int = 32768
+    ibot_k: int = 32768
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    teacher_temp_warmup: float = 0.04
+    teacher_temp_warmup_frac: float = 0.06
+    centering: str = "ema"  # or "sinkhorn_knopp"
+    center_momentum: float = 0.9
+    ibot_plus_plus: bool = False  # TIPSv2: patch loss on all patches
+    mim_target: str = "features"  # or "pixels" (MAE-style decoder)
+    distill_reduction: str = "mean"
+
+
+@dataclass
+class TeacherSection:
+    mode: str = "ema"  # "ema" (full EMA), "head_only_ema" (TIPSv2), "frozen" (distillation)
+    momentum: float = 0.994
+    momentum_final: float = 1.0
+    checkpoint: str | None = None  # frozen teacher: any checkpoint tips.load reads
+
+
+@dataclass
+class OptimSection:
+    optimizer: str = "adamw"
+    lr: float | None = None  # None: 2.5e-4 * sqrt(global_batch / 1024)
+    min_lr: float = 1e-6
+    warmup_frac: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    layerwise_decay: float = 1.0
+    clip_grad: float = 3.0
+    freeze_last_layer_frac: float = 0.0
+
+
+@dataclass
+class DataSection:
+    train: list[str] = field(default_factory=list)  # shard patterns / tables, one source each
+    weights: list[float] | None = None
+    resampled: bool = True
+    val: str | None = None  # held-out shard pattern for periodic validation
+    image_root: str | None = None
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    epoch_size: int | None = None  # samples per rank per virtual epoch
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_size: int = 98
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    num_local: int = 6
+    color_jitter: bool = False
+    mask_ratio: Any = 0.75
+    mask_shape: str = "random"
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/tips"
+    steps: int = 1000
+    batch_size: int = 64  # per process
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    resume: str | None = None  # "latest" or a checkpoint folder
+    compile: bool = False
+    val_every: int = 0
+    val_batches: int = 4
+    max_nonfinite: int = 10
+    world_size: int | None = None  # when set, the launch must provide exactly this many processes
+    export_teacher: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    data: DataSection = field(default_factory=DataSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) + dotted overrides → a validated :class:`TrainConfig`.
+
+    Unknown keys raise an error naming them (OmegaConf structured configs reject them).
+    """
+    cfg = OmegaConf.structured(TrainConfig)
+    if path is not None:
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_quote_shard_list(o) for o in overrides]))
+    out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(out)
+    return out
+
+
+def _quote_shard_list(override: str) -> str:
+    """``data.train=a/shard-{000..009}.tar`` → a one-element list; brace patterns are not valid YAML flow."""
+    key, _, value = override.partition("=")
+    if key == "data.train" and value and not value.lstrip().startswith("["):
+        return f"{key}=[{json.dumps(value)}]"
+    return override
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Choices that would otherwise fail deep inside a run, checked up front with the key named."""
+    choices = {
+        "loss.contrastive": (cfg.loss.contrastive, ("softmax", "sigmoid")),
+        "loss.contrastive_view": (cfg.loss.contrastive_view, ("unmasked", "masked")),
+        "loss.centering": (cfg.loss.centering, ("ema", "sinkhorn_knopp")),
+        "loss.mim_target": (cfg.loss.mim_target, ("features", "pixels")),
+        "loss.distill_reduction": (cfg.loss.distill_reduction, ("mean", "sum")),
+        "teacher.mode": (cfg.teacher.mode, ("ema", "head_only_ema", "frozen")),
+        "optim.optimizer": (cfg.optim.optimizer, ("adamw", "adafactor")),
+        "run.mixed_precision": (cfg.run.mixed_precision, ("no", "bf16", "fp16")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r}: expected one of {allowed}")
+    if cfg.teacher.mode == "frozen" and not cfg.teacher.checkpoint:
+        raise ValueError("teacher.mode=frozen needs teacher.checkpoint=<any checkpoint tips.load reads>")
+    if not cfg.data.train:
+        raise ValueError("data.train is empty: give at least one shard pattern, e.g. data.train=[data/shard-{000000..000009}.tar]")
+    bad = [t for t in cfg.model.freeze if t not in ("vision", "text")]
+    if bad:
+        raise ValueError(f"model.freeze={bad}: only 'vision' and 'text' can be frozen")
+    if cfg.run.steps <= 0 or cfg.run.batch_size <= 0:
+        raise ValueError("run.steps and run.batch_size must be positive")
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
