@@ -1,0 +1,301 @@
+"""Tar I/O shared by the data jobs: reproducible webdataset shards, atomic files, sample reading, image checks.
+
+A shard written here is a plain uncompressed tar, byte-for-byte what ``tarfile`` in PAX format would write, with every
+member's metadata fixed (mtime 0, uid/gid 0, uname/gname "", mode 0o444) so that the same samples always give the same
+bytes. Samples are encoded to bytes before they are written, which lets a writer know a shard's exact size in advance.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import tarfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import braceexpand
+from PIL import Image, ImageOps
+
+BLOCK = tarfile.BLOCKSIZE  # 512
+RECORD = tarfile.RECORDSIZE  # 10240: tar pads the archive to whole records
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # MPO is a multi-frame JPEG
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb warning threshold
+JPEG_QUALITY = 95
+
+
+# ----------------------------------------------------------------------------------------------------------- writing
+
+
+def dumps_json(obj: Any) -> bytes:
+    """The one JSON encoding the data jobs use for ``json`` members (stable key order, UTF-8, compact)."""
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def encode_member(name: str, data: bytes) -> bytes:
+    """One tar member (header block(s), data, zero padding) with fixed metadata."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return header + data + b"\0" * (-len(data) % BLOCK)
+
+
+def encode_sample(key: str, members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A webdataset sample: members ``key.ext`` in the order given."""
+    return b"".join(encode_member(f"{key}.{ext}", data) for ext, data in members)
+
+
+def archive_size(payload: int) -> int:
+    """Bytes of a tar whose members take ``payload`` bytes: two end blocks, then padding to a whole record."""
+    end = payload + 2 * BLOCK
+    return end + (-end % RECORD)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Write ``path`` through ``path.tmp``: flushed, fsynced and renamed into place only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write a human-readable JSON file atomically."""
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8") + b"\n")
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """A JSON file's content, or None when it is missing or unreadable (a resume then starts over)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class ShardFile:
+    """A tar shard being written to ``path.tmp``; ``commit()`` closes it and renames it into place atomically.
+
+    Tracks the sample count, the exact final size and the sha256 of the bytes written.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = open(self.tmp, "wb")
+        self._sha = hashlib.sha256()
+        self.payload = 0
+        self.count = 0
+
+    def size_with(self, encoded: bytes) -> int:
+        """The final shard size if ``encoded`` were added now."""
+        return archive_size(self.payload + len(encoded))
+
+    def write(self, encoded: bytes) -> None:
+        """Append one encoded sample (see ``encode_sample``)."""
+        self._put(encoded)
+        self.count += 1
+
+    def _put(self, data: bytes) -> None:
+        self._file.write(data)
+        self._sha.update(data)
+        self.payload += len(data)
+
+    def commit(self) -> tuple[int, str]:
+        """Finish the archive, fsync, rename into place; returns (bytes, sha256)."""
+        size = archive_size(self.payload)
+        self._put(b"\0" * (size - self.payload))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return size, self._sha.hexdigest()
+
+    def abort(self) -> None:
+        """Drop the partial shard."""
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class TarSample:
+    """One webdataset sample as stored: its key and its members ``ext -> bytes`` in tar order."""
+
+    key: str
+    members: dict[str, bytes]
+
+    def image_ext(self) -> str | None:
+        """The extension of the sample's image member, if it has one."""
+        return next((ext for ext in self.members if ext.lower() in IMAGE_EXTENSIONS), None)
+
+
+class ShardReadError(Exception):
+    """A tar shard that ends early or is not a tar; ``samples_read`` complete samples came before the damage."""
+
+    def __init__(self, path: Path, samples_read: int, cause: BaseException) -> None:
+        super().__init__(f"{path}: unreadable after {samples_read} samples ({type(cause).__name__}: {cause})")
+        self.path = path
+        self.samples_read = samples_read
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key runs up to the first dot of the file name, the extension is the rest."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    prefix = f"{directory}/" if directory else ""
+    return prefix + stem, ext if dot else ""
+
+
+def iter_tar_samples(path: str | os.PathLike) -> Iterator[TarSample]:
+    """Samples of a shard, grouping consecutive members by key; raises ``ShardReadError`` on a damaged tar."""
+    path = Path(path)
+    current: TarSample | None = None
+    read = 0
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = split_member_name(info.name)
+                data = tar.extractfile(info).read()
+                if current is not None and current.key != key:
+                    yield current
+                    read += 1
+                    current = None
+                if current is None:
+                    current = TarSample(key, {})
+                current.members[ext] = data
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ShardReadError(path, read, e) from e
+    if current is not None:
+        yield current
+
+
+def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Shard paths from a folder (its ``*.tar``), a brace pattern (``a-{000..009}.tar``), a glob, a file or a list."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return [p for s in spec for p in resolve_shards(s)]
+    text = os.fspath(spec)
+    if os.path.isdir(text):
+        paths = sorted(Path(text).glob("*.tar"))
+    elif "{" in text:
+        paths = [Path(p) for p in braceexpand.braceexpand(text)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"shard pattern {text!r}: {len(missing)} files missing, first {missing[0]}")
+    elif glob.has_magic(text):
+        paths = sorted(Path(p) for p in glob.glob(text))
+    else:
+        paths = [Path(text)] if os.path.isfile(text) else []
+    if not paths:
+        raise FileNotFoundError(f"no shards found at {text!r} (expected a folder of .tar files, a pattern or a file)")
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------------------ images
+
+
+class ImageError(Exception):
+    """An image that cannot be used; ``reason`` is a short code for reports."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Fully decode ``data`` with PIL, refusing images above ``max_pixels`` before any pixel is decoded.
+
+    PIL's own bomb guard (twice ``Image.MAX_IMAGE_PIXELS``) stays active too. Raises ``ImageError``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError("too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+            image.load()
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_many_pixels", str(e)) from e
+    except ImageError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error… on damaged files
+        raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from e
+    return image
+
+
+def _reencode(image: Image.Image, resize: int | None) -> tuple[str, bytes]:
+    """Resized images become JPEG (quality 95, EXIF orientation applied); other formats become lossless PNG."""
+    buf = io.BytesIO()
+    if resize is None:
+        has_alpha = "A" in image.getbands() or "transparency" in image.info
+        image.convert("RGBA" if has_alpha else "RGB").save(buf, "PNG")
+        return "png", buf.getvalue()
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    scale = resize / min(image.size)
+    size = tuple(max(1, round(side * scale)) for side in image.size)
+    image.resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG", quality=JPEG_QUALITY)
+    return "jpg", buf.getvalue()
+
+
+def image_member(data: bytes, resize: int | None, max_pixels: int) -> tuple[str, bytes]:
+    """(extension, bytes) to store for an image, verified by a full decode; the original bytes when possible.
+
+    Images whose shorter side is already at most ``resize`` keep their bytes: no upscaling, no second JPEG loss.
+    """
+    image = decode_image(data, max_pixels)
+    ext = FORMAT_EXTENSIONS.get(image.format or "")
+    must_resize = resize is not None and min(image.size) > resize
+    if ext is not None and not must_resize:
+        return ext, data
+    try:
+        return _reencode(image, resize if must_resize else None)
+    except (OSError, ValueError) as e:
+        raise ImageError("unreadable_image", f"cannot re-encode: {e}") from e

@@ -1,0 +1,127 @@
+"""DINO self-distillation on the CLS token (TIPS.md §5.4, §5.6; PEERS.md §1).
+
+Teacher targets come from one of two normalisations, a one-word switch (``centering``):
+- ``"ema"``: softmax((h_t − c)/τ_t) with a centre c kept as an EMA of the teacher logits;
+- ``"sinkhorn_knopp"``: three Sinkhorn–Knopp iterations over the global batch, no centre.
+Targets, log-softmaxes and the centre are fp32 whatever the autocast state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ._common import all_reduce_, fp32_region, global_mean
+
+CENTERINGS = ("ema", "sinkhorn_knopp")
+REDUCTIONS = ("mean", "sum")
+
+
+def centered_softmax(teacher_logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
+    """softmax((h_t − c)/τ_t) over the last dim, fp32: (…, K) logits, (1, K) centre → (…, K) targets."""
+    with fp32_region(teacher_logits):
+        return F.softmax((teacher_logits.float() - center.float()) / temp, dim=-1)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3) -> torch.Tensor:
+    """Sinkhorn–Knopp targets (T, K) for teacher logits (T, K), global over ranks, fp32.
+
+    Q = exp(h/τ)ᵀ (K × T_total) is alternately rescaled so every prototype (row) holds mass 1/K and every
+    sample (column) 1/T_total; all sums run over the global batch. A final ×T_total makes each sample's target
+    sum to 1. Rank-local T may differ (patch counts), and may be 0.
+    """
+    with fp32_region(teacher_logits):
+        logits = teacher_logits.float() / temp  # (T, K)
+        num_prototypes = logits.shape[1]
+        # A per-prototype shift is cancelled exactly by the first row rescaling, and keeps exp() finite.
+        peak = logits.amax(dim=0) if logits.shape[0] else logits.new_full((num_prototypes,), float("-inf"))
+        q = torch.exp(logits - all_reduce_(peak, dist.ReduceOp.MAX)).t()  # (K, T)
+        total = all_reduce_(q.new_tensor(float(q.shape[1])))
+        tiny = torch.finfo(q.dtype).tiny
+        q = q / all_reduce_(q.sum()).clamp_min(tiny)
+        for _ in range(n_iters):
+            q = q / all_reduce_(q.sum(dim=1, keepdim=True)).clamp_min(tiny) / num_prototypes
+            q = q / q.sum(dim=0, keepdim=True).clamp_min(tiny) / total
+        return (q * total).t()
+
+
+class TeacherCentering(nn.Module):
+    """Owns a (1, K) ``center`` buffer and turns teacher logits into targets (centering or Sinkhorn–Knopp).
+
+    The centre is a buffer so it is saved and restored with the module state.
+    """
+
+    def __init__(self, out_dim: int, center_momentum: float = 0.9, centering: str = "ema") -> None:
+        super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        self.centering = centering
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Targets (T, K) from teacher logits (T, K) with the current centre; no gradient."""
+        teacher_logits = teacher_logits.detach()
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_logits, teacher_temp)
+        return centered_softmax(teacher_logits, self.center, teacher_temp)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """c ← m·c + (1 − m)·mean(h_t), the mean over every rank's rows of teacher_logits (T, K).
+
+        A no-op outside training, under Sinkhorn–Knopp, or when no rank has a row.
+        """
+        if not self.training or self.centering != "ema":
+            return
+        batch_center, count = global_mean(teacher_logits)
+        m = self.center_momentum
+        updated = m * self.center.float() + (1 - m) * batch_center
+        self.center.copy_(torch.where(count > 0, updated, self.center.float()))
+
+
+def cross_entropy_to_targets(student_logits: torch.Tensor, targets: torch.Tensor, temp: float) -> torch.Tensor:
+    """−Σ_k p_t[k]·log softmax(h_s/τ_s)[k] over the last dim: (…, K), (…, K) → (…), fp32."""
+    with fp32_region(student_logits):
+        log_q = F.log_softmax(student_logits.float() / temp, dim=-1)
+        return -(targets.float() * log_q).sum(dim=-1)
+
+
+class DINOLoss(TeacherCentering):
+    """L_distill: student local-crop CLS logits against the teacher's global-crop CLS targets (Eq. 1)."""
+
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: str = "ema",
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(out_dim, center_momentum, centering)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.student_temp = student_temp
+        self.reduction = reduction
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Scalar fp32 loss; updates the centre afterwards (training, ``"ema"``).
+
+        student_logits: (B, M, K) DINO-head outputs on the M local crops of each image.
+        teacher_logits: (B, K) teacher DINO-head outputs on the global crop; never receives a gradient.
+        ``"mean"`` averages over crops and images; ``"sum"`` sums over crops (Eq. 1 literally, M× larger).
+        """
+        if student_logits.ndim != 3 or teacher_logits.shape != student_logits[:, 0].shape:
+            raise ValueError(
+                f"expected student (B, M, K) and teacher (B, K), got {tuple(student_logits.shape)} "
+                f"and {tuple(teacher_logits.shape)}"
+            )
+        targets = self.teacher_probs(teacher_logits, teacher_temp)  # (B, K)
+        per_crop = cross_entropy_to_targets(student_logits, targets.unsqueeze(1), self.student_temp)  # (B, M)
+        loss = per_crop.mean() if self.reduction == "mean" else per_crop.sum(dim=1).mean()
+        self.update_center(teacher_logits)
+        return loss
