@@ -56,6 +56,15 @@ def temporary_dir(output_dir: str | Path, step: int) -> Path:
     return tmp
 
 
+def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
+    """Delete temporary folders left by a save that was killed (they were never renamed into place)."""
+    root = checkpoint_root(output_dir)
+    stale = [p for p in root.glob(".step-*") if p.is_dir()] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")

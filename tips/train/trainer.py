@@ -201,6 +201,9 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
             save_config(cfg, self.output_dir / "config.yaml")
+            for stale in ckpt.remove_stale_temporaries(self.output_dir):
+                log.warning("removed %s, left by a save that was interrupted", stale)
+        acc.wait_for_everyone()
         resume_from = ckpt.resolve_resume(cfg.run.resume, self.output_dir)
         if resume_from is not None:
             self.resume(resume_from)

@@ -1,0 +1,271 @@
+"""Where samples come from: webdataset shards or a CSV / JSONL table with an image folder.
+
+Both kinds become a stream of :class:`Record` (captions validated, image still compressed or a path), either
+as one pass over this rank's and worker's share of the units (shards or rows) or resampled with replacement.
+Decoding happens later, after the shuffle buffer, so the buffer holds compressed bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from webdataset.shardlists import expand_urls
+
+from ..transforms import to_rgb
+from .skips import SkipCounter, SkipSample
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+TABLE_SUFFIXES = (".csv", ".jsonl")
+
+
+@dataclass
+class Record:
+    """One sample before decoding. image: compressed bytes (shards) or a file path (tables)."""
+
+    key: str
+    image: bytes | str
+    alt_text: str
+    synthetic_captions: list[str]
+
+
+@dataclass
+class Source:
+    """One data source: kind ``"shards"`` (units = shard urls) or ``"table"`` (units = row dicts)."""
+
+    spec: str
+    kind: str
+    units: list[Any]
+    weight: float = 1.0
+    image_root: str = ""
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of the non-negative integers ``parts``."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def is_remote(url: str) -> bool:
+    """http(s), pipe: and other scheme urls are opened by webdataset and never checked up front."""
+    return url.startswith("pipe:") or "://" in url
+
+
+def is_table(spec: str) -> bool:
+    return spec.lower().endswith(TABLE_SUFFIXES)
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Brace pattern (``data/shard-{000000..000009}.tar``, ``::``-joined lists) → urls; local files must exist."""
+    urls = expand_urls(os.path.expanduser(spec) if not is_remote(spec) else spec)
+    missing = [u for u in urls if not is_remote(u) and not os.path.isfile(u)]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards of {spec!r} do not exist: {missing[:5]}{more}")
+    return urls
+
+
+def read_table(path: str) -> list[dict[str, Any]]:
+    """Rows of a CSV (header row) or JSONL file, each a dict of its columns."""
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.lower().endswith(".csv"):
+            return list(csv.DictReader(f))
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_sources(specs: list[str], weights: list[float] | None, image_root: str | None = None) -> list[Source]:
+    """Expand every source spec; weights default to 1 each."""
+    if not specs:
+        raise ValueError("DataConfig.sources is empty: give shard patterns or .csv / .jsonl tables")
+    weights = list(weights) if weights is not None else [1.0] * len(specs)
+    if len(weights) != len(specs) or any(w <= 0 for w in weights):
+        raise ValueError(f"need one positive weight per source: {len(specs)} sources, weights {weights}")
+    sources = []
+    for spec, weight in zip(specs, weights):
+        if is_table(spec):
+            if not os.path.isfile(spec):
+                raise FileNotFoundError(f"table {spec!r} does not exist")
+            root = image_root if image_root is not None else str(Path(spec).parent)
+            rows = read_table(spec)
+            if not rows:
+                raise ValueError(f"table {spec!r} has no rows")
+            for i, row in enumerate(rows):
+                row.setdefault("key", f"{Path(spec).stem}/{i:08d}")
+            sources.append(Source(spec, "table", rows, float(weight), root))
+        else:
+            sources.append(Source(spec, "shards", expand_shards(spec), float(weight)))
+    return sources
+
+
+def check_shard_counts(sources: list[Source], num_workers: int, world_size: int) -> None:
+    """Without resampling every (rank, worker) needs at least one unit of every source, else it idles."""
+    needed = max(1, num_workers) * world_size
+    for source in sources:
+        if len(source.units) < needed:
+            unit = "shards" if source.kind == "shards" else "rows"
+            raise ValueError(
+                f"source {source.spec!r} has {len(source.units)} {unit} but resampled=False splits it over "
+                f"{max(1, num_workers)} workers x {world_size} ranks = {needed}. Re-shard it into more, smaller "
+                f"shards (tips-shards --max-count N), use fewer num_workers, or set resampled=True."
+            )
+
+
+# ---------------------------------------------------------------- records
+
+
+def _text(value: bytes | str | None, what: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exn:
+            raise SkipSample("bad_text", f"{what} is not UTF-8 ({exn})") from None
+    return str(value)
+
+
+def _captions(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [c.strip() for c in value if isinstance(c, str) and c.strip()]
+
+
+def record_from_sample(sample: dict[str, Any]) -> Record:
+    """A webdataset sample (``__key__``, image, ``txt``, ``json``) → Record; raises SkipSample."""
+    key = sample.get("__key__", "?")
+    image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+    if image is None:
+        raise SkipSample("missing_image", key)
+    alt_text = _text(sample.get("txt"), f"{key}.txt").strip()
+    if not alt_text:
+        raise SkipSample("missing_alt_text", key)
+    try:
+        meta = json.loads(_text(sample.get("json"), f"{key}.json") or "{}")
+    except json.JSONDecodeError as exn:
+        raise SkipSample("bad_text", f"{key}.json: {exn}") from None
+    captions = _captions(meta.get("synthetic_captions") if isinstance(meta, dict) else None)
+    if not captions:
+        raise SkipSample("no_synthetic_caption", key)
+    return Record(key, image, alt_text, captions)
+
+
+def record_from_row(row: dict[str, Any], image_root: str) -> Record:
+    """A table row (``image``, ``alt_text``, ``synthetic_captions`` list / JSON list or ``synthetic_caption``)."""
+    key = str(row["key"])
+    if not row.get("image"):
+        raise SkipSample("missing_image", key)
+    alt_text = str(row.get("alt_text") or "").strip()
+    if not alt_text:
+        raise SkipSample("missing_alt_text", key)
+    captions = row.get("synthetic_captions", row.get("synthetic_caption"))
+    if isinstance(captions, str) and captions.lstrip().startswith("["):
+        try:
+            captions = json.loads(captions)
+        except json.JSONDecodeError as exn:
+            raise SkipSample("bad_text", f"{key} synthetic_captions: {exn}") from None
+    captions = _captions(captions)
+    if not captions:
+        raise SkipSample("no_synthetic_caption", key)
+    return Record(key, os.path.join(image_root, str(row["image"])), alt_text, captions)
+
+
+def _records(samples: Iterable[dict[str, Any]], source: Source, skips: SkipCounter) -> Iterator[Record]:
+    """Validate samples (or rows) into Records, counting the ones dropped."""
+    for sample in samples:
+        try:
+            if source.kind == "table":
+                yield record_from_row(sample, source.image_root)
+            else:
+                yield record_from_sample(sample)
+        except SkipSample as skip:
+            skips.add(skip.reason, str(skip))
+
+
+def decode_image(image: bytes | str, max_pixels: int) -> torch.Tensor:
+    """Compressed bytes or a path → (3, H, W) uint8 RGB; raises SkipSample (checks the header size first)."""
+    try:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    except OSError as exn:
+        raise SkipSample("missing_image", str(exn)) from None
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            if pil.width * pil.height > max_pixels:
+                raise SkipSample("too_large", f"{pil.width}x{pil.height} > {max_pixels} pixels")
+            rgb = to_rgb(pil)
+            arr = np.asarray(rgb, dtype=np.uint8)
+    except SkipSample:
+        raise
+    except Image.DecompressionBombError as exn:
+        raise SkipSample("too_large", str(exn)) from None
+    except Exception as exn:  # PIL raises many types for corrupt data
+        raise SkipSample("bad_image", f"{type(exn).__name__}: {exn}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------- streams
+
+
+def split_by_rank(items: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
+    """Every world_size-th unit starting at rank (webdataset's split_by_node, with an explicit rank)."""
+    return islice(items, rank, None, world_size)
+
+
+def pass_records(
+    source: Source, order_seed: int, rank: int, world_size: int, skips: SkipCounter
+) -> Iterator[Record]:
+    """One pass over this rank's and this worker's units, in an order shuffled by ``order_seed`` (the same on
+    every rank and worker, so the split is a partition)."""
+    if source.kind == "shards":
+        units: Iterable[Any] = wds.SimpleShardList(source.units, seed=order_seed)
+    else:
+        rows = list(source.units)
+        random.Random(order_seed).shuffle(rows)
+        units = rows
+    mine = wds.split_by_worker(split_by_rank(units, rank, world_size))
+    if source.kind == "shards":
+        mine = wds.tarfile_to_samples(handler=skips)(mine)
+    return _records(mine, source, skips)
+
+
+def resampled_records(source: Source, seed: int, skips: SkipCounter) -> Iterator[Record]:
+    """An endless stream: shards (or rows) drawn with replacement by a generator seeded with ``seed``."""
+    if source.kind == "shards":
+        shards = wds.ResampledShards(source.units, seed=seed, worker_seed=lambda: 0, deterministic=True)
+        samples: Iterable[dict[str, Any]] = wds.tarfile_to_samples(handler=skips)(iter(shards))
+    else:
+        rng = np.random.default_rng(seed)
+        samples = (source.units[int(i)] for i in _endless_integers(rng, len(source.units)))
+    return _records(samples, source, skips)
+
+
+def _endless_integers(rng: np.random.Generator, high: int, chunk: int = 1024) -> Iterator[int]:
+    while True:
+        yield from rng.integers(0, high, size=chunk).tolist()
+
+
+def weighted_mix(streams: list[Iterator[Record]], weights: list[float], rng: np.random.Generator) -> Iterator[Record]:
+    """Each next record comes from stream i with probability weights[i] / sum(weights) (seeded by ``rng``)."""
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    p = np.asarray(weights, dtype=np.float64)
+    cumulative = np.cumsum(p / p.sum())
+    while True:
+        draws = rng.random(1024)
+        for i in np.searchsorted(cumulative, draws, side="right").tolist():
+            try:
+                yield next(streams[min(i, len(streams) - 1)])
+            except StopIteration:
+                return
