@@ -78,3 +78,25 @@ def test_config_loads_yaml_with_dotted_overrides_and_names_bad_keys(tmp_path):
         load_config(path, ["data.train=a.tar", "teacher.mode=bogus"])
     with pytest.raises(ValueError, match="data.train"):
         load_config(path, [])
+
+
+def test_shipped_recipes_and_accelerate_configs_parse():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for recipe in sorted((root / "pretrain").glob("*.yaml")):
+        cfg = load_config([recipe, root / "model" / "tips_tiny.yaml"], ["data.train=x.tar"])
+        assert cfg.model.variant == "tiny", recipe
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    for launch in sorted((root / "accelerate").glob("*.yaml")):
+        parsed = ClusterConfig.from_yaml_file(str(launch))  # accelerate's own reader rejects unknown keys
+        assert parsed.num_processes >= 1
+        data = yaml.safe_load(launch.read_text())
+        assert data["distributed_type"] in ("MULTI_GPU", "FSDP", "MULTI_CPU"), launch
+        assert data["num_processes"] >= data["num_machines"] >= 1
+        if data["distributed_type"] == "FSDP":
+            assert data["fsdp_config"]["fsdp_use_orig_params"] is True  # EMA reads parameters by name
+    assert len(list((root / "accelerate").glob("*.yaml"))) >= 2

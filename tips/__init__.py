@@ -5,6 +5,7 @@ from .tokenizers import BPETokenizer, SentencePieceTokenizer, build_tokenizer
 from .transforms import Preprocess
 from .loading import load
 from .checkpoints import save_pretrained, export_official
+from .features import extract, load_features
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,8 @@ __all__ = [
     "build_tokenizer",
     "create_model",
     "export_official",
+    "extract",
+    "load_features",
     "load",
     "save_pretrained",
     "get_variant",

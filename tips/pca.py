@@ -57,26 +57,28 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def pca_picture(
-    images: Sequence[torch.Tensor], patch_tokens: Sequence[torch.Tensor], ids: Sequence[str] | None = None
+    images: Sequence[torch.Tensor],
+    patch_tokens: Sequence[torch.Tensor],
+    ids: Sequence[str] | None = None,
+    columns: int = 2,
 ) -> Image.Image:
-    """One row per image: the input (3, H, W) in [0, 1], then its patch PCA (h, w, D) upsampled to (H, W)."""
+    """A grid of (input (3, H, W) in [0, 1] | its patch PCA (h, w, D) upsampled to (H, W)) pairs, ``columns`` per row."""
     maps = pca_rgb(patch_tokens)
-    rows = []
+    tiles = []
     for i, (image, rgb) in enumerate(zip(images, maps)):
         H, W = image.shape[-2:]
-        left = _to_pil(image.permute(1, 2, 0))
-        right = _to_pil(rgb).resize((W, H), Image.NEAREST)
-        row = Image.new("RGB", (2 * W, H + CAPTION_HEIGHT), "white")
-        row.paste(left, (0, CAPTION_HEIGHT))
-        row.paste(right, (W, CAPTION_HEIGHT))
+        tile = Image.new("RGB", (2 * W, H + CAPTION_HEIGHT), "white")
+        tile.paste(_to_pil(image.permute(1, 2, 0)), (0, CAPTION_HEIGHT))
+        tile.paste(_to_pil(rgb).resize((W, H), Image.NEAREST), (W, CAPTION_HEIGHT))
         if ids is not None:
-            ImageDraw.Draw(row).text((2, 1), str(ids[i])[-60:], fill="black")
-        rows.append(row)
-    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for row in rows:
-        canvas.paste(row, (0, y))
-        y += row.height
+            ImageDraw.Draw(tile).text((2, 1), str(ids[i])[-60:], fill="black")
+        tiles.append(tile)
+    cell_w, cell_h = max(t.width for t in tiles) + 8, max(t.height for t in tiles) + 8
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile, ((i % columns) * cell_w, (i // columns) * cell_h))
     return canvas
 
 

@@ -11,7 +11,8 @@ from .config import load_config
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tips-train", description="TIPS pretraining (launch with accelerate launch -m tips.train)")
-    p.add_argument("--config", help="YAML recipe, e.g. configs/pretrain/demo_cpu.yaml")
+    p.add_argument("--config", action="append", help="YAML recipe, e.g. configs/pretrain/demo_cpu.yaml; repeat to merge "
+                   "more (e.g. a configs/model/*.yaml), later files win")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.steps=100 loss.weights.mask=0")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -128,14 +128,19 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML file (optional) + dotted overrides → a validated :class:`TrainConfig`.
+def load_config(
+    path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """YAML file(s) merged in order (e.g. a recipe, then a model file) + dotted overrides → a validated config.
 
     Unknown keys raise an error naming them (OmegaConf structured configs reject them).
     """
     cfg = OmegaConf.structured(TrainConfig)
-    if path is not None:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_quote_shard_list(o) for o in overrides]))
     out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
