@@ -35,13 +35,13 @@ def build_model(cfg: TrainConfig) -> TIPS:
             model = fresh
     else:
         model_cfg = get_variant(m.variant, **m.overrides, **{"vision.drop_path_rate": m.drop_path_rate})
-        model_cfg = override_config(model_cfg, tokenizer="bpe" if m.tokenizer == "bpe" else "sentencepiece")
         tokenizer = build_tokenizer(m.tokenizer)
-        if model_cfg.text is not None and tokenizer is not None and tokenizer.vocab_size > model_cfg.text.vocab_size:
-            raise ValueError(
-                f"model.tokenizer has {tokenizer.vocab_size} tokens but text.vocab_size is "
-                f"{model_cfg.text.vocab_size}: set model.overrides.text.vocab_size"
-            )
+        # A model trained from scratch gets exactly its tokenizer's vocabulary (32k official SentencePiece,
+        # 49,408 for the bundled BPE) unless the config sets text.vocab_size itself.
+        vocab = m.overrides.get("text.vocab_size") or tokenizer.vocab_size
+        if vocab < tokenizer.vocab_size:
+            raise ValueError(f"model.overrides.text.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size}")
+        model_cfg = override_config(model_cfg, tokenizer=tokenizer.kind, **{"text.vocab_size": vocab})
         model = TIPS(model_cfg, tokenizer=tokenizer)
     if model.text is None:
         raise ValueError("pretraining needs a text tower: the init_from checkpoint has none (pass its text file)")

@@ -1,0 +1,169 @@
+"""A TIPS training step against a CLIP-only step of the same towers and batch, in one run.
+
+Prints the median step times and their ratio, the forward + backward FLOP ratio (torch.utils.flop_counter),
+the time spent outside the towers (losses, optimiser, EMA update) and peak memory. Target: the time ratio is
+at most 1.1 × the FLOP ratio, i.e. TIPS adds no overhead beyond the compute it adds.
+
+    python bench/train_step.py                      # S/14 towers, batch 8, 224 px + 6 × 98 px, CPU
+    python bench/train_step.py --device cuda --batch 64 --mixed-precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tips.data import Batch
+from tips.train.builders import build_model, build_teacher, build_train_module
+from tips.train.config import load_config
+from tips.train.optim import build_optimizer, param_groups, set_lr_wd
+from tips.train.teacher import ema_update
+
+
+def make_batch(B: int, size: int, local: int, M: int, patch: int, device: str) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    N = (size // patch) ** 2
+    mask = torch.rand(B, N, generator=g).argsort(dim=1) < round(0.75 * N)
+    ids = torch.randint(1, 30000, (B, 64), generator=g)
+    padding = torch.arange(64)[None].expand(B, -1) >= 20
+    return Batch(
+        torch.rand(B, 3, size, size, generator=g), torch.rand(B, M, 3, local, local, generator=g), mask,
+        ids, padding, ids.flip(1), padding, [str(i) for i in range(B)],
+    ).to(device)  # fmt: skip
+
+
+class Step:
+    """One optimiser step of a run configured by ``overrides`` (CLIP-only = distill and mask weights 0)."""
+
+    def __init__(self, overrides: list[str], device: str, mixed_precision: str) -> None:
+        cfg = load_config(None, ["data.train=unused.tar", *overrides])
+        torch.manual_seed(0)
+        self.module = build_train_module(cfg, build_model(cfg), None).to(device)
+        self.teacher = build_teacher(cfg, self.module.student, None)
+        if self.teacher is not None:
+            self.teacher.to(device)
+        self.optimizer = build_optimizer(param_groups(self.module), "adamw", (0.9, 0.98), 1e-6)
+        set_lr_wd(self.optimizer, 1e-4, 0.05, False)
+        self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+        self.timings: dict[str, list[float]] = {"step": [], "optimizer": [], "ema": []}
+
+    def forward_backward(self, batch: Batch) -> None:
+        with self.autocast:
+            loss = self.module(batch, self.teacher, 0.07)["loss"]
+        loss.backward()
+
+    def __call__(self, batch: Batch, sync) -> None:
+        t0 = time.perf_counter()
+        self.forward_backward(batch)
+        sync()
+        t1 = time.perf_counter()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sync()
+        t2 = time.perf_counter()
+        if self.teacher is not None:
+            student = self.module.student
+            ema_update(self.teacher.vision, student.model.vision, 0.999)
+            ema_update(self.teacher.dino_head, student.dino_head, 0.999)
+            ema_update(self.teacher.ibot_head, student.ibot_head, 0.999)
+        sync()
+        t3 = time.perf_counter()
+        self.timings["step"].append(t3 - t0)
+        self.timings["optimizer"].append(t2 - t1)
+        self.timings["ema"].append(t3 - t2)
+
+    def flops(self, batch: Batch) -> int:
+        with FlopCounterMode(display=False) as counter:
+            self.forward_backward(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+
+def loss_time(device: str, B: int, M: int, K: int, T: int, sync, repeats: int = 5) -> float:
+    """Median time of the losses alone (forward + backward on fixed logits), TIPS terms beyond CLIP's."""
+    from tips.losses import DINOLoss, IBOTPatchLoss
+
+    dino, ibot = DINOLoss(K).to(device), IBOTPatchLoss(K).to(device)
+    s_cls = torch.randn(B, M, K, device=device, requires_grad=True)
+    t_cls = torch.randn(B, K, device=device)
+    s_patch = torch.randn(T, K, device=device, requires_grad=True)
+    t_patch = torch.randn(T, K, device=device)
+    w = torch.full((T,), 1.0 / T, device=device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        (dino(s_cls, t_cls, 0.07) + ibot(s_patch, t_patch, w, 0.07)).backward()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="s14")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--local-size", type=int, default=98)
+    p.add_argument("--num-local", type=int, default=6)
+    p.add_argument("--prototypes", type=int, default=8192, help="DINO and iBOT K (32768 in the full recipe)")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
+    args = p.parse_args(argv)
+    dev = args.device
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    common = [f"model.variant={args.variant}", "model.tokenizer=bpe", "model.drop_path_rate=0.0",
+              f"loss.dino_k={args.prototypes}", f"loss.ibot_k={args.prototypes}"]
+    batch = make_batch(args.batch, args.size, args.local_size, args.num_local, 14, dev)
+    runs = {
+        "clip": Step(common + ["loss.weights.distill=0", "loss.weights.mask=0"], dev, args.mixed_precision),
+        "tips": Step(common, dev, args.mixed_precision),
+    }
+    flops = {name: step.flops(batch) for name, step in runs.items()}
+    memory = {}
+    for name, step in runs.items():  # CLIP first: ru_maxrss only grows, so TIPS's peak is read after
+        if dev.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.warmup):
+            step(batch, sync)
+        step.timings = {k: [] for k in step.timings}
+        memory[name] = peak_memory_mb(dev)
+    for _ in range(args.iters):  # interleave so load changes hit both alike
+        for name, step in runs.items():
+            step(batch, sync)
+            memory[name] = max(memory[name], peak_memory_mb(dev))
+    med = {name: {k: statistics.median(v) for k, v in s.timings.items()} for name, s in runs.items()}
+    N = (args.size // 14) ** 2
+    extra_loss = loss_time(dev, args.batch, args.num_local, args.prototypes, args.batch * round(0.75 * N), sync)
+    time_ratio = med["tips"]["step"] / med["clip"]["step"]
+    flop_ratio = flops["tips"] / flops["clip"]
+    print(f"device {dev}, variant {args.variant}, batch {args.batch}, {args.size} px + {args.num_local} x "
+          f"{args.local_size} px, K={args.prototypes}, precision {args.mixed_precision}")
+    print("| step | median s | fwd+bwd GFLOP | optimizer s | EMA s | peak memory MB |")
+    print("|---|---|---|---|---|---|")
+    for name in runs:
+        m = med[name]
+        print(f"| {name} | {m['step']:.3f} | {flops[name] / 1e9:.1f} | {m['optimizer']:.3f} | {m['ema']:.3f} | "
+              f"{memory[name]:.0f} |")
+    outside = med["tips"]["optimizer"] + med["tips"]["ema"] + extra_loss
+    print(f"\nTIPS / CLIP time ratio {time_ratio:.2f}; FLOP ratio {flop_ratio:.2f}; "
+          f"time / FLOP ratio {time_ratio / flop_ratio:.2f} (target <= 1.10)")
+    print(f"TIPS time outside the towers: optimizer {med['tips']['optimizer']:.3f} s + EMA {med['tips']['ema']:.3f} s "
+          f"+ DINO/iBOT losses {extra_loss:.3f} s = {outside:.3f} s ({100 * outside / med['tips']['step']:.1f} % of the step)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
