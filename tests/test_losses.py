@@ -64,7 +64,7 @@ def test_centered_softmax_subtracts_the_centre_before_the_temperature():
 def test_dino_loss_equals_a_hand_computed_value():
     student = torch.tensor([[[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]]])  # (B=1, M=2, K=3)
     teacher = torch.tensor([[0.2, 0.1, 0.0]])  # (1, 3)
-    loss = DINOLoss(3, student_temp=0.1)(student, teacher, teacher_temp=0.05)
+    loss = DINOLoss(3, student_temp=0.1, center_init="zeros")(student, teacher, teacher_temp=0.05)
     p = [math.exp(v / 0.05) for v in (0.2, 0.1, 0.0)]
     p = [v / sum(p) for v in p]
     total = 0.0
@@ -82,7 +82,7 @@ def test_dino_sum_reduction_is_the_number_of_crops_times_the_mean():
 
 
 def test_dino_centre_is_an_ema_of_teacher_logits_updated_after_the_loss():
-    loss_fn = DINOLoss(4, center_momentum=0.9)
+    loss_fn = DINOLoss(4, center_momentum=0.9, center_init="zeros")
     t1, t2 = torch.randn(3, 4), torch.randn(3, 4)
     s2 = torch.randn(3, 2, 4)
     loss_fn(torch.randn(3, 2, 4), t1, 0.04)
@@ -131,7 +131,7 @@ def test_ibot_loss_is_the_mean_over_images_of_the_mean_over_their_masked_patches
     mask[1, 0] = True
     student, teacher = torch.randn(b, n, k), torch.randn(b, n, k)
     index, weights = select_patches(mask, all_patches=False)
-    loss_fn = IBOTPatchLoss(k)
+    loss_fn = IBOTPatchLoss(k, center_init="zeros")
     loss = loss_fn(student.flatten(0, 1)[index], teacher.flatten(0, 1)[index], weights, 0.05)
     per_image = []
     for i in range(b):
@@ -144,7 +144,7 @@ def test_ibot_loss_is_the_mean_over_images_of_the_mean_over_their_masked_patches
 
 
 def test_ibot_loss_is_zero_with_no_selected_patch():
-    loss_fn = IBOTPatchLoss(4)
+    loss_fn = IBOTPatchLoss(4, center_init="zeros")
     student = torch.zeros(0, 4, requires_grad=True)
     loss = loss_fn(student, torch.zeros(0, 4), torch.zeros(0), 0.04)
     assert loss.item() == 0 and torch.all(loss_fn.center == 0)
@@ -239,3 +239,18 @@ def test_losses_are_fp32_and_finite_from_bf16_inputs_under_autocast():
         ]
     for loss in losses:
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_first_batch_centre_init_removes_the_batch_common_component_at_step_zero():
+    torch.manual_seed(0)
+    common = torch.zeros(1, 8)
+    common[0, 3] = 5.0  # every image's teacher logits favour prototype 3 at init
+    teacher = common + 0.01 * torch.randn(6, 8)
+    zeros, first = DINOLoss(8, center_init="zeros"), DINOLoss(8)
+    assert zeros.teacher_probs(teacher, 0.04)[:, 3].min() > 0.99  # collapsed targets
+    probs = first.teacher_probs(teacher, 0.04)
+    assert torch.allclose(first.center, teacher.mean(0, keepdim=True))
+    assert probs[:, 3].max() < 0.9 and bool(first.center_ready)
+    before = first.center.clone()
+    first.teacher_probs(teacher + 1.0, 0.04)  # only the first batch initialises; later ones use the EMA
+    assert torch.equal(first.center, before)

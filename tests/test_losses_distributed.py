@@ -61,9 +61,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         rows, patches = rank_slices(rank)
         result = {kind: contrastive_run(kind, data, rows) for kind in ("softmax", "sigmoid")}
         result["sinkhorn"] = sinkhorn_knopp(data["teacher_patches"][patches], temp=0.1)
-        dino = DINOLoss(K)
+        dino = DINOLoss(K, center_init="zeros")
         dino(data["student_cls"][rows], data["teacher_cls"][rows], 0.04)
-        ibot = IBOTPatchLoss(K)
+        ibot = IBOTPatchLoss(K, center_init="zeros")
         local = data["teacher_patches"][patches]
         ibot(torch.randn_like(local), local, torch.ones(len(local)), 0.04)
         result["dino_center"], result["ibot_center"] = dino.center, ibot.center

@@ -52,15 +52,25 @@ class TeacherCentering(nn.Module):
     """Owns a (1, K) ``center`` buffer and turns teacher logits into targets (centering or Sinkhorn–Knopp).
 
     The centre is a buffer so it is saved and restored with the module state.
+
+    center_init: ``"first_batch"`` (default) sets the centre to the mean of the first teacher batch before
+    that batch's targets are made; ``"zeros"`` is DINO's init. With zeros, first-step targets all pile onto
+    whichever prototype the randomly initialised teacher favours for every image (the batch-common part of
+    the logits that centering exists to remove), and the student's first updates chase that collapse.
     """
 
-    def __init__(self, out_dim: int, center_momentum: float = 0.9, centering: str = "ema") -> None:
+    def __init__(
+        self, out_dim: int, center_momentum: float = 0.9, centering: str = "ema", center_init: str = "first_batch"
+    ) -> None:
         super().__init__()
         if centering not in CENTERINGS:
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        if center_init not in ("first_batch", "zeros"):
+            raise ValueError(f"center_init must be 'first_batch' or 'zeros', got {center_init!r}")
         self.centering = centering
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("center_ready", torch.tensor(center_init == "zeros"))
 
     @torch.no_grad()
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -68,6 +78,11 @@ class TeacherCentering(nn.Module):
         teacher_logits = teacher_logits.detach()
         if self.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(teacher_logits, teacher_temp)
+        if self.training and not bool(self.center_ready):
+            batch_center, count = global_mean(teacher_logits)
+            if bool(count > 0):
+                self.center.copy_(batch_center)
+                self.center_ready.fill_(True)
         return centered_softmax(teacher_logits, self.center, teacher_temp)
 
     @torch.no_grad()
@@ -101,8 +116,9 @@ class DINOLoss(TeacherCentering):
         center_momentum: float = 0.9,
         centering: str = "ema",
         reduction: str = "mean",
+        center_init: str = "first_batch",
     ) -> None:
-        super().__init__(out_dim, center_momentum, centering)
+        super().__init__(out_dim, center_momentum, centering, center_init)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.student_temp = student_temp

@@ -39,8 +39,9 @@ class IBOTPatchLoss(TeacherCentering):
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
         centering: str = "ema",
+        center_init: str = "first_batch",
     ) -> None:
-        super().__init__(out_dim, center_momentum, centering)
+        super().__init__(out_dim, center_momentum, centering, center_init)
         self.student_temp = student_temp
 
     def forward(

@@ -50,6 +50,7 @@ class LossSection:
     teacher_temp_warmup_frac: float = 0.06
     centering: str = "ema"  # or "sinkhorn_knopp"
     center_momentum: float = 0.9
+    center_init: str = "first_batch"  # or "zeros" (DINO); see tips.losses.distill.TeacherCentering
     ibot_plus_plus: bool = False  # TIPSv2: patch loss on all patches
     mim_target: str = "features"  # or "pixels" (MAE-style decoder)
     distill_reduction: str = "mean"
@@ -162,6 +163,7 @@ def validate(cfg: TrainConfig) -> None:
         "loss.contrastive": (cfg.loss.contrastive, ("softmax", "sigmoid")),
         "loss.contrastive_view": (cfg.loss.contrastive_view, ("unmasked", "masked")),
         "loss.centering": (cfg.loss.centering, ("ema", "sinkhorn_knopp")),
+        "loss.center_init": (cfg.loss.center_init, ("first_batch", "zeros")),
         "loss.mim_target": (cfg.loss.mim_target, ("features", "pixels")),
         "loss.distill_reduction": (cfg.loss.distill_reduction, ("mean", "sum")),
         "teacher.mode": (cfg.teacher.mode, ("ema", "head_only_ema", "frozen")),

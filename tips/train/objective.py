@@ -24,8 +24,9 @@ class TIPSObjective(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.contrastive = ContrastiveLoss(cfg.contrastive)
-        self.dino = DINOLoss(cfg.dino_k, cfg.student_temp, cfg.center_momentum, cfg.centering, cfg.distill_reduction)
-        self.ibot = IBOTPatchLoss(cfg.ibot_k, cfg.student_temp, cfg.center_momentum, cfg.centering)
+        self.dino = DINOLoss(cfg.dino_k, cfg.student_temp, cfg.center_momentum, cfg.centering, cfg.distill_reduction,
+                             cfg.center_init)
+        self.ibot = IBOTPatchLoss(cfg.ibot_k, cfg.student_temp, cfg.center_momentum, cfg.centering, cfg.center_init)
         self.pixels = PixelReconstructionLoss(patch_size) if cfg.mim_target == "pixels" else None
         self.feature = FeatureDistillLoss()
         if cfg.contrastive == "sigmoid":
