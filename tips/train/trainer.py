@@ -159,6 +159,22 @@ class Trainer:
         acc.wait_for_everyone()
         return ckpt.checkpoint_root(self.output_dir) / ckpt.step_dir_name(self.step)
 
+    @torch.no_grad()
+    def check_replicas(self) -> None:
+        """All ranks must hold identical weights (DDP keeps them so); a divergence is a bug worth stopping for."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        params = [p.detach().double().flatten() for p in self.core.parameters()]
+        signature = torch.stack([torch.cat(params).sum(), torch.cat(params).square().sum()]).to(acc.device)
+        signatures = acc.gather(signature[None]).view(acc.num_processes, 2)
+        spread = (signatures - signatures[0]).abs().max().item()
+        if spread > 1e-6 * max(1.0, signatures.abs().max().item()):
+            raise RuntimeError(f"ranks hold different weights after training (signature spread {spread:.3g})")
+        if acc.is_main_process:
+            log.info("all %d ranks hold identical weights (parameter signature %.6g)", acc.num_processes,
+                     signatures[0, 0].item())
+
     def export(self, student_dir: Path, teacher_dir: Path | None = None) -> None:
         """``save_pretrained`` of the student towers (with heads as extra tensors), optionally the teacher's
         image tower in the student's text tower's company so it loads as a full model."""
@@ -284,6 +300,7 @@ class Trainer:
                 self.skips = skips
                 self.save()
         progress.close()
+        self.check_replicas()
         final = self.output_dir / "final"
         if acc.is_main_process:
             self.export(final, self.output_dir / "final_teacher" if cfg.run.export_teacher else None)
