@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..data import DataConfig, MaskConfig, ViewConfig, build_train_loader
 from ..loading import load
+from ..models.heads import ProjectionHead
 from ..models.tips import TIPS
 from ..models.variants import get_variant, override_config
 from ..tokenizers import build_tokenizer
@@ -45,6 +47,12 @@ def build_model(cfg: TrainConfig) -> TIPS:
         model = TIPS(model_cfg, tokenizer=tokenizer)
     if model.text is None:
         raise ValueError("pretraining needs a text tower: the init_from checkpoint has none (pass its text file)")
+    if model.tokenizer.vocab_size > model.cfg.text.vocab_size:  # ids past the embedding table fail mid-step
+        raise ValueError(
+            f"model.tokenizer={m.tokenizer} has {model.tokenizer.vocab_size} tokens but the text tower of "
+            f"{m.init_from} embeds {model.cfg.text.vocab_size}: set model.tokenizer to the checkpoint's own "
+            "(e.g. the official SentencePiece .model)"
+        )
     for name, p in model.named_parameters():
         if name.endswith(".gamma") and not m.layerscale_trainable:
             p.requires_grad_(False)  # the trained TIPS model has no LayerScale: keep γ = 1
@@ -78,21 +86,33 @@ def build_train_module(cfg: TrainConfig, model: TIPS, frozen_teacher: TIPS | Non
 
 def _has_heads(cfg: TrainConfig) -> bool:
     """Whether the frozen teacher checkpoint carries DINO/iBOT heads (our training exports with heads)."""
-    from pathlib import Path
-
     from safetensors import safe_open
 
-    path = Path(cfg.teacher.checkpoint or "") / "model.safetensors"
-    if not path.is_file():
+    path = _teacher_weights_file(cfg)
+    if path is None:
         return False
     with safe_open(str(path), "pt") as f:
         return any(k.startswith("heads.dino_head.") for k in f.keys())
+
+
+def _teacher_weights_file(cfg: TrainConfig) -> Path | None:
+    """The ``model.safetensors`` of a folder checkpoint (or the file itself); None for ``.npz`` and names."""
+    path = Path(cfg.teacher.checkpoint or "")
+    path = path / "model.safetensors" if path.is_dir() else path
+    return path if path.suffix == ".safetensors" and path.is_file() else None
 
 
 def build_teacher(cfg: TrainConfig, student: TIPSStudent, frozen: TIPS | None) -> TIPSTeacher | None:
     """EMA copy (default), head-only EMA (live student tower + EMA heads), or a frozen loaded model."""
     if cfg.teacher.mode == "frozen":
         assert frozen is not None
+        if frozen.patch_size != student.model.patch_size:
+            # The patch losses compare student and teacher tokens position by position on one image.
+            raise ValueError(
+                f"teacher.checkpoint={cfg.teacher.checkpoint} has patch size {frozen.patch_size} but the student "
+                f"{student.model.patch_size}: distillation needs the same patch grid "
+                f"(set model.overrides.vision.patch_size={frozen.patch_size})"
+            )
         heads = _load_teacher_heads(cfg, student) if _has_heads(cfg) else (None, None)
         teacher = TIPSTeacher(frozen.vision, *heads)
         teacher.requires_grad_(False)
@@ -106,20 +126,36 @@ def build_teacher(cfg: TrainConfig, student: TIPSStudent, frozen: TIPS | None) -
 
 
 def _load_teacher_heads(cfg: TrainConfig, student: TIPSStudent) -> tuple[nn.Module | None, nn.Module | None]:
+    """The checkpoint's frozen DINO/iBOT heads, built with the teacher's shapes (its width may differ from the
+    student's); only the prototype count K must match, since student and teacher logits are compared."""
     from safetensors.torch import load_file
 
-    sd = load_file(f"{cfg.teacher.checkpoint}/model.safetensors")
+    sd = load_file(str(_teacher_weights_file(cfg)))
     heads = []
     for name in ("dino_head", "ibot_head"):
         own = getattr(student, name)
         if own is None:
             heads.append(None)
             continue
-        head = make_teacher(own)
         prefix = f"heads.{name}."
-        head.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
-        heads.append(head)
+        head_sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not head_sd:
+            raise KeyError(f"teacher.checkpoint={cfg.teacher.checkpoint} has no {name} but this run's losses need one")
+        head = _head_from_state_dict(head_sd)
+        k_teacher, k_student = head.last_layer.out_features, own.last_layer.out_features
+        if k_teacher != k_student:
+            key = "loss.dino_k" if name == "dino_head" else "loss.ibot_k"
+            raise ValueError(f"the teacher's {name} has {k_teacher} prototypes: set {key}={k_teacher} (now {k_student})")
+        head.load_state_dict(head_sd)
+        heads.append(make_teacher(head))
     return heads[0], heads[1]
+
+
+def _head_from_state_dict(sd: dict[str, torch.Tensor]) -> ProjectionHead:
+    """A :class:`ProjectionHead` shaped like ``sd``: mlp.{0,2,4}.weight (out, in), prototypes (K, bottleneck)."""
+    linears = sorted(int(k.split(".")[1]) for k in sd if k.startswith("mlp.") and k.endswith(".weight"))
+    first, prototypes = sd[f"mlp.{linears[0]}.weight"], sd["last_layer.parametrizations.weight.original1"]
+    return ProjectionHead(first.shape[1], prototypes.shape[0], first.shape[0], prototypes.shape[1], len(linears))
 
 
 def teacher_trainable_state(teacher: TIPSTeacher | None, mode: str) -> dict[str, torch.Tensor]:

@@ -94,7 +94,7 @@ class TIPSStudent(nn.Module):
         if not self.use_masked_view:
             tokens = vision.forward_tokens(global_crop)
             cls, masked_patches = tokens[:, :NUM_PREFIX_TOKENS], tokens[:, NUM_PREFIX_TOKENS:]
-        elif self.loss_cfg.contrastive_view == "unmasked":
+        elif self.loss_cfg.contrastive_view == "unmasked" and bool(patch_mask.any()):
             both = torch.cat([global_crop, global_crop])
             mask = torch.cat([torch.zeros_like(patch_mask), patch_mask])
             tokens = vision.forward_tokens(both, mask)  # (2B, 2 + N, D)

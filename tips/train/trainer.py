@@ -250,15 +250,15 @@ class Trainer:
                 self.data_position += 1
                 with acc.accumulate(self.module):
                     losses = self.module(batch, self.teacher, s["teacher_temp"])
-                    if not self._all_finite(losses["loss"]):
-                        skipped = True
-                        self.optimizer.zero_grad(set_to_none=True)
-                        continue
-                    acc.backward(losses["loss"])
-                    if acc.sync_gradients:
+                    # One non-finite micro-batch skips the whole step: the other micro-batches' gradients
+                    # are dropped too, so a skipped step never moves the weights.
+                    skipped = not self._all_finite(losses["loss"]) or skipped
+                    if not skipped:
+                        acc.backward(losses["loss"])
+                    if acc.sync_gradients and not skipped:
                         logged.update({f"grad_norm/{k}": v for k, v in self._clip().items()})
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                        self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)  # accelerate zeroes only at the step boundary
                 for k in ("loss",) + LOSS_TERMS:
                     logged[f"loss/{k}"] = float(losses[k].detach())
             if skipped:
