@@ -1,0 +1,231 @@
+"""TIPS's Table-1 ablation at small scale on the embedded scenes dataset.
+
+Variants, all at equal steps and batch from the same recipe:
+  (a) clip_alt   CLIP on the noisy alt-text only (CLS1)
+  (b) two_cls    two CLS tokens: CLS1 ↔ alt-text, CLS2 ↔ synthetic caption
+  (c) distill    (b) + self-distillation (DINO loss on local crops vs the EMA teacher)
+  (d) tips       (c) + masked image modelling (iBOT) = TIPS
+  (e) random     a randomly initialised model of the same architecture (the floor)
+Each trained model is probed for segmentation (all classes, object classes) and depth (all valid pixels,
+object pixels), and text→image R@1 is measured on the held-out probe split's synthetic captions (CLS2 for
+variants trained on synthetic captions, CLS1 for (a) and (e); both are recorded).
+
+    python bench/ablation.py --preset small            # ~1 hour on 2 CPU cores, 3 seeds
+    python bench/ablation.py --preset long --device cuda
+
+Writes ``<out>/<preset>/results.json``, ``table.md`` and ``chart.png``; every run's command is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VARIANTS = {
+    "clip_alt": ["loss.weights.contrastive_syn=0", "loss.weights.distill=0", "loss.weights.mask=0"],
+    "two_cls": ["loss.weights.distill=0", "loss.weights.mask=0"],
+    "distill": ["loss.weights.mask=0"],
+    "tips": [],
+}
+LABELS = {"clip_alt": "(a) CLIP alt-text", "two_cls": "(b) two CLS", "distill": "(c) + self-distillation",
+          "tips": "(d) + MIM = TIPS", "random": "(e) random init"}
+
+PRESETS = {
+    "small": {
+        "variants": ["clip_alt", "two_cls", "distill", "tips", "random"], "seeds": [0, 1, 2],
+        "scenes": {"num_pretrain": 2048, "num_train": 256, "num_val": 64, "size": 128},
+        "train": ["run.steps=200"], "probe_resolution": 128, "random_variant": "tiny_p8",
+    },
+    "long": {
+        "variants": ["two_cls", "tips"], "seeds": [0, 1],
+        "scenes": {"num_pretrain": 20000, "num_train": 1000, "num_val": 200, "size": 128},
+        "train": ["run.steps=3000", "run.batch_size=128", "data.global_size=128", "data.local_size=48",
+                  "data.num_local=6", "data.num_workers=8", "optim.lr=5e-4", "run.save_every=1000"],
+        "probe_resolution": 128, "random_variant": "tiny_p8",
+    },
+}
+METRICS = [  # (key, label, higher is better)
+    ("miou_objects", "object-class mIoU", True), ("miou_all", "all-class mIoU", True),
+    ("rmse_objects", "object-pixel depth RMSE (m)", False), ("rmse_all", "depth RMSE, all valid pixels (m)", False),
+    ("t2i_r1", "text→image R@1 (%)", True),
+]
+
+
+def script(name: str) -> list[str]:
+    return [str(Path(sys.executable).parent / name)]
+
+
+def run(cmd: list[str], log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
+    return time.perf_counter() - start
+
+
+def train_command(preset: dict, variant: str, seed: int, data: Path, run_dir: Path, device: str) -> list[str]:
+    shards = sorted((data / "pretrain").glob("shard-*.tar"))
+    pattern = str(data / "pretrain" / f"shard-{{000000..{len(shards) - 1:06d}}}.tar")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "bf16" if device == "cuda" else "no", "--dynamo_backend", "no"]
+    if device == "cpu":
+        launch.append("--cpu")
+    return launch + ["-m", "tips.train", "--config", str(ROOT / "configs/pretrain/demo_cpu.yaml"),
+                     f"data.train={pattern}", f"run.output_dir={run_dir}", f"run.seed={seed}", "run.resume=latest",
+                     *(["run.mixed_precision=bf16"] if device == "cuda" else []),
+                     *preset["train"], *VARIANTS[variant]]
+
+
+def probe(model_args: list[str], data: Path, out: Path, preset: dict, seed: int, cls: str, logs: Path) -> dict:
+    """Segmentation, depth and retrieval of one model → flat metrics dict."""
+    common = model_args + ["--dataset", f"scenes:{data / 'probe'}", "--resolution", str(preset["probe_resolution"]),
+                           "--seed", str(seed), "--out", str(out), "--no-progress"]
+    run(script("tips-probe") + ["segmentation", *common, "--object-classes"], logs / "seg.log")
+    run(script("tips-probe") + ["depth", *common, "--mask", "objects"], logs / "depth.log")
+    seg = json.loads(sorted(out.glob("segmentation*.json"))[-1].read_text())["metrics"]
+    depth = json.loads(sorted(out.glob("depth*.json"))[-1].read_text())["metrics"]
+    r1 = {}
+    for which in ("alt", "syn"):
+        rdir = out / f"retrieval_{which}"
+        run(script("tips-probe") + ["retrieval", *model_args, "--data", str(data / "probe" / "val"),
+                                    "--caption-field", "synthetic_captions", "--cls", which,
+                                    "--resolution", str(preset["probe_resolution"]), "--out", str(rdir), "--no-progress"],
+            logs / f"retrieval_{which}.log")
+        result = json.loads(next(rdir.glob("*.json")).read_text())["metrics"]
+        r1[which] = result["t2i"]["R@1"] if "t2i" in result else result["text_to_image"]["R@1"]
+    return {
+        "miou_objects": seg["miou_subset"], "miou_all": seg["miou"],
+        "rmse_objects": depth["objects"]["rmse"], "rmse_all": depth["all"]["rmse"],
+        "t2i_r1": r1[cls], "t2i_r1_cls1": r1["alt"], "t2i_r1_cls2": r1["syn"],
+    }
+
+
+def step_flops(preset: dict, variant: str) -> float:
+    """Forward + backward FLOPs of one training step of this variant, teacher pass included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tips.models import get_variant
+    from tips.train.builders import build_model, build_teacher, build_train_module
+    from tips.train.config import load_config
+    from train_step import make_batch
+
+    cfg = load_config([ROOT / "configs/pretrain/demo_cpu.yaml"], ["data.train=x.tar", *preset["train"], *VARIANTS[variant]])
+    module = build_train_module(cfg, build_model(cfg), None)
+    teacher = build_teacher(cfg, module.student, None)
+    d = cfg.data
+    batch = make_batch(cfg.run.batch_size, d.global_size, d.local_size, d.num_local,
+                       get_variant(cfg.model.variant).vision.patch_size, "cpu")
+    with FlopCounterMode(display=False) as counter:
+        module(batch, teacher, 0.07)["loss"].backward()
+    return float(counter.get_total_flops())
+
+
+def aggregate(runs: list[dict]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key, _, _ in METRICS:
+        values = [r["metrics"][key] for r in runs]
+        out[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "n": len(values)}
+    return out
+
+
+def write_table(summary: dict, preset_name: str, preset: dict, out: Path) -> str:
+    lines = [f"Preset `{preset_name}`, seeds {preset['seeds']}, mean ± std over seeds.", "",
+             "| variant | " + " | ".join(label for _, label, _ in METRICS) + " | steps | wall time / run (s) | "
+             "train GFLOP / run |", "|---" * (len(METRICS) + 4) + "|"]
+    for variant, s in summary.items():
+        cells = [f"{s['metrics'][k]['mean']:.3f} ± {s['metrics'][k]['std']:.3f}" for k, _, _ in METRICS]
+        lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) +
+                     f" | {s['steps']} | {s['wall_s']:.0f} | {s['gflop']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    return text
+
+
+def write_chart(summary: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
+    names = list(summary)
+    for ax, (key, label, higher) in zip(axes, METRICS):
+        means = [summary[v]["metrics"][key]["mean"] for v in names]
+        stds = [summary[v]["metrics"][key]["std"] for v in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(names))])
+        ax.set_xticks(range(len(names)), [LABELS[v].split(" ")[0] for v in names])
+        ax.set_title(f"{label} {'↑' if higher else '↓'}", fontsize=9)
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(names))],
+               [LABELS[v] for v in names], loc="lower center", ncol=len(names), fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path = out / "chart.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--out", default="results/ablation")
+    p.add_argument("--seeds", type=int, nargs="*", help="override the preset's seeds")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = p.parse_args(argv)
+    preset = dict(PRESETS[args.preset])
+    if args.seeds:
+        preset["seeds"] = args.seeds
+    out = Path(args.out) / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "scenes"
+    sc = preset["scenes"]
+    run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
+                                 str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
+                                 "--shard-size", str(max(1, sc["num_pretrain"] // 8))], out / "scenes.log")
+    results_file = out / "results.json"
+    runs: list[dict] = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
+    done = {(r["variant"], r["seed"]) for r in runs}
+    for seed in preset["seeds"]:
+        for variant in preset["variants"]:
+            if (variant, seed) in done:
+                continue
+            run_dir = out / "runs" / f"{variant}-seed{seed}"
+            logs = run_dir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            record = {"variant": variant, "seed": seed}
+            if variant == "random":
+                model_args = ["--random-init", preset["random_variant"]]
+                record.update(wall_s=0.0, steps=0, command=None)
+            else:
+                cmd = train_command(preset, variant, seed, data, run_dir, args.device)
+                record.update(wall_s=run(cmd, logs / "train.log"), command=cmd,
+                              steps=int(next(o for o in preset["train"] if o.startswith("run.steps=")).split("=")[1]))
+                model_args = ["--model", str(run_dir / "final")]
+            cls = "syn" if variant in ("two_cls", "distill", "tips") else "alt"
+            record["metrics"] = probe(model_args, data, run_dir / "probes", preset, seed, cls, logs)
+            runs.append(record)
+            results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "runs": runs}, indent=2))
+            print(f"{variant} seed {seed}: {record['metrics']}", flush=True)
+    summary = {}
+    for variant in preset["variants"]:
+        vr = [r for r in runs if r["variant"] == variant]
+        summary[variant] = {"metrics": aggregate(vr), "steps": vr[0]["steps"],
+                            "wall_s": statistics.mean(r["wall_s"] for r in vr),
+                            "gflop": 0.0 if variant == "random" else step_flops(preset, variant) * vr[0]["steps"] / 1e9}
+    results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "runs": runs, "summary": summary},
+                                       indent=2))
+    print(write_table(summary, args.preset, preset, out))
+    print(f"chart: {write_chart(summary, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""``tips-probe {segmentation,depth,zero-shot,retrieval,knn}``: measure frozen TIPS features with one command.
+
+    tips-probe segmentation --random-init tiny --dataset scenes:/data/scenes/probe --resolution 224 \\
+        --protocol fast --object-classes --out results/
+    tips-probe depth --model runs/demo/export --dataset scenes:/data/scenes/probe --resolution 224 \\
+        --head lin1 --spacing log --mask objects --out results/
+    tips-probe segmentation --model tips-v1-b14 --dataset ade20k:/data/ADEChallengeData2016 --protocol dinov2
+
+Dense probes: trailing ``key=value`` arguments override any config key (``optim.lr=3e-4 depth.bins=128``).
+The other subcommands forward their arguments to ``eval.zero_shot``, ``eval.retrieval``, ``eval.knn``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import tips
+
+FORWARDED = {"zero-shot": "eval.zero_shot", "retrieval": "eval.retrieval", "knn": "eval.knn",
+             "zero-shot-seg": "eval.zero_shot_seg"}
+DENSE = ("segmentation", "depth")
+
+
+def dense_parser(task: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"tips-probe {task}", description=f"linear {task} probe on frozen features")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="anything tips.load reads: save_pretrained folder, official .npz, HF folder, name")
+    src.add_argument("--random-init", metavar="VARIANT", help="a randomly initialised tips.create_model(VARIANT) (seeded)")
+    p.add_argument("--text", help="official text .npz to pair with an official vision .npz")
+    p.add_argument("--tokenizer", help="tokenizer for tips.load (not needed by dense probes)")
+    p.add_argument("--dataset", required=True,
+                   help="scenes:DIR | folder:ROOT | ade20k:ROOT | voc:ROOT | nyu:MAT[?splits=FILE] | nyu-raw:ROOT")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--config", help="YAML probe config (configs/probe/*.yaml)")
+    p.add_argument("--protocol", choices=("fast", "dinov2"))
+    p.add_argument("--resolution", help="N or HxW fed to the model (fast protocol)")
+    p.add_argument("--layers", help="last | last4 | quarters | 2,5,8,11")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results", help="folder for the JSON, markdown and PNG")
+    p.add_argument("--cache-dir", help="feature cache (default $TIPS_CACHE/probe-features or ~/.cache/tips/...)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--workers", type=int, help="data-loading processes for feature extraction")
+    p.add_argument("--num-vis", type=int, help="validation images in the picture")
+    p.add_argument("--no-progress", action="store_true")
+    if task == "segmentation":
+        p.add_argument("--object-classes", action="store_true", help="also report mIoU over the dataset's objects")
+        p.add_argument("--classes", help="comma-separated class names for a subset mIoU")
+    else:
+        p.add_argument("--head", choices=("lin1", "lin4"))
+        p.add_argument("--bins", type=int)
+        p.add_argument("--spacing", choices=("uniform", "log"))
+        p.add_argument("--mask", choices=("none", "objects"))
+        p.add_argument("--flip-tta", action="store_true", default=None)
+        p.add_argument("--eigen-crop", choices=("auto", "on", "off"))
+        p.add_argument("--depth-range", metavar="MIN,MAX", help="bins and valid range in metres (default: dataset's)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
+    return p
+
+
+def flag_overrides(task: str, args: argparse.Namespace) -> dict:
+    """Command-line flags as dotted config keys (None = not given)."""
+    top = {
+        "task": task, "protocol": args.protocol, "seed": args.seed, "features.resolution": args.resolution,
+        "features.layers": args.layers, "optim.iterations": args.iterations, "optim.batch_size": args.batch_size,
+        "optim.lr": args.lr, "num_workers": args.workers, "num_vis": args.num_vis,
+        "progress": False if args.no_progress else None,
+    }
+    if task == "segmentation":
+        top["seg.object_classes"] = True if args.object_classes else None
+        top["seg.classes"] = json.dumps(args.classes.split(",")) if args.classes else None
+    else:
+        lo, hi = (args.depth_range.split(",") if args.depth_range else (None, None))
+        top.update({"depth.head": args.head, "depth.bins": args.bins, "depth.spacing": args.spacing,
+                    "depth.mask": args.mask, "depth.flip_tta": args.flip_tta, "depth.eigen_crop": args.eigen_crop,
+                    "depth.depth_min": lo, "depth.depth_max": hi})
+    return top
+
+
+def build_model(args: argparse.Namespace, device: str) -> tuple[tips.TIPS, dict, str]:
+    """The model, its identity for the feature cache, and a short label for file names and tables."""
+    from .features import checkpoint_identity
+
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        model = tips.create_model(args.random_init)
+        identity = checkpoint_identity(None, random_init=args.random_init, seed=args.seed)
+        label = f"random-{args.random_init}"
+    else:
+        model = tips.load(args.model, text=args.text, tokenizer=args.tokenizer)
+        identity = checkpoint_identity(args.model)
+        path = Path(args.model)
+        label = args.model
+        if path.exists():  # trainer exports are all called export/: name them by their run step too
+            label = path.name if path.name not in ("export", "") else f"{path.parent.name}-{path.name}"
+    return model.eval().to(device), identity, label
+
+
+def run_dense(task: str, argv: list[str]) -> int:
+    from .probes.config import load_probe_config
+    from .probes.run import run_probe
+
+    args = dense_parser(task).parse_args(argv)
+    cfg = load_probe_config(args.config, args.overrides, **flag_overrides(task, args))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, identity, label = build_model(args, device)
+    result = run_probe(model, args.dataset, cfg, args.out, identity, label, args.cache_dir, args.train_split,
+                       args.val_split, command=["tips-probe", task, *argv])
+    print(result["markdown"])
+    for kind, path in result.get("paths", {}).items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+def top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="{segmentation,depth,zero-shot,retrieval,knn,zero-shot-seg}")
+    for name in DENSE:
+        sub.add_parser(name, help=f"linear {name} probe (tips-probe {name} --help)", add_help=False)
+    for name, module in FORWARDED.items():
+        sub.add_parser(name, help=f"forwards to {module} (tips-probe {name} --help)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = top_parser()
+    if not argv or argv[0] not in (*DENSE, *FORWARDED):
+        parser.print_help()
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    if command in DENSE:
+        return run_dense(command, rest)
+    try:
+        module = importlib.import_module(FORWARDED[command])
+    except ModuleNotFoundError as e:
+        if e.name != FORWARDED[command]:
+            raise
+        print(f"tips-probe {command}: {FORWARDED[command]} is not available ({e})", file=sys.stderr)
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

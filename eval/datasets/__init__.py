@@ -1,0 +1,58 @@
+"""Dense-probe datasets read from their official layouts; ``open_dataset("scenes:/path", "train")``.
+
+Every dataset yields :class:`DenseSample` (PIL RGB image; seg (H, W) int64 with 255 = ignore; depth (H, W)
+float32 metres with 0 = invalid) and describes itself with :class:`DatasetInfo`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .ade20k import ADE20K_CLASSES, ADE20KDataset
+from .base import IGNORE_INDEX, DatasetFormatError, DatasetInfo, DenseDataset, DenseSample
+from .folder import FolderDataset, ScenesDataset, read_classes_json
+from .nyu import NYULabeledDataset, NYURawDataset
+from .voc import VOC_CLASSES, VOCDataset
+
+KINDS = ("scenes", "folder", "ade20k", "voc", "nyu", "nyu-raw")
+
+
+def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
+    """``"kind:/path[?key=value&...]"`` → (kind, path, options)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in KINDS:
+        raise ValueError(f"dataset {spec!r}: expected KIND:/path with KIND one of {KINDS}")
+    path, _, query = rest.partition("?")
+    options = dict(item.split("=", 1) for item in query.split("&") if "=" in item)
+    return kind, Path(path).expanduser(), options
+
+
+def open_dataset(spec: str, split: str) -> DenseDataset:
+    """Open one split (``train`` / ``val``) of a dataset given as ``KIND:/path``.
+
+    scenes:DIR[/probe]   the embedded tips-scenes probe split
+    folder:ROOT          the plain probe folder format (docs/data_format.md §2)
+    ade20k:ROOT          ADEChallengeData2016 (or its parent)
+    voc:ROOT             VOCdevkit/VOC2012 (or VOCdevkit, or its parent)
+    nyu:FILE_OR_DIR      nyu_depth_v2_labeled.mat + splits.mat (``?splits=PATH`` to name the split file)
+    nyu-raw:ROOT         raw NYUv2 frames: BTS lists nyu_{train,test}.txt or {train,test}/ folders
+    """
+    kind, path, options = parse_spec(spec)
+    if kind == "scenes":
+        return ScenesDataset(path, split)
+    if kind == "folder":
+        return FolderDataset(path, split)
+    if kind == "ade20k":
+        return ADE20KDataset(path, split)
+    if kind == "voc":
+        return VOCDataset(path, split)
+    if kind == "nyu":
+        return NYULabeledDataset(path, split, splits=options.get("splits"))
+    return NYURawDataset(path, split)
+
+
+__all__ = [
+    "ADE20K_CLASSES", "ADE20KDataset", "DatasetFormatError", "DatasetInfo", "DenseDataset", "DenseSample",
+    "FolderDataset", "IGNORE_INDEX", "KINDS", "NYULabeledDataset", "NYURawDataset", "ScenesDataset",
+    "VOCDataset", "VOC_CLASSES", "open_dataset", "parse_spec", "read_classes_json",
+]

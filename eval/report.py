@@ -1,0 +1,198 @@
+"""Results of a probe run: one JSON file, a markdown table (printed and saved) and a picture.
+
+The picture shows, for a few validation images, the input, the ground truth, the prediction and the PCA of the
+patch features (first three components as RGB, fitted jointly over the shown images).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # the probes import this module to write their results
+    from .probes.common import VisSample
+
+# Fixed palette: the same class id gets the same colour in every picture of every run.
+_BASE_PALETTE = np.array([
+    (135, 206, 235), (120, 110, 90), (220, 40, 40), (40, 90, 220), (40, 170, 60), (250, 180, 20),
+    (160, 60, 200), (0, 190, 190), (240, 120, 180), (130, 80, 20), (128, 128, 0), (0, 0, 128),
+    (255, 127, 80), (70, 130, 180), (154, 205, 50), (199, 21, 133), (112, 128, 144), (255, 215, 0),
+    (0, 100, 0), (178, 34, 34),
+], dtype=np.uint8)
+IGNORE_COLOUR = np.array((0, 0, 0), dtype=np.uint8)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 colours: 20 fixed ones, then deterministic pseudo-random colours."""
+    extra = np.random.default_rng(0).integers(0, 256, size=(max(0, num_classes - len(_BASE_PALETTE)), 3))
+    return np.concatenate([_BASE_PALETTE, extra.astype(np.uint8)])[:num_classes]
+
+
+def colourize(seg: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """(H, W) class ids (255 = ignore) → (H, W, 3) uint8."""
+    out = np.empty((*seg.shape, 3), dtype=np.uint8)
+    known = seg < len(colours)
+    out[known] = colours[seg[known]]
+    out[~known] = IGNORE_COLOUR
+    return out
+
+
+def pca_rgb(features: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per image (h, w, C) features → (h, w, 3) in [0, 1]: the first three principal components of all the
+    images' patches together, each stretched between its 1st and 99th percentile."""
+    flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in features]).astype(np.float64)
+    flat -= flat.mean(0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    proj = flat @ vt[:3].T
+    if proj.shape[1] < 3:
+        proj = np.pad(proj, ((0, 0), (0, 3 - proj.shape[1])))
+    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    proj = np.clip((proj - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+    out, start = [], 0
+    for f in features:
+        n = f.shape[0] * f.shape[1]
+        out.append(proj[start: start + n].reshape(f.shape[0], f.shape[1], 3))
+        start += n
+    return out
+
+
+def save_picture(
+    vis: list[VisSample], path: Path, task: str, class_names: list[str] | None = None,
+    depth_range: tuple[float, float] | None = None, title: str = "",
+) -> Path:
+    """Rows = images; columns = input | ground truth | prediction | PCA of patch features."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = max(1, len(vis))
+    height = 3 * rows + 0.8
+    fig, axes = plt.subplots(rows, 4, figsize=(12, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.5 / height, bottom=0.5 / height, hspace=0.08, wspace=0.05)
+    pcas = pca_rgb([v.features for v in vis]) if vis else []
+    if task == "segmentation":
+        colours = palette(len(class_names or []))
+    else:
+        valid = np.concatenate([v.target[v.target > 0] for v in vis]) if vis else np.zeros(0)
+        vmin, vmax = (float(valid.min()), float(valid.max())) if valid.size else (depth_range or (0.0, 1.0))
+        cmap = matplotlib.colormaps["magma_r"].with_extremes(bad=(0.6, 0.6, 0.6))  # grey = no ground truth
+    for r, v in enumerate(vis):
+        axes[r, 0].imshow(v.image)
+        axes[r, 0].set_ylabel(v.key, fontsize=8)
+        if task == "segmentation":
+            axes[r, 1].imshow(colourize(v.target, colours))
+            axes[r, 2].imshow(colourize(v.pred, colours))
+        else:
+            axes[r, 1].imshow(np.ma.masked_where(v.target <= 0, v.target), cmap=cmap, vmin=vmin, vmax=vmax)
+            im = axes[r, 2].imshow(v.pred, cmap=cmap, vmin=vmin, vmax=vmax)
+        axes[r, 3].imshow(pcas[r], interpolation="nearest")
+    for c, name in enumerate(("input", "ground truth", "prediction", "PCA of patch features")):
+        axes[0, c].set_title(name, fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if task == "segmentation" and class_names:
+        shown = sorted({int(c) for v in vis for c in np.unique(np.concatenate([v.target.ravel(), v.pred.ravel()]))
+                        if c < len(class_names)})
+        handles = [Patch(color=colours[c] / 255.0, label=class_names[c]) for c in shown[:30]]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=8)
+    elif task == "depth" and vis:
+        fig.subplots_adjust(right=0.9)
+        fig.colorbar(im, cax=fig.add_axes((0.92, 0.2, 0.015, 0.6)), label="depth (m), one scale for all panels")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.15 / height)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def markdown(result: dict) -> str:
+    """The result as markdown: a header table of the protocol and the metrics table of its task."""
+    ds, feats = result["dataset"], result["features"]
+    lines = [
+        f"### {result['task']} probe — {ds['name']} ({result['protocol']} protocol)",
+        "",
+        "| checkpoint | dataset (train → val) | resolution | layers | norm | CLS | iterations | seed |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {result['checkpoint']['label']} | {ds['name']} {ds['train_split']} ({ds['num_train']}) → {ds['val_split']} "
+        f"({ds['num_val']}) | {'x'.join(map(str, feats['resolution']))} | {','.join(map(str, feats['layers']))} | "
+        f"{feats['norm']} | {feats['cls']} | {result['config']['optim']['iterations']} | {result['seed']} |",
+        "",
+    ]
+    m = result["metrics"]
+    if result["task"] == "segmentation":
+        subset = result["details"].get("subset_classes")
+        lines += ["| mIoU | " + (f"mIoU ({', '.join(subset)}) | " if subset else "") + "pixel accuracy | classes |",
+                  "|---" * (4 if subset else 3) + "|",
+                  f"| {_fmt(m['miou'])} | " + (f"{_fmt(m['miou_subset'])} | " if subset else "")
+                  + f"{_fmt(m['pixel_accuracy'])} | {m['classes_counted']} |", "",
+                  "| class | IoU |", "|---|---|"]
+        lines += [f"| {name} | {_fmt(v)} |" for name, v in m["per_class_iou"].items()]
+    else:
+        d = result["details"]
+        lines.append(f"Depth {d['head']}, {d['bins']} {d['spacing']} bins on [{d['depth_range'][0]}, "
+                     f"{d['depth_range'][1]}] m, Eigen crop {d['eigen_crop']}, flip TTA {d['flip_tta']}; "
+                     "metrics per image, averaged over images.")
+        lines += ["", "| pixels | RMSE | AbsRel | log10 | δ1 | δ2 | δ3 | RMSE (scale+shift aligned) | images |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name in ("all", "objects"):
+            if name in m and m[name].get("images"):
+                r = m[name]
+                lines.append(f"| {name} | " + " | ".join(_fmt(r[k]) for k in
+                             ("rmse", "abs_rel", "log10", "d1", "d2", "d3", "rmse_aligned")) + f" | {r['images']} |")
+    t = result["timings"]
+    lines += ["", "time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()) + f" ({result['time']})"]
+    return "\n".join(lines) + "\n"
+
+
+def run_name(task: str, dataset: str, protocol: str, checkpoint_label: str, seed: int) -> str:
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "-", checkpoint_label).strip("-") or "model"
+    return f"{task}-{dataset}-{protocol}-{tag}-s{seed}"
+
+
+def write_report(result: dict, vis: list[VisSample], out_dir: str | Path, name: str,
+                 class_names: list[str] | None = None, depth_range: tuple[float, float] | None = None) -> dict[str, Path]:
+    """Write ``{name}.json``, ``{name}.md`` and ``{name}.png`` into ``out_dir``; returns their paths, which the
+    JSON records too (``result["paths"]``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md", "picture": out / f"{name}.png"}
+    result["paths"] = {k: str(v) for k, v in paths.items()}
+    paths["json"].write_text(json.dumps(_finite(result), indent=2, default=_json_default, allow_nan=False) + "\n")
+    paths["markdown"].write_text(markdown(result))
+    save_picture(vis, paths["picture"], result["task"], class_names, depth_range,
+                 title=f"{result['task']} — {result['dataset']['name']} — {result['checkpoint']['label']}")
+    return paths
+
+
+def _finite(x):
+    """NaN (e.g. the mIoU of an empty subset) → None, so the JSON stays standard."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
