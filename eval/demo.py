@@ -37,7 +37,8 @@ def run(step: str, cmd: list[str], log_dir: Path) -> float:
     print(f"\n== {step}\n$ {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_dir / f"{step.split(':')[0].replace(' ', '_')}.log", "w") as log:
+    log_name = "".join(c if c.isalnum() else "_" for c in step.split(":")[0]).strip("_")
+    with open(log_dir / f"{log_name}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
         for line in proc.stdout:  # type: ignore[union-attr]
             sys.stdout.write(line)

@@ -65,3 +65,16 @@ def test_out_of_vocabulary_ids_get_a_clear_error():
         assert "token id out of range" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_trailing_padding_columns_are_trimmed_without_changing_the_result():
+    tower = _tower()
+    ids = torch.randint(1, 100, (3, 64))
+    padding = torch.ones(3, 64, dtype=torch.bool)
+    padding[0, :5] = False
+    padding[1, :9] = False
+    padding[2, :2] = False
+    full = tower.forward_tokens(ids, padding)  # untrimmed path
+    keep = (~padding).unsqueeze(-1).float()
+    pooled_full = (full * keep).sum(1) / (keep.sum(1) + 1e-8)
+    assert torch.allclose(tower(ids, padding), pooled_full, atol=1e-5)

@@ -148,7 +148,16 @@ class TextTower(nn.Module):
         return self.ln_final(x)
 
     def forward(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """ids (B, L), padding (B, L) bool/int (True/1 = padded) → masked mean of final tokens (B, D)."""
+        """ids (B, L), padding (B, L) bool/int (True/1 = padded) → masked mean of final tokens (B, D).
+
+        Trailing columns that are padding in every row are dropped first: real tokens never attend to
+        padding and pooling ignores it, so the result is the same and short captions cost less.
+        """
+        real = ~padding.to(torch.bool)
+        if real.shape[1] and not bool(real[:, -1].any()):
+            used = real.any(dim=0).nonzero()
+            length = int(used.max()) + 1 if len(used) else 1
+            ids, padding = ids[:, :length], padding[:, :length]
         x = self.forward_tokens(ids, padding)
         keep = (~padding.to(torch.bool)).unsqueeze(-1).to(x.dtype)  # (B, L, 1)
         return (x * keep).sum(dim=1) / (keep.sum(dim=1) + 1e-8)
