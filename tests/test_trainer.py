@@ -136,3 +136,23 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(shards, tmp
                       "run.resume=latest", "data.num_workers=0", *TINY]))
     assert checkpointing.latest_checkpoint(out).name == "step-00000003"
     assert not partial.exists()
+
+
+def test_demo_recipe_runs_end_to_end_and_its_export_loads_and_exports(tmp_path):
+    scenes = tmp_path / "scenes"
+    made = subprocess.run([sys.executable, "-c", "import sys; from data_pipelines.scenes import main; sys.exit(main())",
+                           "--out", str(scenes), "--num-pretrain", "64", "--num-train", "0", "--num-val", "0",
+                           "--size", "64", "--shard-size", "16"], capture_output=True, text=True, env=env())
+    assert made.returncode == 0, made.stderr[-2000:]
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo_cpu.yaml"
+    out = tmp_path / "run"
+    finish(run_train(["--config", str(recipe), f"data.train={scenes}/pretrain/shard-{{000000..000003}}.tar",
+                      f"run.output_dir={out}", "run.steps=2", "run.batch_size=4", "data.num_workers=1"]))
+    model = tips.load(out / "final")
+    assert model.cfg.variant == "tiny_p8" and model.temperature is not None
+    exported = subprocess.run([sys.executable, "-m", "tips.export", str(out / "final"), "--out", str(tmp_path / "off"),
+                               "--name", "demo"], capture_output=True, text=True, env=env())
+    assert exported.returncode == 0, exported.stderr
+    again = tips.load(tmp_path / "off" / "demo_vision.npz", text=tmp_path / "off" / "demo_text.npz", tokenizer="bpe")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(model.encode_image(x).patch_tokens, again.encode_image(x).patch_tokens, atol=1e-5)
