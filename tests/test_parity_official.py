@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import tips
-from tests.reference.layouts import save_npz, to_hf_safetensors, to_scenic_text, to_scenic_vision
-from tests.reference.official_torch import (
+from reference.layouts import save_npz, to_hf_safetensors, to_scenic_text, to_scenic_vision
+from reference.official_torch import (
     OfficialTextEncoder,
     OfficialVisionEncoder,
     randomize_,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 
-from tests.reference.layouts import to_hf_safetensors, to_scenic_text, to_scenic_vision
-from tests.reference.official_torch import (
+from reference.layouts import to_hf_safetensors, to_scenic_text, to_scenic_vision
+from reference.official_torch import (
     OfficialTextEncoder,
     OfficialVisionEncoder,
     load_official_npz,
