@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,7 +71,7 @@ class DenseSample:
     depth: torch.Tensor | None
 
 
-class DenseDataset(torch.utils.data.Dataset):
+class DenseDataset(torch.utils.data.Dataset, abc.ABC):
     """Base class: subclasses fill ``info`` and ``keys`` and implement the three loaders."""
 
     info: DatasetInfo
@@ -78,8 +80,9 @@ class DenseDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    @abc.abstractmethod
     def load_image(self, index: int) -> Image.Image:
-        raise NotImplementedError
+        """The RGB image of item ``index``."""
 
     def load_seg(self, index: int) -> torch.Tensor | None:
         return None
