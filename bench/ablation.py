@@ -176,20 +176,29 @@ def write_chart(summary: dict, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    p.add_argument("--out", default="results/ablation")
+    p.add_argument("--out", default="results/ablation", help="results: results.json, table.md, chart.png")
+    p.add_argument("--workdir", default="runs/ablation", help="scenes data and training runs (large; not committed)")
     p.add_argument("--seeds", type=int, nargs="*", help="override the preset's seeds")
+    p.add_argument("--variants", nargs="*", choices=[*VARIANTS, "random"], help="override the preset's variants")
+    p.add_argument("--steps", type=int, help="override the preset's training steps")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = p.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     if args.seeds:
         preset["seeds"] = args.seeds
+    if args.variants:
+        preset["variants"] = args.variants
+    if args.steps:
+        preset["train"] = [o for o in preset["train"] if not o.startswith("run.steps=")] + [f"run.steps={args.steps}"]
     out = Path(args.out) / args.preset
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "scenes"
+    work = Path(args.workdir) / args.preset
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "scenes"
     sc = preset["scenes"]
     run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
                                  str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
-                                 "--shard-size", str(max(1, sc["num_pretrain"] // 8))], out / "scenes.log")
+                                 "--shard-size", str(max(1, sc["num_pretrain"] // 8))], work / "scenes.log")
     results_file = out / "results.json"
     runs: list[dict] = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
     done = {(r["variant"], r["seed"]) for r in runs}
@@ -197,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in preset["variants"]:
             if (variant, seed) in done:
                 continue
-            run_dir = out / "runs" / f"{variant}-seed{seed}"
+            run_dir = work / "runs" / f"{variant}-seed{seed}"
             logs = run_dir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             record = {"variant": variant, "seed": seed}
