@@ -6,7 +6,6 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 

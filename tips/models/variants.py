@@ -7,7 +7,7 @@ Numbers for the official variants come from the official image / text encoders (
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import DataConfig, MaskConfig, ViewConfig, build_train_loader
+from ..data import DataConfig, MaskConfig, ViewConfig
 from ..loading import load
 from ..models.heads import ProjectionHead
 from ..models.tips import TIPS

@@ -155,7 +155,7 @@ class Trainer:
                 "step": self.step, "data_positions": positions, "skips": self.skips,
                 "nonfinite_total": self.nonfinite_total, "world_size": acc.num_processes,
             })  # fmt: skip
-            final = ckpt.finalize(tmp, self.output_dir, self.step, self.cfg.run.keep_last)
+            ckpt.finalize(tmp, self.output_dir, self.step, self.cfg.run.keep_last)
         acc.wait_for_everyone()
         return ckpt.checkpoint_root(self.output_dir) / ckpt.step_dir_name(self.step)
 
