@@ -1,4 +1,4 @@
-"""``tips-demo``: the whole system on the embedded default, in about ten minutes on 2 CPU cores.
+"""``tips-demo``: the whole system on the embedded default (15–20 minutes on 2 CPU cores, 12 of them pretraining).
 
 1. ``tips-scenes`` generates the procedural scenes dataset (skipped when it is already there);
 2. ``accelerate launch -m tips.train`` pretrains the demo recipe (``configs/pretrain/demo_cpu.yaml``);
