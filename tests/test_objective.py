@@ -79,6 +79,8 @@ def test_no_gradient_reaches_the_teacher_and_ablations_build_no_dead_heads():
     assert build_teacher(clip, clip_module.student, None) is None
     out = clip_module(scene_batch(4), None, 0.04)
     assert float(out["distill"]) == 0.0 and float(out["mask"]) == 0.0
+    out["loss"].backward()
+    assert [n for n, p in clip_module.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 @pytest.mark.parametrize("options", [["teacher.mode=head_only_ema"], ["loss.ibot_plus_plus=true"],
@@ -93,3 +95,22 @@ def test_recipe_options_give_finite_losses_and_gradients(options):
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert module.student.model.vision.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("contrastive", ["softmax", "sigmoid"])
+def test_alt_text_only_ablation_never_encodes_the_synthetic_caption(contrastive, monkeypatch):
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY + ["loss.weights.contrastive_syn=0", "loss.weights.distill=0", "loss.weights.mask=0",
+                                    f"loss.contrastive={contrastive}"])
+    module = build_train_module(cfg, build_model(cfg), None)
+    batch = scene_batch(4)
+    text_tower = module.student.model.text
+    seen_lengths = []
+    original = text_tower.forward
+    monkeypatch.setattr(text_tower, "forward", lambda ids, pad: seen_lengths.append(ids.shape) or original(ids, pad))
+    out = module(batch, None, 0.04)
+    assert seen_lengths == [batch.alt_ids.shape]  # one call, alt-text only: no synthetic caption rows
+    assert float(out["contrastive_syn"]) == 0.0 and float(out["contrastive_alt"]) > 0
+    out["loss"].backward()
+    trainable_without_grad = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert trainable_without_grad == []  # what DDP (find_unused_parameters=False) requires

@@ -58,6 +58,11 @@ def build_model(cfg: TrainConfig) -> TIPS:
             p.requires_grad_(False)  # the trained TIPS model has no LayerScale: keep γ = 1
     for tower in m.freeze:
         getattr(model, tower).requires_grad_(False)
+    # Parameters an ablation never uses get no gradient, and DDP (find_unused_parameters=False) rejects those.
+    if cfg.loss.weights.contrastive_syn == 0:  # the synthetic caption is not encoded at all
+        model.logit_scale_syn.requires_grad_(False)
+    if cfg.loss.weights.mask == 0:  # no masked view
+        model.vision.mask_token.requires_grad_(False)
     if m.grad_checkpointing:
         model.vision.set_grad_checkpointing(True)
         model.text.set_grad_checkpointing(True)

@@ -32,7 +32,8 @@ class TIPSObjective(nn.Module):
         if cfg.contrastive == "sigmoid":
             from ..losses import SigmoidBias
 
-            self.bias_alt, self.bias_syn = SigmoidBias(), SigmoidBias()
+            self.bias_alt = SigmoidBias()
+            self.bias_syn = SigmoidBias() if cfg.weights.contrastive_syn > 0 else None
         else:
             self.bias_alt = self.bias_syn = None
 
@@ -52,11 +53,12 @@ class TIPSObjective(nn.Module):
         )  # fmt: skip
         core: TIPSStudent = getattr(student, "module", student)
         scales = core.model.logit_scale_alt, core.model.logit_scale_syn
-        losses = {
-            "contrastive_alt": self.contrastive(out.cls_alt, out.text_alt, scales[0], _bias(self.bias_alt)),
-            "contrastive_syn": self.contrastive(out.cls_syn, out.text_syn, scales[1], _bias(self.bias_syn)),
-        }
+        losses = {"contrastive_alt": self.contrastive(out.cls_alt, out.text_alt, scales[0], _bias(self.bias_alt))}
         zero = losses["contrastive_alt"].new_zeros(())
+        losses["contrastive_syn"] = (
+            self.contrastive(out.cls_syn, out.text_syn, scales[1], _bias(self.bias_syn))
+            if out.text_syn is not None else zero
+        )  # fmt: skip
         targets = teacher(batch.global_crop, out.patch_index) if (teacher is not None and self.needs_teacher) else None
         if targets is not None and targets.cls is not None:  # feature distillation from released weights
             proj = core.feature_proj

@@ -25,7 +25,8 @@ class StudentOutputs:
     """Everything the objective needs from the student for one batch of B images.
 
     cls_alt, cls_syn: (B, D) CLS1 / CLS2 of the contrastive view.
-    text_alt, text_syn: (B, D) pooled text embeddings of the alt-text and the synthetic caption.
+    text_alt, text_syn: (B, D) pooled text embeddings of the alt-text and the synthetic caption (``text_syn`` is
+        None when the synthetic-caption term is off: the caption is then not encoded at all).
     dino_logits: (B, M, K) DINO-head output on CLS1 of each local crop.
     patch_index: (T,) flat indices into B·N of the patches the MIM loss uses; patch_weights (T,).
     ibot_logits: (T, K) iBOT-head output on those masked-view patch tokens (None for pixel MIM).
@@ -37,7 +38,7 @@ class StudentOutputs:
     cls_alt: torch.Tensor
     cls_syn: torch.Tensor
     text_alt: torch.Tensor
-    text_syn: torch.Tensor
+    text_syn: torch.Tensor | None
     dino_logits: torch.Tensor | None
     patch_index: torch.Tensor
     patch_weights: torch.Tensor
@@ -71,6 +72,7 @@ class TIPSStudent(nn.Module):
         )
         self.use_local_crops = w.distill > 0
         self.use_masked_view = w.mask > 0
+        self.use_syn_caption = w.contrastive_syn > 0
         # Distillation from released weights (no heads): linear maps student width → teacher width.
         self.feature_proj = (
             nn.ModuleDict({"cls": nn.Linear(width, feature_targets[0]), "patch": nn.Linear(width, feature_targets[1])})
@@ -119,12 +121,15 @@ class TIPSStudent(nn.Module):
             selected = masked_patches.reshape(-1, masked_patches.shape[-1])[patch_index]  # (T, D)
             ibot_logits = self.ibot_head(selected)
 
-        text = self.model.text(torch.cat([alt_ids, syn_ids]), torch.cat([alt_padding, syn_padding]))  # (2B, D)
+        if self.use_syn_caption:
+            text = self.model.text(torch.cat([alt_ids, syn_ids]), torch.cat([alt_padding, syn_padding]))  # (2B, D)
+        else:  # CLIP-style ablation: the (longer) synthetic caption would cost text-tower time for nothing
+            text = self.model.text(alt_ids, alt_padding)  # (B, D)
         return StudentOutputs(
             cls_alt=cls[:, 0],
             cls_syn=cls[:, 1],
             text_alt=text[:B],
-            text_syn=text[B:],
+            text_syn=text[B:] if self.use_syn_caption else None,
             dino_logits=dino_logits,
             patch_index=patch_index,
             patch_weights=patch_weights,
