@@ -23,6 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tips.atomic import write_json_atomic
+
 from .tario import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -36,7 +38,6 @@ from .tario import (
     read_json,
     resolve_shards,
     sha256_file,
-    write_json_atomic,
 )
 
 FORMAT = "tips-caption/1"

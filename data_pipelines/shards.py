@@ -25,6 +25,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tips.atomic import write_json_atomic
+
 from .shard_inputs import Record, shard_records, table_records, table_rows
 from .tario import (
     DEFAULT_MAX_PIXELS,
@@ -37,7 +39,6 @@ from .tario import (
     read_json,
     resolve_shards,
     sha256_file,
-    write_json_atomic,
 )
 
 FORMAT = "tips-shards/1"

@@ -15,13 +15,14 @@ import os
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import braceexpand
 from PIL import Image, ImageOps
+
+from tips.atomic import fsync_dir
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240: tar pads the archive to whole records
@@ -60,41 +61,6 @@ def archive_size(payload: int) -> int:
     """Bytes of a tar whose members take ``payload`` bytes: two end blocks, then padding to a whole record."""
     end = payload + 2 * BLOCK
     return end + (-end % RECORD)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Write ``path`` through ``path.tmp``: flushed, fsynced and renamed into place only if the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write a human-readable JSON file atomically."""
-    with atomic_file(path) as f:
-        f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8") + b"\n")
 
 
 def read_json(path: str | os.PathLike) -> Any | None:

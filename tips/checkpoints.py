@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_file, write_json_atomic
+
 from .models.tips import TIPS
 from .models.variants import ModelConfig, TextConfig, VisionConfig, heads_for_width
 
@@ -441,20 +443,11 @@ def export_official(model: TIPS, out_dir: str | os.PathLike, name: str = "tips")
         "text_heads": model.cfg.text.heads if model.cfg.text else None,
     }
     paths["sidecar"] = sidecar_path(paths["vision"])
-    _atomic_write_bytes(paths["sidecar"], (json.dumps(sidecar, indent=2) + "\n").encode())
+    write_json_atomic(paths["sidecar"], sidecar, indent=2)
     return paths
 
 
 def _save_npz(path: Path, sd: Mapping[str, torch.Tensor]) -> None:
     arrays = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_file(path, suffix=".tmp.npz") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .atomic import write_text_atomic
 from .image_sources import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -89,10 +90,6 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class FeatureWriter:
@@ -144,12 +141,12 @@ class FeatureWriter:
         if self.rows or (not self.shard_size and self.ids):
             self._write(len(self.rows))
         if self.shard_size:
-            _atomic_write_text(self.out_dir / "ids.jsonl", "".join(json.dumps(i) + "\n" for i in self.ids))
+            write_text_atomic(self.out_dir / "ids.jsonl", "".join(json.dumps(i) + "\n" for i in self.ids))
             index = {"format": FORMAT, "count": len(self.ids), "shards": self.shards, "ids": "ids.jsonl", **self.metadata}
-            _atomic_write_text(self.out_dir / "index.json", json.dumps(index, indent=1))
+            write_text_atomic(self.out_dir / "index.json", json.dumps(index, indent=1))
             self.files += [self.out_dir / "ids.jsonl", self.out_dir / "index.json"]
         else:
-            _atomic_write_text(self.out_dir / "ids.json", json.dumps(self.ids))
+            write_text_atomic(self.out_dir / "ids.json", json.dumps(self.ids))
             self.files.append(self.out_dir / "ids.json")
         return self.files
 
@@ -349,7 +346,7 @@ def extract(
     seconds = time.perf_counter() - start
 
     skipped_path = out_dir / "skipped.json"
-    _atomic_write_text(skipped_path, json.dumps([{"id": i, "reason": r} for i, r in skipped], indent=1))
+    write_text_atomic(skipped_path, json.dumps([{"id": i, "reason": r} for i, r in skipped], indent=1))
     if not writer.ids:
         raise NoReadableImages(f"no readable images: all {len(refs)} skipped (reasons in {skipped_path})")
     result = ExtractResult(ids=writer.ids, skipped=skipped, files=writer.close() + [skipped_path], seconds=seconds,
@@ -386,7 +383,7 @@ def _write_text_embeddings(out_dir: Path, prompts: list[str], emb: torch.Tensor,
     path = out_dir / "text_embeddings.safetensors"
     _atomic_save({"text": emb}, path, {"format": FORMAT, "model": model_name, "count": str(len(prompts)),
                                        "prompts": json.dumps(prompts)})
-    _atomic_write_text(out_dir / "texts.json", json.dumps(prompts, indent=1))
+    write_text_atomic(out_dir / "texts.json", json.dumps(prompts, indent=1))
     return path
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from .atomic import atomic_file
+
 CAPTION_HEIGHT = 14
 
 
@@ -90,7 +92,6 @@ def save_pca_picture(
 ) -> Path:
     """Write :func:`pca_picture` as a PNG (atomically) and return its path."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    pca_picture(images, patch_tokens, ids).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        pca_picture(images, patch_tokens, ids).save(f, format="PNG")
     return path

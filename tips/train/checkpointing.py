@@ -13,12 +13,13 @@ only after the new folder is complete.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+from ..atomic import fsync_dir, write_json_atomic
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -66,9 +67,7 @@ def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=2)
 
 
 def finalize(tmp: Path, output_dir: str | Path, step: int, keep_last: int) -> Path:
@@ -82,23 +81,10 @@ def finalize(tmp: Path, output_dir: str | Path, step: int, keep_last: int) -> Pa
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     for stale in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:

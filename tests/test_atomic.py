@@ -1,0 +1,22 @@
+import pytest
+
+from tips.atomic import atomic_file, write_json_atomic
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "manifest.json"
+    write_json_atomic(path, {"shards": 3})
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as f:
+            f.write(b'{"shards": ')
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == '{\n "shards": 3\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_a_successful_write_replaces_the_file(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"old")
+    with atomic_file(path) as f:
+        f.write(b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
