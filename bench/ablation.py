@@ -138,7 +138,45 @@ def aggregate(runs: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def write_table(summary: dict, preset_name: str, preset: dict, out: Path) -> str:
+# The comparisons the paper's Table 1 makes, as (baseline, candidate): does the candidate improve on the baseline?
+COMPARISONS = [("clip_alt", "two_cls"), ("two_cls", "distill"), ("distill", "tips"), ("two_cls", "tips"),
+               ("random", "tips")]
+
+
+def paired_differences(runs: list[dict], baseline: str, candidate: str) -> dict[str, dict] | None:
+    """Per-seed improvement of ``candidate`` over ``baseline`` (positive = better, whatever the metric's direction).
+
+    Returns {metric: {"mean", "se", "n", "wins", "beats_2se"}}, or None when fewer than two seeds have both.
+    """
+    by_seed = {v: {r["seed"]: r["metrics"] for r in runs if r["variant"] == v} for v in (baseline, candidate)}
+    seeds = sorted(set(by_seed[baseline]) & set(by_seed[candidate]))
+    if len(seeds) < 2:
+        return None
+    out = {}
+    for key, _, higher in METRICS:
+        diffs = [(1 if higher else -1) * (by_seed[candidate][s][key] - by_seed[baseline][s][key]) for s in seeds]
+        mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+        out[key] = {"mean": mean, "se": se, "n": len(diffs), "wins": sum(d > 0 for d in diffs),
+                    "beats_2se": mean > 2 * se}
+    return out
+
+
+def comparison_table(runs: list[dict]) -> str:
+    """Markdown: mean per-seed improvement ± standard error, seeds won, and whether it exceeds 2 SE."""
+    lines = ["Per-seed improvement of the second variant over the first (positive = better; mean ± standard error "
+             "over seeds, seeds won / seeds, ✓ when the mean exceeds twice its standard error).", "",
+             "| comparison | " + " | ".join(label for _, label, _ in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for baseline, candidate in COMPARISONS:
+        diff = paired_differences(runs, baseline, candidate)
+        if diff is None:
+            continue
+        cells = [f"{d['mean']:+.3f} ± {d['se']:.3f} ({d['wins']}/{d['n']}){' ✓' if d['beats_2se'] else ''}"
+                 for d in (diff[k] for k, _, _ in METRICS)]
+        lines.append(f"| {LABELS[baseline].split(' ')[0]} → {LABELS[candidate].split(' ')[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(summary: dict, preset_name: str, preset: dict, out: Path, runs: list[dict] | None = None) -> str:
     lines = [f"Preset `{preset_name}`, seeds {preset['seeds']}, mean ± std over seeds.", "",
              "| variant | " + " | ".join(label for _, label, _ in METRICS) + " | steps | wall time / run (s) | "
              "train GFLOP / run |", "|---" * (len(METRICS) + 4) + "|"]
@@ -147,6 +185,8 @@ def write_table(summary: dict, preset_name: str, preset: dict, out: Path) -> str
         lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) +
                      f" | {s['steps']} | {s['wall_s']:.0f} | {s['gflop']:.0f} |")
     text = "\n".join(lines) + "\n"
+    if runs:
+        text += "\n" + comparison_table(runs)
     (out / "table.md").write_text(text)
     return text
 
@@ -229,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         summary[variant] = {"metrics": aggregate(vr), "steps": vr[0]["steps"],
                             "wall_s": statistics.mean(r["wall_s"] for r in vr),
                             "gflop": 0.0 if variant == "random" else step_flops(preset, variant) * vr[0]["steps"] / 1e9}
-    results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "runs": runs, "summary": summary},
-                                       indent=2))
-    print(write_table(summary, args.preset, preset, out))
+    comparisons = {f"{a}->{b}": paired_differences(runs, a, b) for a, b in COMPARISONS}
+    results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "runs": runs, "summary": summary,
+                                        "comparisons": {k: v for k, v in comparisons.items() if v}}, indent=2))
+    print(write_table(summary, args.preset, preset, out, runs))
     print(f"chart: {write_chart(summary, out)}")
     return 0
 
