@@ -96,6 +96,18 @@ def test_dino_centre_is_an_ema_of_teacher_logits_updated_after_the_loss():
     assert "center" in loss_fn.state_dict()
 
 
+@pytest.mark.parametrize("center_init", ["zeros", "first_batch"])
+def test_a_non_finite_teacher_batch_leaves_the_centre_unchanged(center_init):
+    loss_fn = DINOLoss(4, center_momentum=0.9, center_init=center_init)
+    loss_fn(torch.randn(3, 2, 4), torch.randn(3, 4), 0.04)
+    before = loss_fn.center.clone()
+    bad = torch.randn(3, 4)
+    bad[1, 2] = float("nan")
+    loss_fn(torch.randn(3, 2, 4), bad, 0.04)  # this step's loss is NaN and the trainer skips it
+    assert torch.equal(loss_fn.center, before)
+    assert torch.isfinite(loss_fn(torch.randn(3, 2, 4), torch.randn(3, 4), 0.04))  # later steps are unharmed
+
+
 def test_centre_stays_put_in_eval_mode_and_under_sinkhorn():
     for loss_fn in (DINOLoss(4).eval(), DINOLoss(4, centering="sinkhorn_knopp")):
         loss_fn(torch.randn(2, 3, 4), torch.randn(2, 4), 0.04)

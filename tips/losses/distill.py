@@ -80,7 +80,7 @@ class TeacherCentering(nn.Module):
             return sinkhorn_knopp(teacher_logits, teacher_temp)
         if self.training and not bool(self.center_ready):
             batch_center, count = global_mean(teacher_logits)
-            if bool(count > 0):
+            if bool(count > 0) and bool(torch.isfinite(batch_center).all()):
                 self.center.copy_(batch_center)
                 self.center_ready.fill_(True)
         return centered_softmax(teacher_logits, self.center, teacher_temp)
@@ -89,14 +89,16 @@ class TeacherCentering(nn.Module):
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """c ← m·c + (1 − m)·mean(h_t), the mean over every rank's rows of teacher_logits (T, K).
 
-        A no-op outside training, under Sinkhorn–Knopp, or when no rank has a row.
+        A no-op outside training, under Sinkhorn–Knopp, when no rank has a row, or when the teacher's output is
+        not finite (the step is skipped; a NaN centre would poison every later target).
         """
         if not self.training or self.centering != "ema":
             return
         batch_center, count = global_mean(teacher_logits)
         m = self.center_momentum
         updated = m * self.center.float() + (1 - m) * batch_center
-        self.center.copy_(torch.where(count > 0, updated, self.center.float()))
+        keep_old = (count == 0) | ~torch.isfinite(batch_center).all()
+        self.center.copy_(torch.where(keep_old, self.center.float(), updated))
 
 
 def cross_entropy_to_targets(student_logits: torch.Tensor, targets: torch.Tensor, temp: float) -> torch.Tensor:
