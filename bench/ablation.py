@@ -19,6 +19,7 @@ Writes ``<out>/<preset>/results.json``, ``table.md`` and ``chart.png``; every ru
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import subprocess
@@ -191,7 +192,7 @@ def write_table(summary: dict, preset_name: str, preset: dict, out: Path, runs: 
     return text
 
 
-def write_chart(summary: dict, out: Path) -> Path:
+def write_chart(summary: dict, out: Path, runs: list[dict] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,12 +203,16 @@ def write_chart(summary: dict, out: Path) -> Path:
     for ax, (key, label, higher) in zip(axes, METRICS):
         means = [summary[v]["metrics"][key]["mean"] for v in names]
         stds = [summary[v]["metrics"][key]["std"] for v in names]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(names))])
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(names))], alpha=0.8)
+        for i, v in enumerate(names):  # every seed as a dot: with three seeds the spread says more than the bar
+            values = [r["metrics"][key] for r in runs or [] if r["variant"] == v]
+            ax.scatter([i] * len(values), values, s=10, color="black", zorder=3)
         ax.set_xticks(range(len(names)), [LABELS[v].split(" ")[0] for v in names])
         ax.set_title(f"{label} {'↑' if higher else '↓'}", fontsize=9)
     fig.legend([plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(names))],
                [LABELS[v] for v in names], loc="lower center", ncol=len(names), fontsize=8)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.suptitle("bars: mean ± std over seeds; dots: one seed each", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     path = out / "chart.png"
     fig.savefig(path, dpi=110)
     return path
@@ -221,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="*", help="override the preset's seeds")
     p.add_argument("--variants", nargs="*", choices=[*VARIANTS, "random"], help="override the preset's variants")
     p.add_argument("--steps", type=int, help="override the preset's training steps")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]; "
+                        "use a separate --out for a changed recipe")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = p.parse_args(argv)
     preset = dict(PRESETS[args.preset])
@@ -230,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         preset["variants"] = args.variants
     if args.steps:
         preset["train"] = [o for o in preset["train"] if not o.startswith("run.steps=")] + [f"run.steps={args.steps}"]
-    out = Path(args.out) / args.preset
+    if args.overrides:
+        preset["train"] = [*preset["train"], *args.overrides]
+    # A changed recipe (steps, overrides) gets its own results and run folders, so it can neither resume from nor
+    # be mixed into the preset's own runs; other seeds or variants of the same recipe share them.
+    tag = (f"-steps{args.steps}" if args.steps else "") + (
+        "-set" + hashlib.sha1("\n".join(args.overrides).encode()).hexdigest()[:8] if args.overrides else "")
+    out = Path(args.out) / f"{args.preset}{tag}"
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir) / args.preset
     work.mkdir(parents=True, exist_ok=True)
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in preset["variants"]:
             if (variant, seed) in done:
                 continue
-            run_dir = work / "runs" / f"{variant}-seed{seed}"
+            run_dir = work / f"runs{tag}" / f"{variant}-seed{seed}"
             logs = run_dir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             record = {"variant": variant, "seed": seed}
@@ -273,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "runs": runs, "summary": summary,
                                         "comparisons": {k: v for k, v in comparisons.items() if v}}, indent=2))
     print(write_table(summary, args.preset, preset, out, runs))
-    print(f"chart: {write_chart(summary, out)}")
+    print(f"chart: {write_chart(summary, out, runs)}")
     return 0
 
 

@@ -12,6 +12,7 @@ Each step is a subprocess running the public command, so no application imports 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo_cpu.yaml"
 
@@ -39,10 +42,15 @@ def run(step: str, cmd: list[str], log_dir: Path) -> float:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log_name = "".join(c if c.isalnum() else "_" for c in step.split(":")[0]).strip("_")
     with open(log_dir / f"{log_name}.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
-        for line in proc.stdout:  # type: ignore[union-attr]
-            sys.stdout.write(line)
-            log.write(line)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0)
+        # Raw chunks, not lines: a progress bar redraws itself with '\r', which line reading would turn into
+        # hundreds of printed lines (or hold back until the bar ends).
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end mid-character
+        for chunk in iter(lambda: proc.stdout.read(4096), b""):  # type: ignore[union-attr]
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            log.write(decoder.decode(chunk))
+        log.write(decoder.decode(b"", final=True))
         proc.wait()
     if proc.returncode != 0:
         raise SystemExit(f"tips-demo: step '{step}' failed with exit code {proc.returncode}; log in {log_dir}")
@@ -102,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     ], logs)  # fmt: skip
     shards = sorted((data / "pretrain").glob("shard-*.tar"))
     pattern = str(data / "pretrain" / f"shard-{{000000..{len(shards) - 1:06d}}}.tar")
+    # Without --cpu, accelerate's single-process launch pins OMP_NUM_THREADS=1: one core instead of all of them.
+    device = [] if torch.cuda.is_available() else ["--cpu"]
     train = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tips.train", "--config", str(RECIPE),
+             *device, "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tips.train", "--config", str(RECIPE),
              f"data.train={pattern}", f"run.output_dir={run_dir}", f"run.seed={args.seed}", "run.resume=latest"]
     if args.steps:
         train.append(f"run.steps={args.steps}")
