@@ -1,4 +1,4 @@
-"""``tips-demo``: the whole system on the embedded default (15–20 minutes on 2 CPU cores, 12 of them pretraining).
+"""``tips-demo``: the whole system on the embedded default (about 10 minutes on 2 CPU cores, 5 of them pretraining).
 
 1. ``tips-scenes`` generates the procedural scenes dataset (skipped when it is already there);
 2. ``accelerate launch -m tips.train`` pretrains the demo recipe (``configs/pretrain/demo_cpu.yaml``);
