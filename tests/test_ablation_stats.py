@@ -1,0 +1,32 @@
+"""The ablation's paired comparison: signs follow each metric's direction, SE over seeds, seeds won."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import ablation  # noqa: E402
+
+
+def run(variant, seed, miou, rmse):
+    metrics = {"miou_objects": miou, "miou_all": miou, "rmse_objects": rmse, "rmse_all": rmse, "t2i_r1": 0.0}
+    return {"variant": variant, "seed": seed, "metrics": metrics}
+
+
+def test_paired_differences_count_lower_rmse_as_an_improvement():
+    runs = [run("two_cls", 0, 0.10, 3.0), run("two_cls", 1, 0.20, 3.0), run("two_cls", 2, 0.30, 3.0),
+            run("tips", 0, 0.11, 2.5), run("tips", 1, 0.23, 2.9), run("tips", 2, 0.29, 2.0)]
+    diff = ablation.paired_differences(runs, "two_cls", "tips")
+    assert diff["rmse_objects"]["mean"] == pytest.approx((0.5 + 0.1 + 1.0) / 3)
+    assert diff["rmse_objects"]["wins"] == 3
+    miou = diff["miou_objects"]
+    assert miou["mean"] == pytest.approx(0.01) and miou["wins"] == 2 and miou["n"] == 3
+    assert miou["se"] == pytest.approx(0.02 / 3 ** 0.5)  # sample std of (0.01, 0.03, -0.01) is 0.02
+    assert not miou["beats_2se"] and diff["rmse_objects"]["beats_2se"]
+
+
+def test_paired_differences_need_two_shared_seeds():
+    runs = [run("two_cls", 0, 0.1, 3.0), run("tips", 0, 0.2, 2.0), run("tips", 1, 0.2, 2.0)]
+    assert ablation.paired_differences(runs, "two_cls", "tips") is None
+    assert "(b) → (d)" not in ablation.comparison_table(runs)
