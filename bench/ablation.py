@@ -174,6 +174,8 @@ def comparison_table(runs: list[dict]) -> str:
         cells = [f"{d['mean']:+.3f} ± {d['se']:.3f} ({d['wins']}/{d['n']}){' ✓' if d['beats_2se'] else ''}"
                  for d in (diff[k] for k, _, _ in METRICS)]
         lines.append(f"| {LABELS[baseline].split(' ')[0]} → {LABELS[candidate].split(' ')[0]} | " + " | ".join(cells) + " |")
+    if len(lines) == 4:
+        return "No paired comparison: no two variants share two or more seeds.\n"
     return "\n".join(lines) + "\n"
 
 
