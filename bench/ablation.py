@@ -167,16 +167,17 @@ def comparison_table(runs: list[dict]) -> str:
     lines = ["Per-seed improvement of the second variant over the first (positive = better; mean ± standard error "
              "over seeds, seeds won / seeds, ✓ when the mean exceeds twice its standard error).", "",
              "| comparison | " + " | ".join(label for _, label, _ in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    rows = []
     for baseline, candidate in COMPARISONS:
         diff = paired_differences(runs, baseline, candidate)
         if diff is None:
             continue
         cells = [f"{d['mean']:+.3f} ± {d['se']:.3f} ({d['wins']}/{d['n']}){' ✓' if d['beats_2se'] else ''}"
                  for d in (diff[k] for k, _, _ in METRICS)]
-        lines.append(f"| {LABELS[baseline].split(' ')[0]} → {LABELS[candidate].split(' ')[0]} | " + " | ".join(cells) + " |")
-    if len(lines) == 4:
+        rows.append(f"| {LABELS[baseline].split(' ')[0]} → {LABELS[candidate].split(' ')[0]} | " + " | ".join(cells) + " |")
+    if not rows:
         return "No paired comparison: no two variants share two or more seeds.\n"
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + rows) + "\n"
 
 
 def write_table(summary: dict, preset_name: str, preset: dict, out: Path, runs: list[dict] | None = None) -> str:

@@ -20,3 +20,16 @@ def test_a_successful_write_replaces_the_file(tmp_path):
     with atomic_file(path) as f:
         f.write(b"new")
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_replace_dir_swaps_a_complete_folder_in_and_leaves_no_old_copy(tmp_path):
+    from tips.atomic import replace_dir
+
+    final, new = tmp_path / "step-00000100", tmp_path / ".step-00000100.tmp"
+    final.mkdir()
+    (final / "model.safetensors").write_bytes(b"old")
+    new.mkdir()
+    (new / "model.safetensors").write_bytes(b"new")
+    replace_dir(new, final)
+    assert (final / "model.safetensors").read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000100"]

@@ -1,6 +1,5 @@
 """Schedules, parameter groups, the EMA update and the config loader of the trainer."""
 
-
 import pytest
 import torch
 from torch import nn

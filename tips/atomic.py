@@ -1,13 +1,15 @@
 """Atomic, durable file writes: a reader sees the old file or the complete new one, never a torn one.
 
 Every writer of the package (checkpoints, exports, feature files, shards, manifests) goes through here:
-write to a temporary name in the same folder, flush + fsync, ``os.replace`` into place, fsync the folder.
+write to a temporary name in the same folder, fsync, ``os.replace`` into place, fsync the folder; whole folders
+(checkpoints) are built beside their final name and swapped in with :func:`replace_dir`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,23 +32,52 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
-    """Binary file object whose content replaces ``path`` only if the block succeeds; else nothing changes.
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A unique temporary path beside ``path``, for writers that want a file name (``safetensors.save_file``).
 
-    The temporary file is unique per writer (``mkstemp``), so two processes writing the same path never mix bytes.
+    What the block writes there is fsynced and renamed over ``path`` only if the block succeeds; else it is removed.
+    The name is unique per writer (``mkstemp``), so two processes writing the same path never mix bytes.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
+    """Binary file object whose content replaces ``path`` only if the block succeeds (see :func:`atomic_path`)."""
+    with atomic_path(path, suffix) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the complete folder ``tmp`` to ``final``; an existing ``final`` is set aside and deleted only after.
+
+    The set-aside copy is named ``.<final>.old-<pid>``, so a cleanup of ``.<name>*`` leftovers also finds it.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -27,8 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_file, write_json_atomic
-
+from .atomic import atomic_file, replace_dir, write_json_atomic
 from .models.tips import TIPS
 from .models.variants import ModelConfig, TextConfig, VisionConfig, heads_for_width
 
@@ -386,13 +385,7 @@ def save_pretrained(model: TIPS, directory: str | os.PathLike, extra_tensors: Ma
         "image_size": model.image_size,
     }
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
+    replace_dir(tmp, directory)
     return directory
 
 

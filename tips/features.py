@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .atomic import write_text_atomic
+from .atomic import atomic_path, write_text_atomic
 from .image_sources import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -85,11 +85,8 @@ class ExtractResult:
 
 # ----------------------------------------------------------------------------------------------- writing
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 class FeatureWriter:

@@ -13,13 +13,11 @@ only after the new folder is complete.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
-from ..atomic import fsync_dir, write_json_atomic
+from ..atomic import replace_dir
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -66,22 +64,10 @@ def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
     return stale
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_json_atomic(path, data, indent=2)
-
-
 def finalize(tmp: Path, output_dir: str | Path, step: int, keep_last: int) -> Path:
     """Rename the complete temporary folder into place, then delete all but the newest ``keep_last``."""
     final = checkpoint_root(output_dir) / step_dir_name(step)
-    if final.exists():  # a re-run of the same step: replace it only now that the new one is complete
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(final.parent)
+    replace_dir(tmp, final)  # a re-run of the same step replaces the old folder only once the new one is complete
     for stale in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     return final

@@ -13,6 +13,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..atomic import write_json_atomic
 from ..checkpoints import save_pretrained
 from ..loading import load
 from ..models.tips import TIPS
@@ -151,10 +152,10 @@ class Trainer:
             if teacher_sd:
                 save_file(teacher_sd, str(tmp / "teacher.safetensors"))
             self.export(tmp / "export", tmp / "export_teacher" if self.cfg.run.export_teacher else None)
-            ckpt.write_json(tmp / "trainer.json", {
+            write_json_atomic(tmp / "trainer.json", {
                 "step": self.step, "data_positions": positions, "skips": self.skips,
                 "nonfinite_total": self.nonfinite_total, "world_size": acc.num_processes,
-            })  # fmt: skip
+            }, indent=2)  # fmt: skip
             ckpt.finalize(tmp, self.output_dir, self.step, self.cfg.run.keep_last)
         acc.wait_for_everyone()
         return ckpt.checkpoint_root(self.output_dir) / ckpt.step_dir_name(self.step)
