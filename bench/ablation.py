@@ -180,8 +180,16 @@ def comparison_table(runs: list[dict]) -> str:
     return "\n".join(lines + rows) + "\n"
 
 
+def seeds_line(summary: dict) -> str:
+    """"seeds 0, 1, 2" when every variant has the same seeds, else each variant's seeds."""
+    seeds = {v: s["seeds"] for v, s in summary.items()}
+    if len({tuple(x) for x in seeds.values()}) == 1:
+        return "seeds " + ", ".join(map(str, next(iter(seeds.values()))))
+    return "seeds " + "; ".join(f"{LABELS[v].split(' ')[0]} {', '.join(map(str, x))}" for v, x in seeds.items())
+
+
 def write_table(summary: dict, preset_name: str, preset: dict, out: Path, runs: list[dict] | None = None) -> str:
-    lines = [f"Preset `{preset_name}`, seeds {preset['seeds']}, mean ± std over seeds.", "",
+    lines = [f"Preset `{preset_name}`, {seeds_line(summary)}; mean ± std over seeds.", "",
              "| variant | " + " | ".join(label for _, label, _ in METRICS) + " | steps | wall time / run (s) | "
              "train GFLOP / run |", "|---" * (len(METRICS) + 4) + "|"]
     for variant, s in summary.items():
@@ -233,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]; "
                         "use a separate --out for a changed recipe")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--report", action="store_true",
+                   help="train and probe nothing: write table, chart and JSON from the runs finished so far")
     args = p.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     if args.seeds:
@@ -253,13 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     data = work / "scenes"
     sc = preset["scenes"]
-    run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
-                                 str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
-                                 "--shard-size", str(max(1, sc["num_pretrain"] // 8))], work / "scenes.log")
     results_file = out / "results.json"
+    if args.report and not results_file.is_file():
+        raise SystemExit(f"--report: no finished runs yet ({results_file} does not exist)")
+    if not args.report:
+        run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
+                                     str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
+                                     "--shard-size", str(max(1, sc["num_pretrain"] // 8))], work / "scenes.log")
     runs: list[dict] = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
     done = {(r["variant"], r["seed"]) for r in runs}
-    for seed in preset["seeds"]:
+    for seed in [] if args.report else preset["seeds"]:
         for variant in preset["variants"]:
             if (variant, seed) in done:
                 continue
@@ -283,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for variant in preset["variants"]:
         vr = [r for r in runs if r["variant"] == variant]
-        summary[variant] = {"metrics": aggregate(vr), "steps": vr[0]["steps"],
+        if not vr:  # only possible with --report before this variant's first run finished
+            continue
+        summary[variant] = {"metrics": aggregate(vr), "steps": vr[0]["steps"], "seeds": sorted(r["seed"] for r in vr),
                             "wall_s": statistics.mean(r["wall_s"] for r in vr),
                             "gflop": 0.0 if variant == "random" else step_flops(preset, variant) * vr[0]["steps"] / 1e9}
     comparisons = {f"{a}->{b}": paired_differences(runs, a, b) for a, b in COMPARISONS}

@@ -30,3 +30,15 @@ def test_paired_differences_need_two_shared_seeds():
     runs = [run("two_cls", 0, 0.1, 3.0), run("tips", 0, 0.2, 2.0), run("tips", 1, 0.2, 2.0)]
     assert ablation.paired_differences(runs, "two_cls", "tips") is None
     assert ablation.comparison_table(runs).startswith("No paired comparison")
+
+
+def test_seeds_line_names_each_variants_seeds_when_they_differ():
+    same = {"two_cls": {"seeds": [0, 1, 2]}, "tips": {"seeds": [0, 1, 2]}}
+    assert ablation.seeds_line(same) == "seeds 0, 1, 2"
+    partial = {"two_cls": {"seeds": [0, 1, 2]}, "tips": {"seeds": [0, 1]}}
+    assert ablation.seeds_line(partial) == "seeds (b) 0, 1, 2; (d) 0, 1"
+
+
+def test_report_without_finished_runs_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no finished runs"):
+        ablation.main(["--report", "--out", str(tmp_path / "results"), "--workdir", str(tmp_path / "work")])
