@@ -10,8 +10,10 @@ Each trained model is probed for segmentation (all classes, object classes) and 
 object pixels), and text→image R@1 is measured on the held-out probe split's synthetic captions (CLS2 for
 variants trained on synthetic captions, CLS1 for (a) and (e); both are recorded).
 
-    python bench/ablation.py --preset small            # ~1 hour on 2 CPU cores, 3 seeds
+    python bench/ablation.py --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
+    python bench/ablation.py --preset small --steps 600   # where synthetic captions start to help dense probes
     python bench/ablation.py --preset long --device cuda
+    python bench/ablation.py --preset small --report   # table and chart of the runs finished so far
 
 Writes ``<out>/<preset>/results.json``, ``table.md`` and ``chart.png``; every run's command is recorded.
 """
