@@ -41,6 +41,11 @@ VARIANTS = {
 LABELS = {"clip_alt": "(a) CLIP alt-text", "two_cls": "(b) two CLS", "distill": "(c) + self-distillation",
           "tips": "(d) + MIM = TIPS", "random": "(e) random init"}
 
+
+def short_label(variant: str) -> str:
+    """"(a)" … "(e)": the variant's letter in the paper's order."""
+    return LABELS[variant].split(" ")[0]
+
 PRESETS = {
     "small": {
         "variants": ["clip_alt", "two_cls", "distill", "tips", "random"], "seeds": [0, 1, 2],
@@ -176,7 +181,7 @@ def comparison_table(runs: list[dict]) -> str:
             continue
         cells = [f"{d['mean']:+.3f} ± {d['se']:.3f} ({d['wins']}/{d['n']}){' ✓' if d['beats_2se'] else ''}"
                  for d in (diff[k] for k, _, _ in METRICS)]
-        rows.append(f"| {LABELS[baseline].split(' ')[0]} → {LABELS[candidate].split(' ')[0]} | " + " | ".join(cells) + " |")
+        rows.append(f"| {short_label(baseline)} → {short_label(candidate)} | " + " | ".join(cells) + " |")
     if not rows:
         return "No paired comparison: no two variants share two or more seeds.\n"
     return "\n".join(lines + rows) + "\n"
@@ -187,7 +192,7 @@ def seeds_line(summary: dict) -> str:
     seeds = {v: s["seeds"] for v, s in summary.items()}
     if len({tuple(x) for x in seeds.values()}) == 1:
         return "seeds " + ", ".join(map(str, next(iter(seeds.values()))))
-    return "seeds " + "; ".join(f"{LABELS[v].split(' ')[0]} {', '.join(map(str, x))}" for v, x in seeds.items())
+    return "seeds " + "; ".join(f"{short_label(v)} {', '.join(map(str, x))}" for v, x in seeds.items())
 
 
 def write_table(summary: dict, preset_name: str, preset: dict, out: Path, runs: list[dict] | None = None) -> str:
@@ -220,7 +225,7 @@ def write_chart(summary: dict, out: Path, runs: list[dict] | None = None) -> Pat
         for i, v in enumerate(names):  # every seed as a dot: with three seeds the spread says more than the bar
             values = [r["metrics"][key] for r in runs or [] if r["variant"] == v]
             ax.scatter([i] * len(values), values, s=10, color="black", zorder=3)
-        ax.set_xticks(range(len(names)), [LABELS[v].split(" ")[0] for v in names])
+        ax.set_xticks(range(len(names)), [short_label(v) for v in names])
         ax.set_title(f"{label} {'↑' if higher else '↓'}", fontsize=9)
     fig.legend([plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(names))],
                [LABELS[v] for v in names], loc="lower center", ncol=len(names), fontsize=8)
@@ -260,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     tag = (f"-steps{args.steps}" if args.steps else "") + (
         "-set" + hashlib.sha1("\n".join(args.overrides).encode()).hexdigest()[:8] if args.overrides else "")
     out = Path(args.out) / f"{args.preset}{tag}"
+    results_file = out / "results.json"
+    if args.report and not results_file.is_file():
+        raise SystemExit(f"--report: no finished runs yet ({results_file} does not exist)")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir) / args.preset
     work.mkdir(parents=True, exist_ok=True)
     data = work / "scenes"
     sc = preset["scenes"]
-    results_file = out / "results.json"
-    if args.report and not results_file.is_file():
-        raise SystemExit(f"--report: no finished runs yet ({results_file} does not exist)")
     if not args.report:
         run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
                                      str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
