@@ -12,6 +12,7 @@ variants trained on synthetic captions, CLS1 for (a) and (e); both are recorded)
 
     python bench/ablation.py --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
     python bench/ablation.py --preset small --steps 600   # where synthetic captions start to help dense probes
+    python bench/ablation.py --preset small --steps 600 --scenes 16384   # 8× the pretraining images
     python bench/ablation.py --preset long --device cuda
     python bench/ablation.py --preset small --report   # table and chart of the runs finished so far
 
@@ -236,6 +237,16 @@ def write_chart(summary: dict, out: Path, runs: list[dict] | None = None) -> Pat
     return path
 
 
+def recipe_tag(steps: int | None, scenes: int | None, overrides: list[str]) -> str:
+    """Suffix of a changed recipe's results and run folders ("" for the preset's own recipe).
+
+    A changed recipe (steps, scenes, overrides) gets its own folders, so it can neither resume from nor be mixed into
+    the preset's runs; other seeds or variants of the same recipe share them.
+    """
+    return (f"-steps{steps}" if steps else "") + (f"-scenes{scenes}" if scenes else "") + (
+        "-set" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8] if overrides else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -244,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="*", help="override the preset's seeds")
     p.add_argument("--variants", nargs="*", choices=[*VARIANTS, "random"], help="override the preset's variants")
     p.add_argument("--steps", type=int, help="override the preset's training steps")
+    p.add_argument("--scenes", type=int, help="override the preset's number of pretraining scenes (the probe split "
+                                              "stays the same images)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]; "
                         "use a separate --out for a changed recipe")
@@ -260,10 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         preset["train"] = [o for o in preset["train"] if not o.startswith("run.steps=")] + [f"run.steps={args.steps}"]
     if args.overrides:
         preset["train"] = [*preset["train"], *args.overrides]
-    # A changed recipe (steps, overrides) gets its own results and run folders, so it can neither resume from nor
-    # be mixed into the preset's own runs; other seeds or variants of the same recipe share them.
-    tag = (f"-steps{args.steps}" if args.steps else "") + (
-        "-set" + hashlib.sha1("\n".join(args.overrides).encode()).hexdigest()[:8] if args.overrides else "")
+    if args.scenes:
+        preset["scenes"] = {**preset["scenes"], "num_pretrain": args.scenes}
+    tag = recipe_tag(args.steps, args.scenes, args.overrides)
     out = Path(args.out) / f"{args.preset}{tag}"
     results_file = out / "results.json"
     if args.report and not results_file.is_file():
@@ -271,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir) / args.preset
     work.mkdir(parents=True, exist_ok=True)
-    data = work / "scenes"
+    # Its own folder for another scene count: regenerating the shared one would pull data from under running jobs.
+    data = work / (f"scenes{args.scenes}" if args.scenes else "scenes")
     sc = preset["scenes"]
     if not args.report:
         run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",

@@ -42,3 +42,11 @@ def test_seeds_line_names_each_variants_seeds_when_they_differ():
 def test_report_without_finished_runs_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no finished runs"):
         ablation.main(["--report", "--out", str(tmp_path / "results"), "--workdir", str(tmp_path / "work")])
+
+
+def test_recipe_tag_keeps_committed_folders_and_separates_scene_counts():
+    assert ablation.recipe_tag(None, None, []) == ""
+    assert ablation.recipe_tag(600, None, []) == "-steps600"  # results/ablation/small-steps600
+    assert ablation.recipe_tag(None, None, ["data.global_scale=[0.9,1.0]"]) == "-set504281e8"
+    assert ablation.recipe_tag(600, 16384, []) == "-steps600-scenes16384"
+    assert ablation.recipe_tag(600, 16384, []) != ablation.recipe_tag(600, 8192, [])
