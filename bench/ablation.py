@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
                                      str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
-                                     "--shard-size", str(max(1, sc["num_pretrain"] // 8))], work / "scenes.log")
+                                     "--shard-size", str(max(1, sc["num_pretrain"] // 8))], work / f"{data.name}.log")
     runs: list[dict] = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
     done = {(r["variant"], r["seed"]) for r in runs}
     for seed in [] if args.report else preset["seeds"]:
