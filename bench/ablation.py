@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true",
                    help="train and probe nothing: write table, chart and JSON from the runs finished so far")
     args = p.parse_args(argv)
+    if args.scenes is not None and args.scenes < 1:
+        p.error(f"--scenes {args.scenes}: expected at least one pretraining scene")
     preset = dict(PRESETS[args.preset])
     if args.seeds:
         preset["seeds"] = args.seeds

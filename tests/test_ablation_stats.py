@@ -50,3 +50,10 @@ def test_recipe_tag_keeps_committed_folders_and_separates_scene_counts():
     assert ablation.recipe_tag(None, None, ["data.global_scale=[0.9,1.0]"]) == "-set504281e8"
     assert ablation.recipe_tag(600, 16384, []) == "-steps600-scenes16384"
     assert ablation.recipe_tag(600, 16384, []) != ablation.recipe_tag(600, 8192, [])
+
+
+def test_scenes_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablation.main(["--scenes", "0", "--out", str(tmp_path / "results"), "--workdir", str(tmp_path / "work")])
+    assert "--scenes 0" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
