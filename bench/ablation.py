@@ -258,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, help="override the preset's number of pretraining scenes (the probe split "
                                               "stays the same images)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]; "
-                        "use a separate --out for a changed recipe")
+                   help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--report", action="store_true",
                    help="train and probe nothing: write table, chart and JSON from the runs finished so far")
