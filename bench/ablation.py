@@ -47,6 +47,7 @@ def short_label(variant: str) -> str:
     """"(a)" … "(e)": the variant's letter in the paper's order."""
     return LABELS[variant].split(" ")[0]
 
+
 PRESETS = {
     "small": {
         "variants": ["clip_alt", "two_cls", "distill", "tips", "random"], "seeds": [0, 1, 2],
