@@ -13,7 +13,7 @@ variants trained on synthetic captions, CLS1 for (a) and (e); both are recorded)
     python bench/ablation.py --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
     python bench/ablation.py --preset small --steps 600   # where synthetic captions start to help dense probes
     python bench/ablation.py --preset small --steps 600 --scenes 16384   # 8× the pretraining images
-    python bench/ablation.py --preset long --device cuda
+    python bench/ablation.py --preset long --device cuda --jobs 4   # 4 runs share the GPU (tiny towers)
     python bench/ablation.py --preset small --report   # table and chart of the runs finished so far
 
 Writes ``<out>/<preset>/results.json``, ``table.md`` and ``chart.png``; every run's command is recorded.
@@ -24,10 +24,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +61,8 @@ PRESETS = {
         "variants": ["two_cls", "tips"], "seeds": [0, 1],
         "scenes": {"num_pretrain": 20000, "num_train": 1000, "num_val": 200, "size": 128},
         "train": ["run.steps=3000", "run.batch_size=128", "data.global_size=128", "data.local_size=48",
-                  "data.num_local=6", "data.num_workers=8", "optim.lr=5e-4", "run.save_every=1000"],
+                  "data.num_local=6", "optim.lr=5e-4", "run.save_every=1000"],
+        "workers": "auto",  # loader processes per run: the machine's cores shared among the runs at a time
         "probe_resolution": 128, "random_variant": "tiny_p8",
     },
 }
@@ -78,21 +82,48 @@ def run(cmd: list[str], log: Path) -> float:
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{log} ends:\n{tail}")
     return time.perf_counter() - start
 
 
-def train_command(preset: dict, variant: str, seed: int, data: Path, run_dir: Path, device: str) -> list[str]:
+def threads_per_job(jobs: int) -> int:
+    """CPU threads each of ``jobs`` concurrent runs may use. Every PyTorch process otherwise takes all cores, and
+    two probes sharing 2 cores that way ran 5× slower than one alone (80 s instead of 15 s of probe training)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def loader_workers(preset: dict, jobs: int) -> list[str]:
+    """The ``data.num_workers`` override of every run: the preset's, or the cores shared among ``jobs`` runs.
+
+    Loader processes change which shard a sample comes from, not the recipe, so they are not part of the
+    results folder's name.
+    """
+    if preset.get("workers") != "auto":
+        return []
+    return [f"data.num_workers={max(1, (os.cpu_count() or 1) // jobs - 1)}"]
+
+
+def train_command(preset: dict, variant: str, seed: int, data: Path, run_dir: Path, device: str,
+                  jobs: int = 1) -> list[str]:
     shards = sorted((data / "pretrain").glob("shard-*.tar"))
     pattern = str(data / "pretrain" / f"shard-{{000000..{len(shards) - 1:06d}}}.tar")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
               "--mixed_precision", "bf16" if device == "cuda" else "no", "--dynamo_backend", "no"]
     if device == "cpu":
-        launch.append("--cpu")
+        launch += ["--cpu", "--num_cpu_threads_per_process", str(threads_per_job(jobs))]
     return launch + ["-m", "tips.train", "--config", str(ROOT / "configs/pretrain/demo_cpu.yaml"),
                      f"data.train={pattern}", f"run.output_dir={run_dir}", f"run.seed={seed}", "run.resume=latest",
                      *(["run.mixed_precision=bf16"] if device == "cuda" else []),
-                     *preset["train"], *VARIANTS[variant]]
+                     *preset["train"], *loader_workers(preset, jobs), *VARIANTS[variant]]
+
+
+def make_scenes(preset: dict, data: Path, log: Path) -> None:
+    """The preset's scenes dataset in ``data`` (tips-scenes leaves an up-to-date folder alone)."""
+    sc = preset["scenes"]
+    run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
+                                 str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
+                                 "--shard-size", str(max(1, sc["num_pretrain"] // 8))], log)
 
 
 def probe(model_args: list[str], data: Path, out: Path, preset: dict, seed: int, cls: str, logs: Path) -> dict:
@@ -119,7 +150,7 @@ def probe(model_args: list[str], data: Path, out: Path, preset: dict, seed: int,
     }
 
 
-def step_flops(preset: dict, variant: str) -> float:
+def step_flops(preset: dict, variant: str, device: str = "cpu") -> float:
     """Forward + backward FLOPs of one training step of this variant, teacher pass included."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -129,11 +160,13 @@ def step_flops(preset: dict, variant: str) -> float:
     from train_step import make_batch
 
     cfg = load_config([ROOT / "configs/pretrain/demo_cpu.yaml"], ["data.train=x.tar", *preset["train"], *VARIANTS[variant]])
-    module = build_train_module(cfg, build_model(cfg), None)
+    module = build_train_module(cfg, build_model(cfg), None).to(device)
     teacher = build_teacher(cfg, module.student, None)
+    if teacher is not None:
+        teacher.to(device)
     d = cfg.data
     batch = make_batch(cfg.run.batch_size, d.global_size, d.local_size, d.num_local,
-                       get_variant(cfg.model.variant).vision.patch_size, "cpu")
+                       get_variant(cfg.model.variant).vision.patch_size, device)
     with FlopCounterMode(display=False) as counter:
         module(batch, teacher, 0.07)["loss"].backward()
     return float(counter.get_total_flops())
@@ -197,8 +230,10 @@ def seeds_line(summary: dict) -> str:
     return "seeds " + "; ".join(f"{short_label(v)} {', '.join(map(str, x))}" for v, x in seeds.items())
 
 
-def write_table(summary: dict, preset_name: str, preset: dict, out: Path, runs: list[dict] | None = None) -> str:
-    lines = [f"Preset `{preset_name}`, {seeds_line(summary)}; mean ± std over seeds.", "",
+def write_table(summary: dict, preset_name: str, preset: dict, out: Path, runs: list[dict] | None = None,
+                jobs: int = 1) -> str:
+    shared = f" {jobs} runs trained at a time on one device, so wall times include waiting for it." if jobs > 1 else ""
+    lines = [f"Preset `{preset_name}`, {seeds_line(summary)}; mean ± std over seeds.{shared}", "",
              "| variant | " + " | ".join(label for _, label, _ in METRICS) + " | steps | wall time / run (s) | "
              "train GFLOP / run |", "|---" * (len(METRICS) + 4) + "|"]
     for variant, s in summary.items():
@@ -238,6 +273,33 @@ def write_chart(summary: dict, out: Path, runs: list[dict] | None = None) -> Pat
     return path
 
 
+def run_variant(preset: dict, variant: str, seed: int, data: Path, run_dir: Path, device: str, jobs: int) -> dict:
+    """Train one (variant, seed) (nothing for ``random``) and probe it → the run's record for results.json."""
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    record = {"variant": variant, "seed": seed}
+    if variant == "random":
+        model_args = ["--random-init", preset["random_variant"]]
+        record.update(wall_s=0.0, steps=0, command=None)
+    else:
+        cmd = train_command(preset, variant, seed, data, run_dir, device, jobs)
+        say(f"{variant} seed {seed}: training (log {logs / 'train.log'})")
+        record.update(wall_s=run(cmd, logs / "train.log"), command=cmd,
+                      steps=int(next(o for o in preset["train"] if o.startswith("run.steps=")).split("=")[1]))
+        model_args = ["--model", str(run_dir / "final")]
+    cls = "syn" if variant in ("two_cls", "distill", "tips") else "alt"
+    say(f"{variant} seed {seed}: probing (logs {logs})")
+    start = time.perf_counter()
+    record["metrics"] = probe(model_args, data, run_dir / "probes", preset, seed, cls, logs)
+    record["probe_s"] = time.perf_counter() - start
+    return record
+
+
+def say(message: str) -> None:
+    """A timestamped progress line (with --jobs, runs interleave; the stamps say what ran when)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def recipe_tag(steps: int | None, scenes: int | None, overrides: list[str]) -> str:
     """Suffix of a changed recipe's results and run folders ("" for the preset's own recipe).
 
@@ -261,11 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained and probed at a time (tiny towers leave a GPU mostly idle; on CPU keep 1)")
     p.add_argument("--report", action="store_true",
                    help="train and probe nothing: write table, chart and JSON from the runs finished so far")
     args = p.parse_args(argv)
     if args.scenes is not None and args.scenes < 1:
         p.error(f"--scenes {args.scenes}: expected at least one pretraining scene")
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: expected at least one run at a time")
+    if args.jobs > 1:  # inherited by every probe (training passes its own share to accelerate)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads_per_job(args.jobs)))
     preset = dict(PRESETS[args.preset])
     if args.seeds:
         preset["seeds"] = args.seeds
@@ -287,34 +356,25 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     # Its own folder for another scene count: regenerating the shared one would pull data from under running jobs.
     data = work / (f"scenes{args.scenes}" if args.scenes else "scenes")
-    sc = preset["scenes"]
     if not args.report:
-        run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
-                                     str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
-                                     "--shard-size", str(max(1, sc["num_pretrain"] // 8))], work / f"{data.name}.log")
+        make_scenes(preset, data, work / f"{data.name}.log")
     runs: list[dict] = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
     done = {(r["variant"], r["seed"]) for r in runs}
-    for seed in [] if args.report else preset["seeds"]:
-        for variant in preset["variants"]:
-            if (variant, seed) in done:
-                continue
-            run_dir = work / f"runs{tag}" / f"{variant}-seed{seed}"
-            logs = run_dir / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            record = {"variant": variant, "seed": seed}
-            if variant == "random":
-                model_args = ["--random-init", preset["random_variant"]]
-                record.update(wall_s=0.0, steps=0, command=None)
-            else:
-                cmd = train_command(preset, variant, seed, data, run_dir, args.device)
-                record.update(wall_s=run(cmd, logs / "train.log"), command=cmd,
-                              steps=int(next(o for o in preset["train"] if o.startswith("run.steps=")).split("=")[1]))
-                model_args = ["--model", str(run_dir / "final")]
-            cls = "syn" if variant in ("two_cls", "distill", "tips") else "alt"
-            record["metrics"] = probe(model_args, data, run_dir / "probes", preset, seed, cls, logs)
+    todo = [] if args.report else [(v, s) for s in preset["seeds"] for v in preset["variants"] if (v, s) not in done]
+    lock = threading.Lock()
+
+    def train_and_probe(variant: str, seed: int) -> None:
+        record = run_variant(preset, variant, seed, data, work / f"runs{tag}" / f"{variant}-seed{seed}", args.device,
+                             args.jobs)
+        with lock:  # runs finish in any order with --jobs; the file always holds every finished one
             runs.append(record)
-            results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "runs": runs}, indent=2))
-            print(f"{variant} seed {seed}: {record['metrics']}", flush=True)
+            results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "jobs": args.jobs,
+                                                "runs": runs}, indent=2))
+            say(f"{variant} seed {seed}: done in {record['wall_s'] + record['probe_s']:.0f} s: {record['metrics']}")
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads: each run is a subprocess
+        for future in [pool.submit(train_and_probe, v, s) for v, s in todo]:
+            future.result()  # re-raises a failed run's error (the others still finish)
     summary = {}
     for variant in preset["variants"]:
         vr = [r for r in runs if r["variant"] == variant]
@@ -322,11 +382,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         summary[variant] = {"metrics": aggregate(vr), "steps": vr[0]["steps"], "seeds": sorted(r["seed"] for r in vr),
                             "wall_s": statistics.mean(r["wall_s"] for r in vr),
-                            "gflop": 0.0 if variant == "random" else step_flops(preset, variant) * vr[0]["steps"] / 1e9}
+                            "gflop": 0.0 if variant == "random" else
+                            step_flops(preset, variant, args.device) * vr[0]["steps"] / 1e9}
     comparisons = {f"{a}->{b}": paired_differences(runs, a, b) for a, b in COMPARISONS}
-    results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "runs": runs, "summary": summary,
+    results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "jobs": args.jobs, "runs": runs,
+                                        "summary": summary,
                                         "comparisons": {k: v for k, v in comparisons.items() if v}}, indent=2))
-    print(write_table(summary, args.preset, preset, out, runs))
+    print(write_table(summary, args.preset, preset, out, runs, args.jobs))
     print(f"chart: {write_chart(summary, out, runs)}")
     return 0
 
