@@ -93,6 +93,23 @@ def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def share_cores(jobs: int) -> None:
+    """Cap the CPU threads of every subprocess started from here on (unless the caller already set them)."""
+    if jobs > 1:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads_per_job(jobs)))
+
+
+def preset_steps(preset: dict) -> int:
+    """Training steps of a preset (its ``run.steps=`` override)."""
+    return int(next(o for o in preset["train"] if o.startswith("run.steps=")).split("=")[1])
+
+
+def with_steps(preset: dict, steps: int) -> dict:
+    """A copy of ``preset`` that trains ``steps`` steps."""
+    return {**preset, "train": [*(o for o in preset["train"] if not o.startswith("run.steps=")), f"run.steps={steps}"]}
+
+
 def loader_workers(preset: dict, jobs: int) -> list[str]:
     """The ``data.num_workers`` override of every run: the preset's, or the cores shared among ``jobs`` runs.
 
@@ -101,7 +118,7 @@ def loader_workers(preset: dict, jobs: int) -> list[str]:
     """
     if preset.get("workers") != "auto":
         return []
-    return [f"data.num_workers={max(1, (os.cpu_count() or 1) // jobs - 1)}"]
+    return [f"data.num_workers={max(1, threads_per_job(jobs) - 1)}"]
 
 
 def train_command(preset: dict, variant: str, seed: int, data: Path, run_dir: Path, device: str,
@@ -285,7 +302,7 @@ def run_variant(preset: dict, variant: str, seed: int, data: Path, run_dir: Path
         cmd = train_command(preset, variant, seed, data, run_dir, device, jobs)
         say(f"{variant} seed {seed}: training (log {logs / 'train.log'})")
         record.update(wall_s=run(cmd, logs / "train.log"), command=cmd,
-                      steps=int(next(o for o in preset["train"] if o.startswith("run.steps=")).split("=")[1]))
+                      steps=preset_steps(preset))
         model_args = ["--model", str(run_dir / "final")]
     cls = "syn" if variant in ("two_cls", "distill", "tips") else "alt"
     say(f"{variant} seed {seed}: probing (logs {logs})")
@@ -332,16 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--scenes {args.scenes}: expected at least one pretraining scene")
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: expected at least one run at a time")
-    if args.jobs > 1:  # inherited by every probe (training passes its own share to accelerate)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads_per_job(args.jobs)))
+    share_cores(args.jobs)  # inherited by every probe (training passes its own share to accelerate)
     preset = dict(PRESETS[args.preset])
     if args.seeds:
         preset["seeds"] = args.seeds
     if args.variants:
         preset["variants"] = args.variants
     if args.steps:
-        preset["train"] = [o for o in preset["train"] if not o.startswith("run.steps=")] + [f"run.steps={args.steps}"]
+        preset = with_steps(preset, args.steps)
     if args.overrides:
         preset["train"] = [*preset["train"], *args.overrides]
     if args.scenes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -77,11 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # The first `jobs` runs, trained for a few steps and probed at once, exactly as the ablation will start them.
     first = [(v, s) for s in preset["seeds"] for v in preset["variants"]][:args.jobs]
-    short = {**preset, "train": [*(o for o in preset["train"] if not o.startswith("run.steps=")),
-                                 f"run.steps={args.timing_steps}"]}
-    if args.jobs > 1:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(ablation.threads_per_job(args.jobs)))
+    short = ablation.with_steps(preset, args.timing_steps)
+    ablation.share_cores(args.jobs)
 
     def timed(variant: str, seed: int) -> dict:
         run_dir = work / "timing" / f"{variant}-seed{seed}"
@@ -97,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     step_s = max(m["step_s"] for m in measured.values()) * grow
     reserve = (max(m["fixed_s"] for m in measured.values()) + max(m["probe_s"] for m in measured.values())) * grow
     reserve += args.report_s
-    preset_steps = int(next(o for o in preset["train"] if o.startswith("run.steps=")).split("=")[1])
+    preset_steps = ablation.preset_steps(preset)
     most = min(preset_steps, args.max_steps or preset_steps)
     quantum = 1 if args.max_steps else STEP_QUANTUM
     left = args.budget - (time.monotonic() - start)
