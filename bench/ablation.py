@@ -46,6 +46,11 @@ LABELS = {"clip_alt": "(a) CLIP alt-text", "two_cls": "(b) two CLS", "distill": 
           "tips": "(d) + MIM = TIPS", "random": "(e) random init"}
 
 
+def trains_on_synthetic_captions(variant: str) -> bool:
+    """Whether a variant's CLS2 learnt from synthetic captions (so its caption retrieval reads CLS2, not CLS1)."""
+    return variant in VARIANTS and "loss.weights.contrastive_syn=0" not in VARIANTS[variant]
+
+
 def short_label(variant: str) -> str:
     """"(a)" … "(e)": the variant's letter in the paper's order."""
     return LABELS[variant].split(" ")[0]
@@ -304,7 +309,7 @@ def run_variant(preset: dict, variant: str, seed: int, data: Path, run_dir: Path
         record.update(wall_s=run(cmd, logs / "train.log"), command=cmd,
                       steps=preset_steps(preset))
         model_args = ["--model", str(run_dir / "final")]
-    cls = "syn" if variant in ("two_cls", "distill", "tips") else "alt"
+    cls = "syn" if trains_on_synthetic_captions(variant) else "alt"
     say(f"{variant} seed {seed}: probing (logs {logs})")
     start = time.perf_counter()
     record["metrics"] = probe(model_args, data, run_dir / "probes", preset, seed, cls, logs)
@@ -378,13 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     todo = [] if args.report else [(v, s) for s in preset["seeds"] for v in preset["variants"] if (v, s) not in done]
     lock = threading.Lock()
 
+    def save(**extra) -> None:
+        results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "jobs": args.jobs, "runs": runs,
+                                            **extra}, indent=2))
+
     def train_and_probe(variant: str, seed: int) -> None:
         record = run_variant(preset, variant, seed, data, work / f"runs{tag}" / f"{variant}-seed{seed}", args.device,
                              args.jobs)
         with lock:  # runs finish in any order with --jobs; the file always holds every finished one
             runs.append(record)
-            results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "jobs": args.jobs,
-                                                "runs": runs}, indent=2))
+            save()
             say(f"{variant} seed {seed}: done in {record['wall_s'] + record['probe_s']:.0f} s: {record['metrics']}")
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads: each run is a subprocess
@@ -400,9 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                             "gflop": 0.0 if variant == "random" else
                             step_flops(preset, variant, args.device) * vr[0]["steps"] / 1e9}
     comparisons = {f"{a}->{b}": paired_differences(runs, a, b) for a, b in COMPARISONS}
-    results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "jobs": args.jobs, "runs": runs,
-                                        "summary": summary,
-                                        "comparisons": {k: v for k, v in comparisons.items() if v}}, indent=2))
+    save(summary=summary, comparisons={k: v for k, v in comparisons.items() if v})
     print(write_table(summary, args.preset, preset, out, runs, args.jobs))
     print(f"chart: {write_chart(summary, out, runs)}")
     return 0
