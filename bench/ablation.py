@@ -332,6 +332,19 @@ def recipe_tag(steps: int | None, scenes: int | None, overrides: list[str]) -> s
         "-set" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8] if overrides else "")
 
 
+def recorded_config(preset: dict, runs: list[dict]) -> dict:
+    """The recipe as results.json records it: seeds and variants are those of the runs the file holds.
+
+    A results file collects runs from several invocations (``--seeds 3 4`` adds to seeds 0-2, ``--variants`` adds a
+    variant), so the current invocation's seeds and variants would misstate what the numbers rest on.
+    """
+    if not runs:
+        return preset
+    order = [*VARIANTS, "random"]
+    return {**preset, "seeds": sorted({r["seed"] for r in runs}),
+            "variants": sorted({r["variant"] for r in runs}, key=order.index)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -384,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
 
     def save(**extra) -> None:
-        results_file.write_text(json.dumps({"preset": args.preset, "config": preset, "jobs": args.jobs, "runs": runs,
-                                            **extra}, indent=2))
+        results_file.write_text(json.dumps({"preset": args.preset, "config": recorded_config(preset, runs),
+                                            "jobs": args.jobs, "runs": runs, **extra}, indent=2))
 
     def train_and_probe(variant: str, seed: int) -> None:
         record = run_variant(preset, variant, seed, data, work / f"runs{tag}" / f"{variant}-seed{seed}", args.device,

@@ -57,3 +57,13 @@ def test_scenes_must_be_positive(tmp_path, capsys):
         ablation.main(["--scenes", "0", "--out", str(tmp_path / "results"), "--workdir", str(tmp_path / "work")])
     assert "--scenes 0" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_recorded_config_lists_the_seeds_and_variants_the_file_holds():
+    preset = {"seeds": [3, 4], "variants": ["clip_alt", "two_cls"], "train": ["run.steps=600"]}
+    runs = [run(v, s, 0.1, 3.0) for s in (0, 1, 2, 3, 4) for v in ("two_cls", "clip_alt")] + [run("random", 0, 0, 3)]
+    recorded = ablation.recorded_config(preset, runs)
+    assert recorded["seeds"] == [0, 1, 2, 3, 4]
+    assert recorded["variants"] == ["clip_alt", "two_cls", "random"]
+    assert recorded["train"] == preset["train"] and preset["seeds"] == [3, 4]  # the invocation's own preset untouched
+    assert ablation.recorded_config(preset, []) == preset
