@@ -110,7 +110,7 @@ def test_alt_text_only_ablation_never_encodes_the_synthetic_caption(contrastive,
     monkeypatch.setattr(text_tower, "forward", lambda ids, pad: seen_lengths.append(ids.shape) or original(ids, pad))
     out = module(batch, None, 0.04)
     assert seen_lengths == [batch.alt_ids.shape]  # one call, alt-text only: no synthetic caption rows
-    assert float(out["contrastive_syn"]) == 0.0 and float(out["contrastive_alt"]) > 0
+    assert out["contrastive_syn"].item() == 0.0 and out["contrastive_alt"].item() > 0
     out["loss"].backward()
     trainable_without_grad = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert trainable_without_grad == []  # what DDP (find_unused_parameters=False) requires
