@@ -340,9 +340,8 @@ def recorded_config(preset: dict, runs: list[dict]) -> dict:
     """
     if not runs:
         return preset
-    order = [*VARIANTS, "random"]
     return {**preset, "seeds": sorted({r["seed"] for r in runs}),
-            "variants": sorted({r["variant"] for r in runs}, key=order.index)}
+            "variants": sorted({r["variant"] for r in runs}, key=list(LABELS).index)}
 
 
 def main(argv: list[str] | None = None) -> int:
