@@ -18,6 +18,7 @@ from tips.losses import (
     patchify,
     select_patches,
     sinkhorn_knopp,
+    target_statistics,
 )
 
 
@@ -112,6 +113,41 @@ def test_centre_stays_put_in_eval_mode_and_under_sinkhorn():
     for loss_fn in (DINOLoss(4).eval(), DINOLoss(4, centering="sinkhorn_knopp")):
         loss_fn(torch.randn(2, 3, 4), torch.randn(2, 4), 0.04)
         assert torch.all(loss_fn.center == 0)
+
+
+def test_target_statistics_read_sharpness_and_prototype_use():
+    k = 8
+    uniform = torch.full((5, k), 1 / k)
+    assert torch.allclose(target_statistics(uniform), torch.tensor([math.log(k), math.log(k)]), atol=1e-6)
+    collapsed = F.one_hot(torch.full((5,), 3), k).float()  # every row on one prototype
+    assert torch.allclose(target_statistics(collapsed), torch.zeros(2), atol=1e-6)
+    spread = F.one_hot(torch.tensor([0, 1, 2, 3]), k).float()  # sharp rows, four prototypes used alike
+    assert torch.allclose(target_statistics(spread), torch.tensor([0.0, math.log(4)]), atol=1e-6)
+    assert torch.equal(target_statistics(torch.zeros(0, k)), torch.zeros(2))
+
+
+@pytest.mark.parametrize("centering", ["ema", "sinkhorn_knopp"])
+def test_dino_loss_minus_the_logged_target_entropy_is_the_students_kl(centering):
+    loss_fn = DINOLoss(6, student_temp=0.1, centering=centering, center_init="zeros")
+    teacher = torch.randn(4, 6)
+    targets = loss_fn.eval().teacher_probs(teacher, 0.1)
+    loss_fn.train()
+    # A student whose softmax equals the teacher's targets scores exactly their entropy (KL = 0) ...
+    perfect = (0.1 * targets.log()).unsqueeze(1).expand(-1, 3, -1)
+    assert loss_fn(perfect, teacher, 0.1).item() == pytest.approx(loss_fn.target_stats[0].item(), rel=1e-5)
+    assert loss_fn.target_stats[0].item() == pytest.approx(target_statistics(targets)[0].item(), rel=1e-5)
+    # ... and any other student scores more.
+    loss_fn = DINOLoss(6, student_temp=0.1, centering=centering, center_init="zeros")
+    assert loss_fn(torch.randn(4, 3, 6), teacher, 0.1).item() > loss_fn.target_stats[0].item()
+
+
+def test_target_stats_are_not_saved_and_stay_put_in_eval_mode():
+    loss_fn = IBOTPatchLoss(4).eval()
+    loss_fn(torch.randn(5, 4), torch.randn(5, 4), torch.full((5,), 0.2), 0.04)
+    assert torch.equal(loss_fn.target_stats, torch.zeros(2))
+    assert "target_stats" not in loss_fn.state_dict() and "center" in loss_fn.state_dict()
+    loss_fn.train()(torch.randn(5, 4), torch.randn(5, 4), torch.full((5,), 0.2), 0.04)
+    assert 0 < loss_fn.target_stats[0] <= loss_fn.target_stats[1] + 1e-6 <= math.log(4) + 1e-5
 
 
 def test_no_gradient_reaches_the_teacher_logits():

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tips.losses import ContrastiveLoss, DINOLoss, IBOTPatchLoss, sinkhorn_knopp
+from tips.losses import ContrastiveLoss, DINOLoss, IBOTPatchLoss, sinkhorn_knopp, target_statistics
 
 WORLD = 2
 B, D, K = 3, 8, 6
@@ -67,6 +67,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         local = data["teacher_patches"][patches]
         ibot(torch.randn_like(local), local, torch.ones(len(local)), 0.04)
         result["dino_center"], result["ibot_center"] = dino.center, ibot.center
+        result["dino_stats"], result["ibot_stats"] = dino.target_stats, ibot.target_stats
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -113,3 +114,13 @@ def test_centres_are_updated_with_the_global_mean_across_two_ranks(ranks):
         assert torch.allclose(r["dino_center"], 0.1 * data["teacher_cls"].mean(0, keepdim=True), atol=1e-6)
         # Unequal patch counts per rank: the mean is over all patches, not a mean of rank means.
         assert torch.allclose(r["ibot_center"], 0.1 * data["teacher_patches"].mean(0, keepdim=True), atol=1e-6)
+
+
+def test_logged_target_statistics_are_those_of_the_global_batch_across_two_ranks(ranks):
+    data = global_batch()
+    dino_targets = DINOLoss(K, center_init="zeros").teacher_probs(data["teacher_cls"], 0.04)
+    ibot_targets = IBOTPatchLoss(K, center_init="zeros").teacher_probs(data["teacher_patches"], 0.04)
+    for r in ranks:  # unequal patch counts: every patch weighs the same, whichever rank holds it
+        assert torch.allclose(r["dino_stats"], target_statistics(dino_targets), atol=1e-6)
+        assert torch.allclose(r["ibot_stats"], target_statistics(ibot_targets), atol=1e-6)
+    assert not torch.allclose(ranks[0]["ibot_stats"], target_statistics(ibot_targets[:PATCH_COUNTS[0]]), atol=1e-3)

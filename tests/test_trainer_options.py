@@ -3,6 +3,7 @@ fine-tuning and freezing, gradient accumulation, validation, non-finite losses, 
 optimiser choices, TensorBoard scalars and the head-only EMA teacher."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -184,7 +185,8 @@ def test_validation_reports_contrastive_loss_and_recall_for_both_cls(shards, tmp
 def test_tensorboard_holds_every_loss_term_temperature_rate_and_validation_metric(shards, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    make_trainer(shards, tmp_path, "run.val_every=1", f"data.val={shards}", "run.val_batches=1").fit()
+    trainer = make_trainer(shards, tmp_path, "run.val_every=1", f"data.val={shards}", "run.val_batches=1")
+    trainer.fit()
     events = EventAccumulator(str(next((tmp_path / "tips").glob("events.out.tfevents.*"))))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -192,11 +194,17 @@ def test_tensorboard_holds_every_loss_term_temperature_rate_and_validation_metri
         "loss/loss", "loss/contrastive_alt", "loss/contrastive_syn", "loss/distill", "loss/mask",
         "temperature/alt", "temperature/syn", "lr", "samples_per_s", "data_wait_fraction", "nonfinite_steps",
         "val/contrastive_alt", "val/contrastive_syn", "val/t2i_r1_alt", "val/t2i_r1_syn",
+        "teacher/distill_entropy", "teacher/distill_usage", "teacher/mask_entropy", "teacher/mask_usage",
     }  # fmt: skip
     assert expected <= tags, expected - tags
     assert [e.step for e in events.Scalars("loss/distill")] == [1, 2]
     assert [e.step for e in events.Scalars("val/t2i_r1_alt")] == [1, 2]
     assert events.Scalars("temperature/alt")[0].value == pytest.approx(0.07, rel=0.05)
+    loss_cfg = trainer.cfg.loss
+    for term, k in (("distill", loss_cfg.dino_k), ("mask", loss_cfg.ibot_k)):
+        # entropies in nats: 0 < mean row entropy ≤ entropy of the mean row ≤ log K
+        entropy, usage = (events.Scalars(f"teacher/{term}_{s}")[-1].value for s in ("entropy", "usage"))
+        assert 0 < entropy <= usage + 1e-4 <= math.log(k) + 1e-3
 
 
 # --------------------------------------------------------------------------- non-finite losses

@@ -48,10 +48,28 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3) 
         return (q * total).t()
 
 
+def target_statistics(targets: torch.Tensor) -> torch.Tensor:
+    """(2,) fp32 over every rank's rows of targets (T, K): their mean entropy and the entropy of their mean, nats.
+
+    The mean entropy is what the cross-entropy loss would be for a perfect student, so the loss minus it is the
+    mean KL(teacher ‖ student): a loss near log K with an entropy near log K means uniform, uninformative targets
+    rather than a student that cannot follow sharp ones. The entropy of the mean target measures prototype use over
+    the batch: 0 when every row picks the same prototype (collapse), log K when all are used alike. Both are 0 when
+    no rank has a row.
+    """
+    p = targets.detach().float()
+    tiny = torch.finfo(p.dtype).tiny
+    row_entropy = -(p * p.clamp_min(tiny).log()).sum(dim=-1, keepdim=True)  # (T, 1)
+    mean, _ = global_mean(torch.cat([p, row_entropy], dim=-1))  # one all-reduce: (1, K + 1)
+    usage = mean[0, :-1]
+    return torch.stack([mean[0, -1], -(usage * usage.clamp_min(tiny).log()).sum()])
+
+
 class TeacherCentering(nn.Module):
     """Owns a (1, K) ``center`` buffer and turns teacher logits into targets (centering or Sinkhorn–Knopp).
 
-    The centre is a buffer so it is saved and restored with the module state.
+    The centre is a buffer so it is saved and restored with the module state. ``target_stats`` (2,) holds
+    :func:`target_statistics` of the last targets made in training (not saved; zeros before the first).
 
     center_init: ``"first_batch"`` (default) sets the centre to the mean of the first teacher batch before
     that batch's targets are made; ``"zeros"`` is DINO's init. With zeros, first-step targets all pile onto
@@ -71,19 +89,24 @@ class TeacherCentering(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("center_ready", torch.tensor(center_init == "zeros"))
+        self.register_buffer("target_stats", torch.zeros(2), persistent=False)
 
     @torch.no_grad()
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Targets (T, K) from teacher logits (T, K) with the current centre; no gradient."""
         teacher_logits = teacher_logits.detach()
         if self.centering == "sinkhorn_knopp":
-            return sinkhorn_knopp(teacher_logits, teacher_temp)
-        if self.training and not bool(self.center_ready):
-            batch_center, count = global_mean(teacher_logits)
-            if bool(count > 0) and bool(torch.isfinite(batch_center).all()):
-                self.center.copy_(batch_center)
-                self.center_ready.fill_(True)
-        return centered_softmax(teacher_logits, self.center, teacher_temp)
+            targets = sinkhorn_knopp(teacher_logits, teacher_temp)
+        else:
+            if self.training and not bool(self.center_ready):
+                batch_center, count = global_mean(teacher_logits)
+                if bool(count > 0) and bool(torch.isfinite(batch_center).all()):
+                    self.center.copy_(batch_center)
+                    self.center_ready.fill_(True)
+            targets = centered_softmax(teacher_logits, self.center, teacher_temp)
+        if self.training:
+            self.target_stats.copy_(target_statistics(targets))
+        return targets
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:

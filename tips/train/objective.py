@@ -45,7 +45,12 @@ class TIPSObjective(nn.Module):
     def forward(
         self, student: nn.Module, teacher: TIPSTeacher | None, batch: Batch, teacher_temp: float
     ) -> dict[str, torch.Tensor]:
-        """Returns {'contrastive_alt', 'contrastive_syn', 'distill', 'mask', 'loss'} (scalars, fp32)."""
+        """Returns {'contrastive_alt', 'contrastive_syn', 'distill', 'mask', 'loss'} (scalars, fp32).
+
+        In training, for each of the DINO and iBOT terms that ran, also 'teacher/<term>_entropy' and
+        'teacher/<term>_usage' (term: distill, mask): the mean entropy of the teacher's targets and the entropy of
+        their batch mean (:func:`tips.losses.target_statistics`), for logging; no gradient.
+        """
         w = self.cfg.weights
         out = student(
             batch.global_crop, batch.local_crops, batch.patch_mask,
@@ -66,16 +71,21 @@ class TIPSObjective(nn.Module):
             losses["distill"] = self.feature(proj["cls"](out.local_cls), local_targets)
             losses["mask"] = self.feature(proj["patch"](out.masked_patches), targets.patches)
         else:
-            losses["distill"] = (
-                self.dino(out.dino_logits, targets.dino_logits, teacher_temp)
-                if targets is not None and w.distill > 0 else zero
-            )  # fmt: skip
+            prototype_terms = []  # terms whose targets came from a TeacherCentering
+            losses["distill"] = zero
+            if targets is not None and w.distill > 0:
+                losses["distill"] = self.dino(out.dino_logits, targets.dino_logits, teacher_temp)
+                prototype_terms.append(("distill", self.dino))
+            losses["mask"] = zero
             if w.mask > 0 and self.pixels is not None:
                 losses["mask"] = self.pixels(out.pixel_pred, batch.global_crop, batch.patch_mask)
             elif w.mask > 0 and targets is not None:
                 losses["mask"] = self.ibot(out.ibot_logits, targets.ibot_logits, out.patch_weights, teacher_temp)
-            else:
-                losses["mask"] = zero
+                prototype_terms.append(("mask", self.ibot))
+            if self.training:
+                for term, module in prototype_terms:
+                    entropy, usage = module.target_stats.clone()
+                    losses[f"teacher/{term}_entropy"], losses[f"teacher/{term}_usage"] = entropy, usage
         losses["loss"] = (
             w.contrastive_alt * losses["contrastive_alt"] + w.contrastive_syn * losses["contrastive_syn"]
             + w.distill * losses["distill"] + w.mask * losses["mask"]

@@ -262,6 +262,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)  # accelerate zeroes only at the step boundary
                 for k in ("loss",) + LOSS_TERMS:
                     logged[f"loss/{k}"] = float(losses[k].detach())
+                logged.update({k: float(v) for k, v in losses.items() if k.startswith("teacher/")})
             if skipped:
                 self.nonfinite_total += 1
                 consecutive_bad += 1
