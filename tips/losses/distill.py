@@ -69,7 +69,8 @@ class TeacherCentering(nn.Module):
     """Owns a (1, K) ``center`` buffer and turns teacher logits into targets (centering or Sinkhorn–Knopp).
 
     The centre is a buffer so it is saved and restored with the module state. ``target_stats`` (2,) holds
-    :func:`target_statistics` of the last targets made in training (not saved; zeros before the first).
+    :func:`target_statistics` of the last targets made in training with ``with_stats`` (not saved; zeros before
+    the first). Every rank must pass the same ``with_stats``: the statistics take one all-reduce.
 
     center_init: ``"first_batch"`` (default) sets the centre to the mean of the first teacher batch before
     that batch's targets are made; ``"zeros"`` is DINO's init. With zeros, first-step targets all pile onto
@@ -92,7 +93,7 @@ class TeacherCentering(nn.Module):
         self.register_buffer("target_stats", torch.zeros(2), persistent=False)
 
     @torch.no_grad()
-    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float, with_stats: bool = True) -> torch.Tensor:
         """Targets (T, K) from teacher logits (T, K) with the current centre; no gradient."""
         teacher_logits = teacher_logits.detach()
         if self.centering == "sinkhorn_knopp":
@@ -104,7 +105,7 @@ class TeacherCentering(nn.Module):
                     self.center.copy_(batch_center)
                     self.center_ready.fill_(True)
             targets = centered_softmax(teacher_logits, self.center, teacher_temp)
-        if self.training:
+        if self.training and with_stats:
             self.target_stats.copy_(target_statistics(targets))
         return targets
 
@@ -149,19 +150,22 @@ class DINOLoss(TeacherCentering):
         self.student_temp = student_temp
         self.reduction = reduction
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float, with_stats: bool = True
+    ) -> torch.Tensor:
         """Scalar fp32 loss; updates the centre afterwards (training, ``"ema"``).
 
         student_logits: (B, M, K) DINO-head outputs on the M local crops of each image.
         teacher_logits: (B, K) teacher DINO-head outputs on the global crop; never receives a gradient.
         ``"mean"`` averages over crops and images; ``"sum"`` sums over crops (Eq. 1 literally, M× larger).
+        with_stats: in training, refresh ``target_stats`` (costs an entropy over the targets and one all-reduce).
         """
         if student_logits.ndim != 3 or teacher_logits.shape != student_logits[:, 0].shape:
             raise ValueError(
                 f"expected student (B, M, K) and teacher (B, K), got {tuple(student_logits.shape)} "
                 f"and {tuple(teacher_logits.shape)}"
             )
-        targets = self.teacher_probs(teacher_logits, teacher_temp)  # (B, K)
+        targets = self.teacher_probs(teacher_logits, teacher_temp, with_stats)  # (B, K)
         per_crop = cross_entropy_to_targets(student_logits, targets.unsqueeze(1), self.student_temp)  # (B, M)
         loss = per_crop.mean() if self.reduction == "mean" else per_crop.sum(dim=1).mean()
         self.update_center(teacher_logits)

@@ -50,6 +50,7 @@ class IBOTPatchLoss(TeacherCentering):
         teacher_logits: torch.Tensor,
         weights: torch.Tensor,
         teacher_temp: float,
+        with_stats: bool = True,
     ) -> torch.Tensor:
         """Σ_t w_t·(−Σ_k p_t log q_s), a scalar in fp32; updates the centre afterwards (training, ``"ema"``).
 
@@ -61,7 +62,7 @@ class IBOTPatchLoss(TeacherCentering):
                 f"expected student and teacher (T, K) and weights (T,), got {tuple(student_logits.shape)}, "
                 f"{tuple(teacher_logits.shape)} and {tuple(weights.shape)}"
             )
-        targets = self.teacher_probs(teacher_logits, teacher_temp)  # (T, K)
+        targets = self.teacher_probs(teacher_logits, teacher_temp, with_stats)  # (T, K)
         per_patch = cross_entropy_to_targets(student_logits, targets, self.student_temp)  # (T,)
         loss = (weights.float() * per_patch).sum()
         self.update_center(teacher_logits)

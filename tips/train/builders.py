@@ -77,8 +77,10 @@ class TrainModule(nn.Module):
         self.student = student
         self.objective = objective
 
-    def forward(self, batch, teacher: TIPSTeacher | None, teacher_temp: float) -> dict[str, torch.Tensor]:
-        return self.objective(self.student, teacher, batch, teacher_temp)
+    def forward(
+        self, batch, teacher: TIPSTeacher | None, teacher_temp: float, with_stats: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return self.objective(self.student, teacher, batch, teacher_temp, with_stats)
 
 
 def build_train_module(cfg: TrainConfig, model: TIPS, frozen_teacher: TIPS | None) -> TrainModule:

@@ -43,11 +43,13 @@ class TIPSObjective(nn.Module):
         return w.distill > 0 or (w.mask > 0 and self.cfg.mim_target == "features")
 
     def forward(
-        self, student: nn.Module, teacher: TIPSTeacher | None, batch: Batch, teacher_temp: float
+        self, student: nn.Module, teacher: TIPSTeacher | None, batch: Batch, teacher_temp: float,
+        with_stats: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Returns {'contrastive_alt', 'contrastive_syn', 'distill', 'mask', 'loss'} (scalars, fp32).
 
-        In training, for each of the DINO and iBOT terms that ran, also 'teacher/<term>_entropy' and
+        In training with ``with_stats`` (the steps the trainer logs; the same on every rank), for each of the DINO
+        and iBOT terms that ran, also 'teacher/<term>_entropy' and
         'teacher/<term>_usage' (term: distill, mask): the mean entropy of the teacher's targets and the entropy of
         their batch mean (:func:`tips.losses.target_statistics`), for logging; no gradient.
         """
@@ -74,15 +76,16 @@ class TIPSObjective(nn.Module):
             prototype_terms = []  # terms whose targets came from a TeacherCentering
             losses["distill"] = zero
             if targets is not None and w.distill > 0:
-                losses["distill"] = self.dino(out.dino_logits, targets.dino_logits, teacher_temp)
+                losses["distill"] = self.dino(out.dino_logits, targets.dino_logits, teacher_temp, with_stats)
                 prototype_terms.append(("distill", self.dino))
             losses["mask"] = zero
             if w.mask > 0 and self.pixels is not None:
                 losses["mask"] = self.pixels(out.pixel_pred, batch.global_crop, batch.patch_mask)
             elif w.mask > 0 and targets is not None:
-                losses["mask"] = self.ibot(out.ibot_logits, targets.ibot_logits, out.patch_weights, teacher_temp)
+                losses["mask"] = self.ibot(out.ibot_logits, targets.ibot_logits, out.patch_weights, teacher_temp,
+                                           with_stats)
                 prototype_terms.append(("mask", self.ibot))
-            if self.training:
+            if self.training and with_stats:
                 for term, module in prototype_terms:
                     entropy, usage = module.target_stats.clone()
                     losses[f"teacher/{term}_entropy"], losses[f"teacher/{term}_usage"] = entropy, usage

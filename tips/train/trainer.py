@@ -242,6 +242,7 @@ class Trainer:
             freeze = self.step < fraction_to_steps(cfg.optim.freeze_last_layer_frac, cfg.run.steps)
             set_lr_wd(self.optimizer, s["lr"], s["wd"], freeze)
             logged: dict[str, float] = {}
+            log_now = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.run.steps
             skipped = False
             data_time = 0.0
             for _ in range(cfg.run.grad_accum):
@@ -250,7 +251,7 @@ class Trainer:
                 data_time += time.perf_counter() - td
                 self.data_position += 1
                 with acc.accumulate(self.module):
-                    losses = self.module(batch, self.teacher, s["teacher_temp"])
+                    losses = self.module(batch, self.teacher, s["teacher_temp"], with_stats=log_now)
                     # One non-finite micro-batch skips the whole step: the other micro-batches' gradients
                     # are dropped too, so a skipped step never moves the weights.
                     skipped = not self._all_finite(losses["loss"]) or skipped
@@ -283,7 +284,7 @@ class Trainer:
             progress.update(1)
             if "loss/loss" in logged:
                 progress.set_postfix(loss=f"{logged['loss/loss']:.3f}", refresh=False)
-            if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
+            if log_now:
                 logged.update({
                     "lr": s["lr"], "wd": s["wd"], "teacher_momentum": s["momentum"], "teacher_temp": s["teacher_temp"],
                     "temperature/alt": math.exp(-self.model.logit_scale_alt.item()),
