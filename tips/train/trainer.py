@@ -245,13 +245,15 @@ class Trainer:
             log_now = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.run.steps
             skipped = False
             data_time = 0.0
-            for _ in range(cfg.run.grad_accum):
+            for micro in range(cfg.run.grad_accum):
+                # The last micro-batch's values are the ones logged, so only it computes the teacher statistics.
+                with_stats = log_now and micro == cfg.run.grad_accum - 1
                 td = time.perf_counter()
                 batch = next(batches).to(acc.device)
                 data_time += time.perf_counter() - td
                 self.data_position += 1
                 with acc.accumulate(self.module):
-                    losses = self.module(batch, self.teacher, s["teacher_temp"], with_stats=log_now)
+                    losses = self.module(batch, self.teacher, s["teacher_temp"], with_stats=with_stats)
                     # One non-finite micro-batch skips the whole step: the other micro-batches' gradients
                     # are dropped too, so a skipped step never moves the weights.
                     skipped = not self._all_finite(losses["loss"]) or skipped
