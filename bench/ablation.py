@@ -13,6 +13,7 @@ variants trained on synthetic captions, CLS1 for (a) and (e); both are recorded)
     python bench/ablation.py --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
     python bench/ablation.py --preset small --steps 600   # where synthetic captions start to help dense probes
     python bench/ablation.py --preset small --steps 600 --scenes 16384   # 8× the pretraining images
+    python bench/ablation.py --preset small --probe-split 1000 200   # probes fit on 1,000 scenes, measured on 200
     python bench/ablation.py --preset long --device cuda --jobs 4   # 4 runs share the GPU (tiny towers)
     python bench/ablation.py --preset small --report   # table and chart of the runs finished so far
 
@@ -322,14 +323,23 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def recipe_tag(steps: int | None, scenes: int | None, overrides: list[str]) -> str:
+def recipe_tag(steps: int | None, scenes: int | None, overrides: list[str],
+               probe_split: tuple[int, int] | None = None) -> str:
     """Suffix of a changed recipe's results and run folders ("" for the preset's own recipe).
 
-    A changed recipe (steps, scenes, overrides) gets its own folders, so it can neither resume from nor be mixed into
-    the preset's runs; other seeds or variants of the same recipe share them.
+    A changed recipe (steps, scenes, overrides, probe split) gets its own folders, so it can neither resume from nor
+    be mixed into the preset's runs; other seeds or variants of the same recipe share them.
     """
     return (f"-steps{steps}" if steps else "") + (f"-scenes{scenes}" if scenes else "") + (
+        f"-probe{probe_split[0]}-{probe_split[1]}" if probe_split else "") + (
         "-set" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8] if overrides else "")
+
+
+def scenes_folder(scenes: int | None, probe_split: tuple[int, int] | None) -> str:
+    """The scenes dataset's folder name: another scene count or probe split gets its own folder, because
+    regenerating a shared one would pull data from under running jobs."""
+    return "scenes" + (str(scenes) if scenes else "") + (f"-probe{probe_split[0]}-{probe_split[1]}" if probe_split
+                                                         else "")
 
 
 def recorded_config(preset: dict, runs: list[dict]) -> dict:
@@ -354,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="override the preset's training steps")
     p.add_argument("--scenes", type=int, help="override the preset's number of pretraining scenes (the probe split "
                                               "stays the same images)")
+    p.add_argument("--probe-split", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+                   help="override the preset's probe split sizes (scenes the probes fit on and are measured on); "
+                        "the pretraining scenes stay the same images")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -364,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.scenes is not None and args.scenes < 1:
         p.error(f"--scenes {args.scenes}: expected at least one pretraining scene")
+    if args.probe_split is not None and min(args.probe_split) < 1:
+        p.error(f"--probe-split {' '.join(map(str, args.probe_split))}: expected at least one scene in each split")
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: expected at least one run at a time")
     share_cores(args.jobs)  # inherited by every probe (training passes its own share to accelerate)
@@ -378,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         preset["train"] = [*preset["train"], *args.overrides]
     if args.scenes:
         preset["scenes"] = {**preset["scenes"], "num_pretrain": args.scenes}
-    tag = recipe_tag(args.steps, args.scenes, args.overrides)
+    probe_split = tuple(args.probe_split) if args.probe_split else None
+    if probe_split:
+        preset["scenes"] = {**preset["scenes"], "num_train": probe_split[0], "num_val": probe_split[1]}
+    tag = recipe_tag(args.steps, args.scenes, args.overrides, probe_split)
     out = Path(args.out) / f"{args.preset}{tag}"
     results_file = out / "results.json"
     if args.report and not results_file.is_file():
@@ -386,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.workdir) / args.preset
     work.mkdir(parents=True, exist_ok=True)
-    # Its own folder for another scene count: regenerating the shared one would pull data from under running jobs.
-    data = work / (f"scenes{args.scenes}" if args.scenes else "scenes")
+    data = work / scenes_folder(args.scenes, probe_split)
     if not args.report:
         make_scenes(preset, data, work / f"{data.name}.log")
     runs: list[dict] = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []

@@ -50,6 +50,20 @@ def test_recipe_tag_keeps_committed_folders_and_separates_scene_counts():
     assert ablation.recipe_tag(None, None, ["data.global_scale=[0.9,1.0]"]) == "-set504281e8"
     assert ablation.recipe_tag(600, 16384, []) == "-steps600-scenes16384"
     assert ablation.recipe_tag(600, 16384, []) != ablation.recipe_tag(600, 8192, [])
+    assert ablation.recipe_tag(600, None, [], (1000, 200)) == "-steps600-probe1000-200"
+
+
+def test_scenes_folder_keeps_the_committed_names_and_separates_probe_splits():
+    assert ablation.scenes_folder(None, None) == "scenes"  # runs/ablation/small/scenes
+    assert ablation.scenes_folder(16384, None) == "scenes16384"
+    assert ablation.scenes_folder(None, (1000, 200)) == "scenes-probe1000-200"
+
+
+def test_probe_split_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablation.main(["--probe-split", "1000", "0", "--out", str(tmp_path / "r"), "--workdir", str(tmp_path / "w")])
+    assert "--probe-split 1000 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_scenes_must_be_positive(tmp_path, capsys):
