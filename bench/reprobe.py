@@ -45,6 +45,7 @@ def run_folder(results_dir: Path, preset: str, workdir: Path, variant: str, seed
 
 
 def model_args(run: dict, folder: Path, random_variant: str) -> list[str]:
+    """tips-probe's model arguments for one run: its trained checkpoint, or the random tower of the same seed."""
     if run["variant"] == "random":
         return ["--random-init", random_variant]
     final = folder / "final"
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = {(r["variant"], r["seed"]) for r in reprobed}
     original = [r for r in recipe["runs"] if (r["variant"], r["seed"]) in keep]
     text = (f"Recipe `{args.results.name}` ({source}), its checkpoints probed again on `{split}` of {args.data}.\n\n"
-            + summary_table(original, reprobed, split) + f"\n### On the recipe's own probe split\n\n"
+            + summary_table(original, reprobed, split) + "\n### On the recipe's own probe split\n\n"
             + comparison_table(original) + f"\n### On `{split}`\n\n" + comparison_table(reprobed))
     (out / "table.md").write_text(text)
     print(text)
