@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     shards = sorted((data / "pretrain").glob("shard-*.tar"))
     pattern = str(data / "pretrain" / f"shard-{{000000..{len(shards) - 1:06d}}}.tar")
     # Without --cpu, accelerate's single-process launch pins OMP_NUM_THREADS=1: one core instead of all of them.
-    device = [] if torch.cuda.is_available() else ["--cpu"]
+    # The thread count is passed so that accelerate does not print its "defaults used instead" notice: it is the
+    # same number it would choose (PyTorch's default, the physical cores, unless OMP_NUM_THREADS says otherwise).
+    threads = str(torch.get_num_threads())
+    device = [] if torch.cuda.is_available() else ["--cpu", "--num_cpu_threads_per_process", threads]
     train = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
              *device, "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tips.train", "--config", str(RECIPE),
              f"data.train={pattern}", f"run.output_dir={run_dir}", f"run.seed={args.seed}", "run.resume=latest"]

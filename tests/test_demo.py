@@ -16,6 +16,7 @@ def test_demo_runs_every_stage_and_reports_a_table(tmp_path):
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "had defaults used instead" not in proc.stdout + proc.stderr  # the quick start prints no launch notice
     report = (work / "results.md").read_text()
     rows = re.findall(r"^\| (object-class mIoU|all-class mIoU|object-pixel depth RMSE|all-pixel depth RMSE).*?\| "
                       r"([0-9.]+) \| ([0-9.]+) \| (yes|no) \|$", report, flags=re.M)
