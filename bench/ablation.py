@@ -323,6 +323,11 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def probe_split_name(train: int, val: int) -> str:
+    """"probe1000-200": how folders name a probe split of ``train`` → ``val`` scenes."""
+    return f"probe{train}-{val}"
+
+
 def recipe_tag(steps: int | None, scenes: int | None, overrides: list[str],
                probe_split: tuple[int, int] | None = None) -> str:
     """Suffix of a changed recipe's results and run folders ("" for the preset's own recipe).
@@ -331,15 +336,14 @@ def recipe_tag(steps: int | None, scenes: int | None, overrides: list[str],
     be mixed into the preset's runs; other seeds or variants of the same recipe share them.
     """
     return (f"-steps{steps}" if steps else "") + (f"-scenes{scenes}" if scenes else "") + (
-        f"-probe{probe_split[0]}-{probe_split[1]}" if probe_split else "") + (
+        f"-{probe_split_name(*probe_split)}" if probe_split else "") + (
         "-set" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8] if overrides else "")
 
 
 def scenes_folder(scenes: int | None, probe_split: tuple[int, int] | None) -> str:
     """The scenes dataset's folder name: another scene count or probe split gets its own folder, because
     regenerating a shared one would pull data from under running jobs."""
-    return "scenes" + (str(scenes) if scenes else "") + (f"-probe{probe_split[0]}-{probe_split[1]}" if probe_split
-                                                         else "")
+    return "scenes" + (str(scenes) if scenes else "") + (f"-{probe_split_name(*probe_split)}" if probe_split else "")
 
 
 def recorded_config(preset: dict, runs: list[dict]) -> dict:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation import (LABELS, METRICS, aggregate, comparison_table, probe, say, share_cores,  # noqa: E402
-                      trains_on_synthetic_captions)
+from ablation import (LABELS, METRICS, aggregate, comparison_table, probe, probe_split_name, say,  # noqa: E402
+                      share_cores, trains_on_synthetic_captions)
 
 
 def split_name(data: Path) -> str:
@@ -35,7 +35,7 @@ def split_name(data: Path) -> str:
     if not manifest.is_file():
         raise SystemExit(f"--data {data}: no manifest.json; expected a folder written by tips-scenes")
     splits = json.loads(manifest.read_text())["splits"]
-    return f"probe{splits['train']}-{splits['val']}"
+    return probe_split_name(splits["train"], splits["val"])
 
 
 def run_folder(results_dir: Path, preset: str, workdir: Path, variant: str, seed: int) -> Path:
