@@ -147,13 +147,15 @@ def markdown(result: dict) -> str:
         lines.append(f"Depth {d['head']}, {d['bins']} {d['spacing']} bins on [{d['depth_range'][0]}, "
                      f"{d['depth_range'][1]}] m, Eigen crop {d['eigen_crop']}, flip TTA {d['flip_tta']}; "
                      "metrics per image, averaged over images.")
-        lines += ["", "| pixels | RMSE | AbsRel | log10 | δ1 | δ2 | δ3 | RMSE (scale+shift aligned) | images |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        columns = ("rmse", "abs_rel", "log10", "d1", "d2", "d3", "rmse_aligned", "bias")
+        lines += ["", "| pixels | RMSE | AbsRel | log10 | δ1 | δ2 | δ3 | RMSE (scale+shift aligned) | bias (m) "
+                      "| images |", "|---" * (len(columns) + 2) + "|"]
         for name in ("all", "objects"):
             if name in m and m[name].get("images"):
                 r = m[name]
-                lines.append(f"| {name} | " + " | ".join(_fmt(r[k]) for k in
-                             ("rmse", "abs_rel", "log10", "d1", "d2", "d3", "rmse_aligned")) + f" | {r['images']} |")
+                # results written before "bias" existed have no such key: "–" rather than a KeyError
+                lines.append(f"| {name} | " + " | ".join(_fmt(r[k]) if k in r else "–" for k in columns)
+                             + f" | {r['images']} |")
     t = result["timings"]
     lines += ["", "time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()) + f" ({result['time']})"]
     return "\n".join(lines) + "\n"

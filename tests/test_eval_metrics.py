@@ -81,6 +81,15 @@ def test_delta_thresholds_abs_rel_and_log10_by_hand():
     assert m["abs_rel"] == pytest.approx((0.2 + 0.3 + 0.6 + 1.0) / 4)
     assert m["rmse"] == pytest.approx(math.sqrt((0.04 + 0.09 + 0.36 + 1.0) / 4))
     assert m["log10"] == pytest.approx(sum(math.log10(v) for v in (1.2, 1.3, 1.6, 2.0)) / 4)
+    assert m["bias"] == pytest.approx((0.2 + 0.3 + 0.6 + 1.0) / 4)
+
+
+def test_bias_is_signed_and_blind_to_errors_that_cancel():
+    gt = torch.tensor([[2.0, 4.0]])
+    valid = torch.ones_like(gt, dtype=torch.bool)
+    assert image_depth_metrics(gt - 0.5, gt, valid)["bias"] == pytest.approx(-0.5)  # too near everywhere
+    m = image_depth_metrics(torch.tensor([[3.0, 3.0]]), gt, valid)  # flat: too far on one pixel, too near on the other
+    assert m["bias"] == pytest.approx(0.0) and m["rmse"] == pytest.approx(1.0)
 
 
 def test_rmse_is_computed_per_image_then_averaged_over_images():

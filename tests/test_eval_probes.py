@@ -18,6 +18,7 @@ from eval.probes import depth as depth_probe
 from eval.probes import segmentation as seg_probe
 from eval.probes.common import upsample_bilinear
 from eval.probes.config import load_probe_config, preset
+from eval.report import markdown
 
 P = 8  # pixels per patch of the synthetic data
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "probe"
@@ -179,6 +180,12 @@ def test_cli_depth_from_a_save_pretrained_folder_with_object_mask_log_bins_and_f
     assert result["metrics"]["all"]["images"] == 8 and result["metrics"]["objects"]["rmse"] > 0
     assert (tmp_path / "out" / "depth-scenes-fast-ckpt-s0.png").is_file()
     assert len(list((tmp_path / "cache").iterdir())) == 3  # train, val, flipped val
+    objects = result["metrics"]["objects"]
+    row = next(r for r in (tmp_path / "out" / "depth-scenes-fast-ckpt-s0.md").read_text().splitlines()
+               if r.startswith("| objects |"))
+    assert f"| {objects['rmse_aligned']:.4f} | {objects['bias']:.4f} | 8 |" in row
+    del objects["bias"]  # a result written before the bias column: the report still renders, with a dash
+    assert "| – | 8 |" in markdown(result)
 
 
 @pytest.mark.parametrize("task", ["segmentation", "depth"])

@@ -76,8 +76,10 @@ def align_scale_shift(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 def image_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> dict | None:
     """One image: pred, gt (H, W) metres, valid (H, W) bool → metrics over valid pixels (None if there are none).
 
-    rmse, abs_rel, log10 (mean |log10 p − log10 g|), d1..d3 (fraction with max(p/g, g/p) < 1.25^k), and
-    rmse_aligned: RMSE after a per-image least-squares scale and shift of the prediction (probe3d).
+    rmse, abs_rel, log10 (mean |log10 p − log10 g|), d1..d3 (fraction with max(p/g, g/p) < 1.25^k),
+    rmse_aligned: RMSE after a per-image least-squares scale and shift of the prediction (probe3d), and
+    bias: the mean signed error p − g in metres (negative = predicted too near), which tells a head that is off
+    by a constant apart from one that does not follow the scene.
     """
     p, g = pred[valid].double(), gt[valid].double()
     if g.numel() == 0:
@@ -87,6 +89,7 @@ def image_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tenso
         "rmse": float(((p - g) ** 2).mean().sqrt()),
         "abs_rel": float(((p - g).abs() / g).mean()),
         "log10": float((p.log10() - g.log10()).abs().mean()),
+        "bias": float((p - g).mean()),
     }
     for k in (1, 2, 3):
         out[f"d{k}"] = float((ratio < 1.25**k).double().mean())
