@@ -170,6 +170,9 @@ def probe(model_args: list[str], data: Path, out: Path, preset: dict, seed: int,
         "miou_objects": seg["miou_subset"], "miou_all": seg["miou"],
         "rmse_objects": depth["objects"]["rmse"], "rmse_all": depth["all"]["rmse"],
         "t2i_r1": r1[cls], "t2i_r1_cls1": r1["alt"], "t2i_r1_cls2": r1["syn"],
+        # diagnostics of the depth heads, kept in results.json so they outlive the (uncommitted) probe outputs
+        "rmse_objects_aligned": depth["objects"]["rmse_aligned"], "bias_objects": depth["objects"]["bias"],
+        "bias_all": depth["all"]["bias"],
     }
 
 

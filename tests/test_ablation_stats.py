@@ -1,5 +1,6 @@
 """The ablation's paired comparison: signs follow each metric's direction, SE over seeds, seeds won."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -81,3 +82,25 @@ def test_recorded_config_lists_the_seeds_and_variants_the_file_holds():
     assert recorded["variants"] == ["clip_alt", "two_cls", "random"]
     assert recorded["train"] == preset["train"] and preset["seeds"] == [3, 4]  # the invocation's own preset untouched
     assert ablation.recorded_config(preset, []) == preset
+
+
+def test_probe_records_the_depth_heads_aligned_error_and_bias_beside_the_compared_metrics(tmp_path, monkeypatch):
+    """The per-image diagnostics go into results.json: the probe outputs they come from are not committed."""
+    def depth_set(rmse, aligned, bias):
+        return {"rmse": rmse, "rmse_aligned": aligned, "bias": bias}
+
+    def fake_run(cmd, log):  # stands in for the tips-probe subprocesses: writes the JSON each task would
+        task, out = cmd[1], Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = {"segmentation": {"miou": 0.3, "miou_subset": 0.05},
+                   "depth": {"all": depth_set(2.0, 1.4, -0.1), "objects": depth_set(2.5, 0.9, 1.2)},
+                   "retrieval": {"t2i": {"R@1": 40.0 if "syn" in cmd else 10.0}}}[task]
+        (out / f"{task}-x.json").write_text(json.dumps({"metrics": metrics}))
+        return 0.0
+
+    monkeypatch.setattr(ablation, "run", fake_run)
+    got = ablation.probe(["--model", "m"], tmp_path / "data", tmp_path / "probes", ablation.PRESETS["small"], 0,
+                         "syn", tmp_path)
+    assert got["rmse_objects"] == 2.5 and got["rmse_objects_aligned"] == 0.9 and got["bias_objects"] == 1.2
+    assert got["bias_all"] == -0.1 and got["rmse_all"] == 2.0 and got["miou_objects"] == 0.05
+    assert got["t2i_r1"] == 40.0 and got["t2i_r1_cls1"] == 10.0
