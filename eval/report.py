@@ -147,15 +147,14 @@ def markdown(result: dict) -> str:
         lines.append(f"Depth {d['head']}, {d['bins']} {d['spacing']} bins on [{d['depth_range'][0]}, "
                      f"{d['depth_range'][1]}] m, Eigen crop {d['eigen_crop']}, flip TTA {d['flip_tta']}; "
                      "metrics per image, averaged over images.")
-        columns = ("rmse", "abs_rel", "log10", "d1", "d2", "d3", "rmse_aligned", "bias")
-        lines += ["", "| pixels | RMSE | AbsRel | log10 | δ1 | δ2 | δ3 | RMSE (scale+shift aligned) | bias (m) "
-                      "| images |", "|---" * (len(columns) + 2) + "|"]
+        columns = {"rmse": "RMSE", "abs_rel": "AbsRel", "log10": "log10", "d1": "δ1", "d2": "δ2", "d3": "δ3",
+                   "rmse_aligned": "RMSE (scale+shift aligned)", "bias": "bias (m)"}
+        lines += ["", "| pixels | " + " | ".join(columns.values()) + " | images |", "|---" * (len(columns) + 2) + "|"]
         for name in ("all", "objects"):
             if name in m and m[name].get("images"):
                 r = m[name]
-                # results written before "bias" existed have no such key: "–" rather than a KeyError
-                lines.append(f"| {name} | " + " | ".join(_fmt(r[k]) if k in r else "–" for k in columns)
-                             + f" | {r['images']} |")
+                # .get: results written before "bias" existed have no such key, and _fmt shows None as "–"
+                lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k)) for k in columns) + f" | {r['images']} |")
     t = result["timings"]
     lines += ["", "time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()) + f" ({result['time']})"]
     return "\n".join(lines) + "\n"

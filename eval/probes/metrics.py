@@ -85,11 +85,12 @@ def image_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tenso
     if g.numel() == 0:
         return None
     ratio = torch.maximum(p / g, g / p)
+    err = p - g
     out = {
-        "rmse": float(((p - g) ** 2).mean().sqrt()),
-        "abs_rel": float(((p - g).abs() / g).mean()),
+        "rmse": float((err**2).mean().sqrt()),
+        "abs_rel": float((err.abs() / g).mean()),
         "log10": float((p.log10() - g.log10()).abs().mean()),
-        "bias": float((p - g).mean()),
+        "bias": float(err.mean()),
     }
     for k in (1, 2, 3):
         out[f"d{k}"] = float((ratio < 1.25**k).double().mean())
