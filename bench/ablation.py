@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -299,11 +301,29 @@ def write_chart(summary: dict, out: Path, runs: list[dict] | None = None) -> Pat
     return path
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), or what ``platform`` knows where /proc/cpuinfo is missing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_record(device: str) -> dict:
+    """Where a run was made. The same command and seed drift to other weights on another CPU or torch build, so
+    runs pooled across sessions say which machine each came from."""
+    return {"device": device, "cpu": cpu_model(), "cores": os.cpu_count(),
+            "torch": importlib.metadata.version("torch"), "python": platform.python_version()}
+
+
 def run_variant(preset: dict, variant: str, seed: int, data: Path, run_dir: Path, device: str, jobs: int) -> dict:
     """Train one (variant, seed) (nothing for ``random``) and probe it → the run's record for results.json."""
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    record = {"variant": variant, "seed": seed}
+    record = {"variant": variant, "seed": seed, "machine": machine_record(device)}
     if variant == "random":
         model_args = ["--random-init", preset["random_variant"]]
         record.update(wall_s=0.0, steps=0, command=None)

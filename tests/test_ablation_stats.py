@@ -104,3 +104,14 @@ def test_probe_records_the_depth_heads_aligned_error_and_bias_beside_the_compare
     assert got["rmse_objects"] == 2.5 and got["rmse_objects_aligned"] == 0.9 and got["bias_objects"] == 1.2
     assert got["bias_all"] == -0.1 and got["rmse_all"] == 2.0 and got["miou_objects"] == 0.05
     assert got["t2i_r1"] == 40.0 and got["t2i_r1_cls1"] == 10.0
+
+
+def test_each_run_records_the_machine_it_was_made_on(tmp_path, monkeypatch):
+    """Runs of one test may come from several sessions' machines; each record names its CPU and torch build."""
+    monkeypatch.setattr(ablation, "run", lambda cmd, log: 12.5)
+    monkeypatch.setattr(ablation, "probe", lambda *args: {"rmse_objects": 2.0})
+    got = ablation.run_variant(ablation.PRESETS["small"], "clip_alt", 3, tmp_path / "data", tmp_path / "run", "cpu", 1)
+    machine = got["machine"]
+    assert machine["device"] == "cpu" and machine["cores"] >= 1
+    assert machine["torch"] == ablation.importlib.metadata.version("torch") and machine["cpu"]
+    assert got["wall_s"] == 12.5 and got["seed"] == 3
