@@ -183,17 +183,17 @@ def step_flops(preset: dict, variant: str, device: str = "cpu") -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from tips.models import get_variant
-    from tips.train.builders import build_model, build_teacher, build_train_module
+    from tips.train.builders import build_modules
     from tips.train.config import load_config
     from train_step import make_batch
 
     cfg = load_config([ROOT / "configs/pretrain/demo_cpu.yaml"], ["data.train=x.tar", *preset["train"], *VARIANTS[variant]])
-    module = build_train_module(cfg, build_model(cfg), None).to(device)
-    teacher = build_teacher(cfg, module.student, None)
+    module, teacher = build_modules(cfg)
+    module.to(device)
     if teacher is not None:
         teacher.to(device)
-    d = cfg.data
-    batch = make_batch(cfg.run.batch_size, d.global_size, d.local_size, d.num_local,
+    v = cfg.data.views
+    batch = make_batch(cfg.run.batch_size, v.global_size, v.local_size, v.num_local,
                        get_variant(cfg.model.variant).vision.patch_size, device)
     with FlopCounterMode(display=False) as counter:
         module(batch, teacher, 0.07)["loss"].backward()
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override the preset's probe split sizes (scenes the probes fit on and are measured on); "
                         "the pretraining scenes stay the same images")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra training override for every variant (repeatable), e.g. data.global_scale=[0.9,1.0]")
+                   help="extra training override for every variant (repeatable), e.g. data.views.global_scale=[0.9,1.0]")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained and probed at a time (tiny towers leave a GPU mostly idle; on CPU keep 1)")

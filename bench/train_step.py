@@ -11,6 +11,8 @@ at most 1.1 × the FLOP ratio, i.e. TIPS adds no overhead beyond the compute it 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import resource
 import statistics
 import time
@@ -19,10 +21,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tips.data import Batch
-from tips.train.builders import build_model, build_teacher, build_train_module
 from tips.train.config import load_config
-from tips.train.optim import build_optimizer, param_groups, set_lr_wd
-from tips.train.teacher import ema_update
+from tips.train.student import with_patch_selection
+from tips.train.trainer import Trainer
 
 
 def make_batch(B: int, size: int, local: int, M: int, patch: int, device: str) -> Batch:
@@ -31,56 +32,63 @@ def make_batch(B: int, size: int, local: int, M: int, patch: int, device: str) -
     mask = torch.rand(B, N, generator=g).argsort(dim=1) < round(0.75 * N)
     ids = torch.randint(1, 30000, (B, 64), generator=g)
     padding = torch.arange(64)[None].expand(B, -1) >= 20
-    return Batch(
+    batch = Batch(
         torch.rand(B, 3, size, size, generator=g), torch.rand(B, M, 3, local, local, generator=g), mask,
-        ids, padding, ids.flip(1), padding, [str(i) for i in range(B)],
-    ).to(device)  # fmt: skip
+        ids[:, :24], padding[:, :24], ids[:, :24].flip(1), padding[:, :24], [str(i) for i in range(B)],
+    )  # fmt: skip  (captions trimmed to the 24-token bucket of their 20 tokens, as the collate does)
+    return batch.to(device)
 
 
 class Step:
-    """One optimiser step of a run configured by ``overrides`` (CLIP-only = distill and mask weights 0)."""
+    """``Trainer.train_step`` + ``after_step`` of a run configured by ``overrides`` (CLIP-only = distill and mask
+    weights 0): the very step the trainer runs, timed as a whole, with the optimiser and the teacher update
+    (``after_step``) timed on their own."""
 
     def __init__(self, overrides: list[str], device: str, mixed_precision: str) -> None:
-        cfg = load_config(None, ["data.train=unused.tar", *overrides])
+        cfg = load_config(None, ["data.train=unused.tar", f"run.mixed_precision={mixed_precision}",
+                                 "optim.lr=1e-4", "optim.warmup_frac=0", *overrides])
         torch.manual_seed(0)
-        self.module = build_train_module(cfg, build_model(cfg), None).to(device)
-        self.teacher = build_teacher(cfg, self.module.student, None)
-        if self.teacher is not None:
-            self.teacher.to(device)
-        self.optimizer = build_optimizer(param_groups(self.module), "adamw", (0.9, 0.98), 1e-6)
-        set_lr_wd(self.optimizer, 1e-4, 0.05, False)
-        self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+        self.trainer = Trainer(cfg)
+        self.trainer.module.train()
         self.timings: dict[str, list[float]] = {"step": [], "optimizer": [], "ema": []}
+        self._sync = lambda: None
+        inner = self.trainer.optimizer.optimizer
+        inner.register_step_pre_hook(lambda *a: self._mark("optimizer_start"))
+        inner.register_step_post_hook(lambda *a: self._mark("optimizer_end"))
+        self._marks: dict[str, float] = {}
 
-    def forward_backward(self, batch: Batch) -> None:
-        with self.autocast:
-            loss = self.module(batch, self.teacher, 0.07)["loss"]
-        loss.backward()
+    def _mark(self, name: str) -> None:
+        self._sync()
+        self._marks[name] = time.perf_counter()
 
     def __call__(self, batch: Batch, sync) -> None:
+        self._sync, trainer = sync, self.trainer
+        batch = self._prepared(batch)
+        schedule = trainer.schedule(trainer.step)
         t0 = time.perf_counter()
-        self.forward_backward(batch)
+        result = trainer.train_step(itertools.repeat(batch), schedule)
         sync()
         t1 = time.perf_counter()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        trainer.after_step(result, schedule)
         sync()
         t2 = time.perf_counter()
-        if self.teacher is not None:
-            student = self.module.student
-            ema_update(self.teacher.vision, student.model.vision, 0.999)
-            ema_update(self.teacher.dino_head, student.dino_head, 0.999)
-            ema_update(self.teacher.ibot_head, student.ibot_head, 0.999)
-        sync()
-        t3 = time.perf_counter()
-        self.timings["step"].append(t3 - t0)
-        self.timings["optimizer"].append(t2 - t1)
-        self.timings["ema"].append(t3 - t2)
+        self.timings["step"].append(t2 - t0)
+        self.timings["optimizer"].append(self._marks["optimizer_end"] - self._marks["optimizer_start"])
+        self.timings["ema"].append(t2 - t1)
+
+    def _prepared(self, batch: Batch) -> Batch:
+        """The batch as the trainer hands it to the step: patches selected on the host, then on the device."""
+        if getattr(self, "_batch", None) is None:
+            self._batch = with_patch_selection(batch, self.trainer.plan).to(self.trainer.accelerator.device)
+        return self._batch
 
     def flops(self, batch: Batch) -> int:
+        """Forward + backward FLOPs of one step (the optimiser update is not counted)."""
+        trainer = self.trainer
+        batch = self._prepared(batch)
         with FlopCounterMode(display=False) as counter:
-            self.forward_backward(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+            trainer.module(batch, trainer.teacher, 0.07)["loss"].backward()
+        trainer.optimizer.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
 
@@ -123,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
     args = p.parse_args(argv)
     dev = args.device
+    if dev == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # the trainer's accelerator picks the device
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     common = [f"model.variant={args.variant}", "model.tokenizer=bpe", "model.drop_path_rate=0.0",
-              f"loss.dino_k={args.prototypes}", f"loss.ibot_k={args.prototypes}"]
-    batch = make_batch(args.batch, args.size, args.local_size, args.num_local, 14, dev)
+              f"loss.dino_k={args.prototypes}", f"loss.ibot_k={args.prototypes}", f"data.views.global_size={args.size}",
+              f"data.views.local_size={args.local_size}", f"data.views.num_local={args.num_local}"]
+    batch = make_batch(args.batch, args.size, args.local_size, args.num_local, 14, "cpu")
     runs = {
         "clip": Step(common + ["loss.weights.distill=0", "loss.weights.mask=0"], dev, args.mixed_precision),
         "tips": Step(common, dev, args.mixed_precision),

@@ -129,9 +129,14 @@ def test_batch_has_the_documented_shapes_types_and_exact_mask_count(dirty, token
     assert 0.0 <= batch.global_crop.min() and batch.global_crop.max() <= 1.0
     assert batch.patch_mask.shape == (B, 16) and batch.patch_mask.dtype == torch.bool
     assert (batch.patch_mask.sum(1) == round(0.75 * 16)).all()
+    # Captions are trimmed in the collate to one common length, a multiple of 8 that keeps every real token.
+    L = batch.alt_ids.shape[1]
+    assert L % 8 == 0 and L <= 64 and batch.syn_ids.shape == (B, L)
     for ids, padding in [(batch.alt_ids, batch.alt_padding), (batch.syn_ids, batch.syn_padding)]:
-        assert ids.shape == (B, 64) and ids.dtype == torch.int64
-        assert padding.shape == (B, 64) and padding.dtype == torch.bool and (~padding).any(1).all()
+        assert ids.shape == (B, L) and ids.dtype == torch.int64
+        assert padding.shape == (B, L) and padding.dtype == torch.bool and (~padding).any(1).all()
+    last_real = max(int((~p).nonzero()[:, 1].max()) for p in (batch.alt_padding, batch.syn_padding))
+    assert L - 8 <= last_real < L  # no whole bucket of padding is kept
     assert len(batch) == B and all(isinstance(k, str) for k in batch.keys)
     moved = batch.to("cpu")
     assert isinstance(moved, Batch) and moved == batch
@@ -298,3 +303,18 @@ def test_resume_in_exact_pass_mode_counts_earlier_epochs_and_continues_exactly(d
         resumed = build_train_loader(cfg, tokenizer, start_batch=start)
         rest = list(resumed) if start > len(epoch0) else list(resumed) + list(resumed)
         assert rest == reference[start:], start
+
+
+def test_trim_padding_keeps_a_common_bucketed_length_and_every_real_token():
+    from tips.data.batch import trim_padding
+
+    ids = torch.arange(2 * 64).view(2, 64)
+    pad_a = torch.arange(64)[None].expand(2, -1) >= torch.tensor([[3], [11]])  # 3 and 11 real tokens
+    pad_b = torch.arange(64)[None].expand(2, -1) >= torch.tensor([[5], [1]])
+    (a, pa), (b, pb) = trim_padding([(ids, pad_a), (ids, pad_b)], multiple=8)
+    assert a.shape == b.shape == pa.shape == pb.shape == (2, 16)  # 11 real tokens → the 16 bucket
+    assert torch.equal(a, ids[:, :16]) and torch.equal(pa, pad_a[:, :16])
+    full = torch.zeros(2, 64, dtype=torch.bool)
+    assert trim_padding([(ids, full)], multiple=8)[0][0].shape == (2, 64)  # nothing to drop
+    empty = torch.ones(2, 64, dtype=torch.bool)
+    assert trim_padding([(ids, empty)], multiple=8)[0][0].shape == (2, 8)  # all padding: one bucket kept

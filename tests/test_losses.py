@@ -134,20 +134,23 @@ def test_dino_loss_minus_the_logged_target_entropy_is_the_students_kl(centering)
     loss_fn.train()
     # A student whose softmax equals the teacher's targets scores exactly their entropy (KL = 0) ...
     perfect = (0.1 * targets.log()).unsqueeze(1).expand(-1, 3, -1)
-    assert loss_fn(perfect, teacher, 0.1).item() == pytest.approx(loss_fn.target_stats[0].item(), rel=1e-5)
-    assert loss_fn.target_stats[0].item() == pytest.approx(target_statistics(targets)[0].item(), rel=1e-5)
+    loss, stats = loss_fn.compute(perfect, teacher, 0.1, with_stats=True)
+    assert loss.item() == pytest.approx(stats[0].item(), rel=1e-5)
+    assert stats[0].item() == pytest.approx(target_statistics(targets)[0].item(), rel=1e-5)
     # ... and any other student scores more.
     loss_fn = DINOLoss(6, student_temp=0.1, centering=centering, center_init="zeros")
-    assert loss_fn(torch.randn(4, 3, 6), teacher, 0.1).item() > loss_fn.target_stats[0].item()
+    loss, stats = loss_fn.compute(torch.randn(4, 3, 6), teacher, 0.1, with_stats=True)
+    assert loss.item() > stats[0].item()
 
 
-def test_target_stats_are_not_saved_and_stay_put_in_eval_mode():
+def test_target_stats_are_returned_in_training_only_and_never_saved():
     loss_fn = IBOTPatchLoss(4).eval()
-    loss_fn(torch.randn(5, 4), torch.randn(5, 4), torch.full((5,), 0.2), 0.04)
-    assert torch.equal(loss_fn.target_stats, torch.zeros(2))
-    assert "target_stats" not in loss_fn.state_dict() and "center" in loss_fn.state_dict()
-    loss_fn.train()(torch.randn(5, 4), torch.randn(5, 4), torch.full((5,), 0.2), 0.04)
-    assert 0 < loss_fn.target_stats[0] <= loss_fn.target_stats[1] + 1e-6 <= math.log(4) + 1e-5
+    args = (torch.randn(5, 4), torch.randn(5, 4), torch.full((5,), 0.2), 0.04)
+    assert loss_fn.compute(*args, with_stats=True)[1] is None
+    assert set(loss_fn.state_dict()) == {"center", "center_ready"}
+    _, stats = loss_fn.train().compute(*args, with_stats=True)
+    assert 0 < stats[0] <= stats[1] + 1e-6 <= math.log(4) + 1e-5
+    assert loss_fn.compute(*args)[1] is None  # no statistics unless asked: they cost an all-reduce
 
 
 def test_no_gradient_reaches_the_teacher_logits():

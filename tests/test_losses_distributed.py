@@ -62,12 +62,11 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         result = {kind: contrastive_run(kind, data, rows) for kind in ("softmax", "sigmoid")}
         result["sinkhorn"] = sinkhorn_knopp(data["teacher_patches"][patches], temp=0.1)
         dino = DINOLoss(K, center_init="zeros")
-        dino(data["student_cls"][rows], data["teacher_cls"][rows], 0.04)
+        _, result["dino_stats"] = dino.compute(data["student_cls"][rows], data["teacher_cls"][rows], 0.04, True)
         ibot = IBOTPatchLoss(K, center_init="zeros")
         local = data["teacher_patches"][patches]
-        ibot(torch.randn_like(local), local, torch.ones(len(local)), 0.04)
+        _, result["ibot_stats"] = ibot.compute(torch.randn_like(local), local, torch.ones(len(local)), 0.04, True)
         result["dino_center"], result["ibot_center"] = dino.center, ibot.center
-        result["dino_stats"], result["ibot_stats"] = dino.target_stats, ibot.target_stats
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -78,6 +78,21 @@ def test_config_loads_yaml_with_dotted_overrides_and_names_bad_keys(tmp_path):
         load_config(path, [])
 
 
+def test_shard_lists_in_brackets_keep_their_brace_patterns_and_bad_yaml_names_the_override():
+    cfg = load_config(None, ["data.train=[a-{000..009}.tar, b-{0,1}.tar, 'c.tar']"])
+    assert cfg.data.train == ["a-{000..009}.tar", "b-{0,1}.tar", "c.tar"]
+    with pytest.raises(ValueError, match=r"override 'optim.betas=\[0.9,' is not valid.*Accepted forms"):
+        load_config(None, ["data.train=a.tar", "optim.betas=[0.9,"])
+
+
+def test_text_fields_stay_text_and_the_old_flat_data_keys_still_work():
+    cfg = load_config(None, ["data.train=a.tar", "run.mixed_precision=no", "data.num_local=3",
+                             "data.mask_ratio=[0.1,0.5]", "data.views.hflip_p=0.0"])
+    assert cfg.run.mixed_precision == "no"  # YAML alone would read the boolean False
+    assert cfg.data.views.num_local == 3 and cfg.data.mask.mask_ratio == (0.1, 0.5)
+    assert cfg.data.views.hflip_p == 0.0  # every view / mask option is a config key now
+
+
 def test_shipped_recipes_and_accelerate_configs_parse():
     from pathlib import Path
 

@@ -24,7 +24,7 @@ TINY = [
     "loss.dino_k=128", "loss.ibot_k=128", "loss.head_hidden=64", "loss.head_bottleneck=32",
     "model.overrides={vision.depth: 1, text.depth: 1, vision.width: 64, vision.heads: 2, vision.mlp_hidden: 128,"
     " text.width: 64, text.heads: 2, text.mlp_hidden: 128}",
-    "data.global_size=56", "data.local_size=28", "data.num_local=2", "data.shuffle_buffer=8",
+    "data.views.global_size=56", "data.views.local_size=28", "data.views.num_local=2", "data.shuffle_buffer=8",
     "run.batch_size=4", "run.log_every=1",
 ]
 

@@ -23,7 +23,7 @@ SMALL = [
     "model.overrides={vision.depth: 1, text.depth: 1, vision.width: 32, vision.heads: 2, vision.mlp_hidden: 64,"
     " text.width: 32, text.heads: 2, text.mlp_hidden: 64}",
 ]
-DISTILL = ["teacher.mode=frozen", "data.mask_ratio=0.0", "loss.ibot_plus_plus=true"]
+DISTILL = ["teacher.mode=frozen", "data.mask.mask_ratio=0.0", "loss.ibot_plus_plus=true"]
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,8 @@ def test_grad_accum_takes_one_optimiser_step_per_run_step_and_reads_two_batches(
 
 
 def test_validation_reports_contrastive_loss_and_recall_for_both_cls(shards, tmp_path):
-    trainer = make_trainer(shards, tmp_path, "run.val_batches=2")
-    metrics = validate(trainer, shards)
+    trainer = make_trainer(shards, tmp_path, "run.val_batches=2", f"data.val={shards}")
+    metrics = validate(trainer.model, trainer.validation_batches())
     assert metrics["val/samples"] == 8
     for cls in ("alt", "syn"):
         assert 0 < metrics[f"val/contrastive_{cls}"] < 10

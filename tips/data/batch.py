@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-_TENSOR_FIELDS = ("global_crop", "local_crops", "patch_mask", "alt_ids", "alt_padding", "syn_ids", "syn_padding")
+_TENSOR_FIELDS = ("global_crop", "local_crops", "patch_mask", "alt_ids", "alt_padding", "syn_ids", "syn_padding",
+                  "patch_index", "patch_weights")
 
 
 @dataclass
@@ -22,6 +23,9 @@ class Batch:
     stats: skip counts (reason → count) of the producing worker since its previous batch; the loader sums them
         into ``TrainLoader.skips`` and the trainer logs the totals.
     worker: id of the data worker that produced the batch (0 without workers); used to restore order on resume.
+    patch_index, patch_weights: (T,) int64 / float32, the patches the masked-modelling loss uses (flat indices into
+        B·N) and their weights (:func:`tips.losses.select_patches`); None until the trainer selects them on the
+        host, where the data-dependent T costs no device sync.
     """
 
     global_crop: torch.Tensor
@@ -34,12 +38,14 @@ class Batch:
     keys: list[str]
     stats: dict[str, int] = field(default_factory=dict)
     worker: int = 0
+    patch_index: torch.Tensor | None = None
+    patch_weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def _map(self, fn) -> "Batch":
-        return replace(self, **{name: fn(getattr(self, name)) for name in _TENSOR_FIELDS})
+        return replace(self, **{name: fn(t) for name in _TENSOR_FIELDS if (t := getattr(self, name)) is not None})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """A copy with every tensor on ``device`` (keys and stats are shared)."""
@@ -55,9 +61,27 @@ class Batch:
             return NotImplemented
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+                return False
             if isinstance(a, torch.Tensor):
                 if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
                     return False
             elif f.name != "stats" and a != b:
                 return False
         return True
+
+
+def trim_padding(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], multiple: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Drop the trailing columns that are padding in every row of every (ids, padding) pair, keeping a common
+    length rounded up to ``multiple`` (at most the original L), so captions of one batch can be concatenated.
+
+    ids, padding: (B, L) int64 / bool, True = padded. Real tokens never attend to padding and pooling ignores
+    it, so the text tower's output is unchanged; the batch costs less and the length takes few distinct values
+    (fewer recompiles under ``torch.compile``). Runs in the collate, on the host.
+    """
+    length = max(pairs[0][0].shape[1], 1)
+    used = max((int((~pad.bool()).any(dim=0).nonzero().max()) + 1 if (~pad.bool()).any() else 1) for _, pad in pairs)
+    keep = min(length, -(-used // multiple) * multiple)
+    return [(ids[:, :keep], pad[:, :keep]) for ids, pad in pairs]

@@ -36,7 +36,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..tokenizers import build_tokenizer
-from .batch import Batch
+from .batch import Batch, trim_padding
 from .masking import MaskConfig, make_mask
 from .skips import SkipCounter, SkipSample
 from .sources import (
@@ -240,8 +240,9 @@ class TipsStream(IterableDataset):
 
     def _collate(self, group: list[tuple], worker: int, skips: SkipCounter) -> Batch:
         keys, global_crops, local_crops, masks, alt_texts, syn_texts = zip(*group)
-        alt_ids, alt_padding = self.tokenizer(list(alt_texts))
-        syn_ids, syn_padding = self.tokenizer(list(syn_texts))
+        (alt_ids, alt_padding), (syn_ids, syn_padding) = trim_padding(
+            [self.tokenizer(list(alt_texts)), self.tokenizer(list(syn_texts))]
+        )
         return Batch(
             global_crop=to_float(torch.stack(global_crops)),  # (B, 3, H, W)
             local_crops=to_float(torch.stack(local_crops)),  # (B, M, 3, h, w)

@@ -68,9 +68,9 @@ def target_statistics(targets: torch.Tensor) -> torch.Tensor:
 class TeacherCentering(nn.Module):
     """Owns a (1, K) ``center`` buffer and turns teacher logits into targets (centering or Sinkhorn–Knopp).
 
-    The centre is a buffer so it is saved and restored with the module state. ``target_stats`` (2,) holds
-    :func:`target_statistics` of the last targets made in training with ``with_stats`` (not saved; zeros before
-    the first). Every rank must pass the same ``with_stats``: the statistics take one all-reduce.
+    The centre is a buffer so it is saved and restored with the module state. ``compute(..., with_stats=True)``
+    also returns :func:`target_statistics` of the targets (in training; every rank must pass the same
+    ``with_stats``: the statistics take one all-reduce).
 
     center_init: ``"first_batch"`` (default) sets the centre to the mean of the first teacher batch before
     that batch's targets are made; ``"zeros"`` is DINO's init. With zeros, first-step targets all pile onto
@@ -90,24 +90,27 @@ class TeacherCentering(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("center_ready", torch.tensor(center_init == "zeros"))
-        self.register_buffer("target_stats", torch.zeros(2), persistent=False)
+        self._ready_on_host = False  # once the centre is set, reading ``center_ready`` (a host sync) stops
+        self.register_load_state_dict_pre_hook(self._forget_host_flag)
+
+    def _forget_host_flag(self, *args, **kwargs) -> None:
+        self._ready_on_host = False  # a loaded state may hold an unset centre
 
     @torch.no_grad()
-    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float, with_stats: bool = True) -> torch.Tensor:
+    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Targets (T, K) from teacher logits (T, K) with the current centre; no gradient."""
         teacher_logits = teacher_logits.detach()
         if self.centering == "sinkhorn_knopp":
-            targets = sinkhorn_knopp(teacher_logits, teacher_temp)
-        else:
-            if self.training and not bool(self.center_ready):
+            return sinkhorn_knopp(teacher_logits, teacher_temp)
+        if self.training and not self._ready_on_host:
+            self._ready_on_host = bool(self.center_ready)
+            if not self._ready_on_host:  # first batch: the centre starts at its mean
                 batch_center, count = global_mean(teacher_logits)
                 if bool(count > 0) and bool(torch.isfinite(batch_center).all()):
                     self.center.copy_(batch_center)
                     self.center_ready.fill_(True)
-            targets = centered_softmax(teacher_logits, self.center, teacher_temp)
-        if self.training and with_stats:
-            self.target_stats.copy_(target_statistics(targets))
-        return targets
+                    self._ready_on_host = True
+        return centered_softmax(teacher_logits, self.center, teacher_temp)
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
@@ -150,23 +153,27 @@ class DINOLoss(TeacherCentering):
         self.student_temp = student_temp
         self.reduction = reduction
 
-    def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float, with_stats: bool = True
-    ) -> torch.Tensor:
-        """Scalar fp32 loss; updates the centre afterwards (training, ``"ema"``).
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Scalar fp32 loss (see :meth:`compute`)."""
+        return self.compute(student_logits, teacher_logits, teacher_temp)[0]
+
+    def compute(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float, with_stats: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scalar fp32 loss, target statistics (2,) or None); updates the centre afterwards (training, ``"ema"``).
 
         student_logits: (B, M, K) DINO-head outputs on the M local crops of each image.
         teacher_logits: (B, K) teacher DINO-head outputs on the global crop; never receives a gradient.
         ``"mean"`` averages over crops and images; ``"sum"`` sums over crops (Eq. 1 literally, M× larger).
-        with_stats: in training, refresh ``target_stats`` (costs an entropy over the targets and one all-reduce).
+        with_stats: in training, also return :func:`target_statistics` (an entropy over the targets, one all-reduce).
         """
         if student_logits.ndim != 3 or teacher_logits.shape != student_logits[:, 0].shape:
             raise ValueError(
                 f"expected student (B, M, K) and teacher (B, K), got {tuple(student_logits.shape)} "
                 f"and {tuple(teacher_logits.shape)}"
             )
-        targets = self.teacher_probs(teacher_logits, teacher_temp, with_stats)  # (B, K)
+        targets = self.teacher_probs(teacher_logits, teacher_temp)  # (B, K)
         per_crop = cross_entropy_to_targets(student_logits, targets.unsqueeze(1), self.student_temp)  # (B, M)
         loss = per_crop.mean() if self.reduction == "mean" else per_crop.sum(dim=1).mean()
         self.update_center(teacher_logits)
-        return loss
+        return loss, target_statistics(targets) if (self.training and with_stats) else None

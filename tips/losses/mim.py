@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._common import fp32_region
-from .distill import TeacherCentering, cross_entropy_to_targets
+from .distill import TeacherCentering, cross_entropy_to_targets, target_statistics
 
 
 def select_patches(patch_mask: torch.Tensor, all_patches: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,28 +45,35 @@ class IBOTPatchLoss(TeacherCentering):
         self.student_temp = student_temp
 
     def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor, teacher_temp: float
+    ) -> torch.Tensor:
+        """Scalar fp32 loss (see :meth:`compute`)."""
+        return self.compute(student_logits, teacher_logits, weights, teacher_temp)[0]
+
+    def compute(
         self,
         student_logits: torch.Tensor,
         teacher_logits: torch.Tensor,
         weights: torch.Tensor,
         teacher_temp: float,
-        with_stats: bool = True,
-    ) -> torch.Tensor:
-        """Σ_t w_t·(−Σ_k p_t log q_s), a scalar in fp32; updates the centre afterwards (training, ``"ema"``).
+        with_stats: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Σ_t w_t·(−Σ_k p_t log q_s) in fp32, target statistics (2,) or None); updates the centre afterwards.
 
         student_logits, teacher_logits: (T, K) iBOT-head outputs on the selected patches (teacher: no gradient).
         weights: (T,) from :func:`select_patches`. T may be 0 (the loss is then 0).
+        with_stats: in training, also return :func:`~tips.losses.target_statistics` of the targets.
         """
         if student_logits.shape != teacher_logits.shape or weights.shape != student_logits.shape[:1]:
             raise ValueError(
                 f"expected student and teacher (T, K) and weights (T,), got {tuple(student_logits.shape)}, "
                 f"{tuple(teacher_logits.shape)} and {tuple(weights.shape)}"
             )
-        targets = self.teacher_probs(teacher_logits, teacher_temp, with_stats)  # (T, K)
+        targets = self.teacher_probs(teacher_logits, teacher_temp)  # (T, K)
         per_patch = cross_entropy_to_targets(student_logits, targets, self.student_temp)  # (T,)
         loss = (weights.float() * per_patch).sum()
         self.update_center(teacher_logits)
-        return loss
+        return loss, target_statistics(targets) if (self.training and with_stats) else None
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

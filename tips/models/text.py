@@ -128,15 +128,21 @@ class TextTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
 
-    def forward_tokens(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """ids (B, L) int64, padding (B, L) True where padded → token features after ln_final (B, L, D)."""
+    def check_ids(self, ids: torch.Tensor, padding: torch.Tensor) -> None:
+        """Shapes and id range of user input (reads the ids back to the host: kept off the training step)."""
         if ids.ndim != 2 or padding.shape != ids.shape:
             raise ValueError(f"ids {tuple(ids.shape)} and padding {tuple(padding.shape)} must both be (B, L)")
-        B, L = ids.shape
-        if L > self.cfg.max_len:
-            raise ValueError(f"text length {L} exceeds the tower's max_len {self.cfg.max_len}; truncate first")
-        if int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0:
+        if ids.shape[1] > self.cfg.max_len:
+            raise ValueError(f"text length {ids.shape[1]} exceeds the tower's max_len {self.cfg.max_len}; truncate first")
+        if ids.numel() and (int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0):
             raise ValueError(f"token id out of range [0, {self.cfg.vocab_size}): check the tokenizer matches the model")
+
+    def forward_tokens(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) int64, padding (B, L) True where padded → token features after ln_final (B, L, D).
+
+        No checks and no host sync: callers pass ids their own tokenizer made (``forward`` checks user input).
+        """
+        L = ids.shape[1]
         real = ~padding.to(torch.bool)  # (B, L)
         # A row with no real token would attend to nothing (NaN); let it attend everywhere instead:
         # its pooled output is zero anyway because pooling weights every position by `real`.
@@ -147,20 +153,25 @@ class TextTower(nn.Module):
         x = self.transformer(x, key_allowed, keep)
         return self.ln_final(x)
 
+    def pool(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """ids (B, L), padding (B, L) → masked mean of the final tokens (B, D); no checks, no host sync (training)."""
+        x = self.forward_tokens(ids, padding)
+        keep = (~padding.to(torch.bool)).unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        return (x * keep).sum(dim=1) / (keep.sum(dim=1) + 1e-8)
+
     def forward(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """ids (B, L), padding (B, L) bool/int (True/1 = padded) → masked mean of final tokens (B, D).
 
-        Trailing columns that are padding in every row are dropped first: real tokens never attend to
+        Checks the ids, then drops trailing columns that are padding in every row: real tokens never attend to
         padding and pooling ignores it, so the result is the same and short captions cost less.
         """
+        self.check_ids(ids, padding)
         real = ~padding.to(torch.bool)
         if real.shape[1] and not bool(real[:, -1].any()):
             used = real.any(dim=0).nonzero()
             length = int(used.max()) + 1 if len(used) else 1
             ids, padding = ids[:, :length], padding[:, :length]
-        x = self.forward_tokens(ids, padding)
-        keep = (~padding.to(torch.bool)).unsqueeze(-1).to(x.dtype)  # (B, L, 1)
-        return (x * keep).sum(dim=1) / (keep.sum(dim=1) + 1e-8)
+        return self.pool(ids, padding)
 
 
 def build_text_tower(cfg: TextConfig) -> TextTower:

@@ -1,5 +1,6 @@
-"""TIPS pretraining: config, schedules, EMA teacher, the objective and the accelerate loop."""
+"""TIPS pretraining: config, the run plan, schedules, EMA teacher, the objective and the accelerate loop."""
 
 from .config import TrainConfig, load_config
+from .plan import PlanError, TrainPlan, make_plan
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = ["PlanError", "TrainConfig", "TrainPlan", "load_config", "make_plan"]

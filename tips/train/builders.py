@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import DataConfig, MaskConfig, ViewConfig
+from ..data import Batch, DataConfig
 from ..loading import load
 from ..models.heads import ProjectionHead
 from ..models.tips import TIPS
@@ -17,13 +16,14 @@ from ..models.variants import get_variant, override_config
 from ..tokenizers import build_tokenizer
 from .config import TrainConfig
 from .objective import TIPSObjective
+from .plan import TrainPlan, heads_file, make_plan
 from .student import TIPSStudent, TIPSTeacher
 from .teacher import make_teacher
 
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: TrainConfig) -> TIPS:
+def build_model(cfg: TrainConfig, plan: TrainPlan) -> TIPS:
     """A TIPS model from the variant table, or initialised from any checkpoint ``tips.load`` reads."""
     m = cfg.model
     if m.init_from:
@@ -59,9 +59,11 @@ def build_model(cfg: TrainConfig) -> TIPS:
     for tower in m.freeze:
         getattr(model, tower).requires_grad_(False)
     # Parameters an ablation never uses get no gradient, and DDP (find_unused_parameters=False) rejects those.
-    if cfg.loss.weights.contrastive_syn == 0:  # the synthetic caption is not encoded at all
+    if not plan.contrastive_alt:
+        model.logit_scale_alt.requires_grad_(False)
+    if not plan.contrastive_syn:  # the synthetic caption is not encoded at all
         model.logit_scale_syn.requires_grad_(False)
-    if cfg.loss.weights.mask == 0:  # no masked view
+    if not plan.masked_view:
         model.vision.mask_token.requires_grad_(False)
     if m.grad_checkpointing:
         model.vision.set_grad_checkpointing(True)
@@ -70,7 +72,11 @@ def build_model(cfg: TrainConfig) -> TIPS:
 
 
 class TrainModule(nn.Module):
-    """Student + objective in one module, so DDP/FSDP see every trainable parameter and buffer."""
+    """Student + objective in one module, so DDP/FSDP see every trainable parameter and buffer.
+
+    The teacher is passed to ``forward`` rather than held: it is no part of what DDP syncs or what the optimiser
+    and the student checkpoint hold (a head-only-EMA teacher even shares the student's tower).
+    """
 
     def __init__(self, student: TIPSStudent, objective: TIPSObjective) -> None:
         super().__init__()
@@ -78,40 +84,26 @@ class TrainModule(nn.Module):
         self.objective = objective
 
     def forward(
-        self, batch, teacher: TIPSTeacher | None, teacher_temp: float, with_stats: bool = False
+        self, batch: Batch, teacher: TIPSTeacher | None, teacher_temp: float, with_stats: bool = False
     ) -> dict[str, torch.Tensor]:
-        return self.objective(self.student, teacher, batch, teacher_temp, with_stats)
+        """The student's passes, then the teacher's targets, then the loss terms (device tensors)."""
+        out = self.student(batch)
+        targets = teacher(batch.global_crop, out.patch_index) if teacher is not None else None
+        return self.objective(self.student, out, targets, batch, teacher_temp, with_stats)
 
 
-def build_train_module(cfg: TrainConfig, model: TIPS, frozen_teacher: TIPS | None) -> TrainModule:
-    feature_targets = None
-    if frozen_teacher is not None and not _has_heads(cfg):
-        feature_targets = (frozen_teacher.width, frozen_teacher.width)
-    student = TIPSStudent(model, cfg.loss, feature_targets)
-    return TrainModule(student, TIPSObjective(cfg.loss, model.patch_size))
+def build_train_module(cfg: TrainConfig, plan: TrainPlan, model: TIPS, frozen_teacher: TIPS | None) -> TrainModule:
+    teacher_width = frozen_teacher.width if (frozen_teacher is not None and plan.feature_targets) else None
+    student = TIPSStudent(model, plan, cfg.loss, teacher_width)
+    return TrainModule(student, TIPSObjective(cfg.loss, plan, model.patch_size))
 
 
-def _has_heads(cfg: TrainConfig) -> bool:
-    """Whether the frozen teacher checkpoint carries DINO/iBOT heads (our training exports with heads)."""
-    from safetensors import safe_open
-
-    path = _teacher_weights_file(cfg)
-    if path is None:
-        return False
-    with safe_open(str(path), "pt") as f:
-        return any(k.startswith("heads.dino_head.") for k in f.keys())
-
-
-def _teacher_weights_file(cfg: TrainConfig) -> Path | None:
-    """The ``model.safetensors`` of a folder checkpoint (or the file itself); None for ``.npz`` and names."""
-    path = Path(cfg.teacher.checkpoint or "")
-    path = path / "model.safetensors" if path.is_dir() else path
-    return path if path.suffix == ".safetensors" and path.is_file() else None
-
-
-def build_teacher(cfg: TrainConfig, student: TIPSStudent, frozen: TIPS | None) -> TIPSTeacher | None:
-    """EMA copy (default), head-only EMA (live student tower + EMA heads), or a frozen loaded model."""
-    if cfg.teacher.mode == "frozen":
+def build_teacher(cfg: TrainConfig, plan: TrainPlan, student: TIPSStudent, frozen: TIPS | None) -> TIPSTeacher | None:
+    """The plan's teacher: an EMA copy, head-only EMA (live student tower + EMA heads), a frozen checkpoint with
+    its prototype heads, a frozen tower alone (feature distillation), or None."""
+    if plan.teacher == "none":
+        return None
+    if plan.teacher in ("frozen_heads", "frozen_features"):
         assert frozen is not None
         if frozen.patch_size != student.model.patch_size:
             # The patch losses compare student and teacher tokens position by position on one image.
@@ -120,16 +112,14 @@ def build_teacher(cfg: TrainConfig, student: TIPSStudent, frozen: TIPS | None) -
                 f"{student.model.patch_size}: distillation needs the same patch grid "
                 f"(set model.overrides.vision.patch_size={frozen.patch_size})"
             )
-        heads = _load_teacher_heads(cfg, student) if _has_heads(cfg) else (None, None)
-        teacher = TIPSTeacher(frozen.vision, *heads)
+        heads = _load_teacher_heads(cfg, student) if plan.teacher == "frozen_heads" else (None, None)
+        teacher = TIPSTeacher(plan.teacher, frozen.vision, *heads)
         teacher.requires_grad_(False)
         return teacher.eval()
-    if not (cfg.loss.weights.distill > 0 or (cfg.loss.weights.mask > 0 and cfg.loss.mim_target == "features")):
-        return None  # CLIP-only or pixel-MIM runs need no teacher
     dino = make_teacher(student.dino_head) if student.dino_head is not None else None
     ibot = make_teacher(student.ibot_head) if student.ibot_head is not None else None
-    vision = student.model.vision if cfg.teacher.mode == "head_only_ema" else make_teacher(student.model.vision)
-    return TIPSTeacher(vision, dino, ibot)
+    vision = student.model.vision if plan.teacher == "head_only_ema" else make_teacher(student.model.vision)
+    return TIPSTeacher(plan.teacher, vision, dino, ibot)
 
 
 def _load_teacher_heads(cfg: TrainConfig, student: TIPSStudent) -> tuple[nn.Module | None, nn.Module | None]:
@@ -137,7 +127,7 @@ def _load_teacher_heads(cfg: TrainConfig, student: TIPSStudent) -> tuple[nn.Modu
     student's); only the prototype count K must match, since student and teacher logits are compared."""
     from safetensors.torch import load_file
 
-    sd = load_file(str(_teacher_weights_file(cfg)))
+    sd = load_file(str(heads_file(cfg.teacher.checkpoint)))
     heads = []
     for name in ("dino_head", "ibot_head"):
         own = getattr(student, name)
@@ -165,20 +155,9 @@ def _head_from_state_dict(sd: dict[str, torch.Tensor]) -> ProjectionHead:
     return ProjectionHead(first.shape[1], prototypes.shape[0], first.shape[0], prototypes.shape[1], len(linears))
 
 
-def teacher_trainable_state(teacher: TIPSTeacher | None, mode: str) -> dict[str, torch.Tensor]:
-    """What must be saved to resume the teacher: EMA tower + heads, or heads only."""
-    if teacher is None or mode == "frozen":
-        return {}
-    sd = teacher.state_dict()
-    if mode == "head_only_ema":  # the tower is the live student's
-        sd = {k: v for k, v in sd.items() if not k.startswith("vision.")}
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-
-
 def data_config(cfg: TrainConfig, sources: list[str], patch_size: int, resampled: bool | None = None,
                 epoch_size: int | None = None, num_workers: int | None = None) -> DataConfig:
     d = cfg.data
-    ratio = tuple(d.mask_ratio) if isinstance(d.mask_ratio, (list, tuple)) else float(d.mask_ratio)
     return DataConfig(
         sources=list(sources),
         weights=d.weights,
@@ -189,15 +168,12 @@ def data_config(cfg: TrainConfig, sources: list[str], patch_size: int, resampled
         seed=cfg.run.seed,
         shuffle_buffer=d.shuffle_buffer,
         shuffle_initial=max(1, min(d.shuffle_buffer, 500)),
-        views=ViewConfig(
-            global_size=d.global_size, global_scale=tuple(d.global_scale), local_size=d.local_size,
-            local_scale=tuple(d.local_scale), num_local=d.num_local, color_jitter=d.color_jitter,
-        ),
-        mask=MaskConfig(mask_shape=d.mask_shape, mask_ratio=ratio),
+        views=d.views,
+        mask=d.mask,
         patch_size=patch_size,
         tokenizer=cfg.model.tokenizer,
         image_root=d.image_root,
-    )  # fmt: skip
+    )
 
 
 def default_epoch_size(cfg: TrainConfig) -> int:
@@ -210,3 +186,12 @@ def peak_lr(cfg: TrainConfig, world_size: int) -> float:
     if cfg.optim.lr is not None:
         return cfg.optim.lr
     return 2.5e-4 * math.sqrt(cfg.run.batch_size * world_size * cfg.run.grad_accum / 1024)
+
+
+def build_modules(cfg: TrainConfig, plan: TrainPlan | None = None,
+                  frozen_teacher: TIPS | None = None) -> tuple[TrainModule, TIPSTeacher | None]:
+    """The run's student + objective and its teacher, as the trainer builds them (``plan`` defaults to the
+    config's; ``frozen_teacher`` is the loaded ``teacher.checkpoint`` of a frozen-teacher run)."""
+    plan = plan if plan is not None else make_plan(cfg)
+    module = build_train_module(cfg, plan, build_model(cfg, plan), frozen_teacher)
+    return module, build_teacher(cfg, plan, module.student, frozen_teacher)

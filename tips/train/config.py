@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from ..data.masking import MaskConfig
+from ..data.views import ViewConfig
+from .plan import make_plan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,6 +88,9 @@ class OptimSection:
 
 @dataclass
 class DataSection:
+    """The input pipeline; ``views`` (crops, flips, colour jitter) and ``mask`` (shape, ratio, blocks) are the
+    pipeline's own dataclasses, so every option is a YAML key (``data.views.num_local``, ``data.mask.mask_ratio``)."""
+
     train: list[str] = field(default_factory=list)  # shard patterns / tables, one source each
     weights: list[float] | None = None
     resampled: bool = True
@@ -89,14 +99,8 @@ class DataSection:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     epoch_size: int | None = None  # samples per rank per virtual epoch
-    global_size: int = 224
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    local_size: int = 98
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    num_local: int = 6
-    color_jitter: bool = False
-    mask_ratio: Any = 0.75
-    mask_shape: str = "random"
+    views: ViewConfig = field(default_factory=ViewConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
 
 
 @dataclass
@@ -111,7 +115,8 @@ class RunSection:
     save_every: int = 500
     keep_last: int = 2
     resume: str | None = None  # "latest" or a checkpoint folder
-    compile: bool = False
+    compile: bool = False  # torch.compile each transformer block and head (parameter names unchanged)
+    compile_backend: str = "inductor"  # "aot_eager" compiles in seconds (tests); "inductor" is the fast one
     val_every: int = 0
     val_batches: int = 4
     max_nonfinite: int = 10
@@ -142,19 +147,70 @@ def load_config(
         if not Path(p).is_file():
             raise FileNotFoundError(f"config file {p} not found")
         cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_quote_shard_list(o) for o in overrides]))
+    for override in overrides or []:
+        cfg = OmegaConf.merge(cfg, _parse_override(override, cfg))
     out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(out)
     return out
 
 
-def _quote_shard_list(override: str) -> str:
-    """``data.train=a/shard-{000..009}.tar`` → a one-element list; brace patterns are not valid YAML flow."""
-    key, _, value = override.partition("=")
-    if key == "data.train" and value and not value.lstrip().startswith("["):
-        return f"{key}=[{json.dumps(value)}]"
-    return override
+# Flat data keys of earlier releases; the options now live in data.views / data.mask.
+_MOVED = {f"data.{k}": f"data.views.{k}" for k in
+          ("global_size", "global_scale", "local_size", "local_scale", "num_local", "color_jitter")}
+_MOVED.update({"data.mask_ratio": "data.mask.mask_ratio", "data.mask_shape": "data.mask.mask_shape"})
+_LIST_KEYS = ("data.train",)  # lists of shard patterns, whose brace expressions are not YAML
+
+
+def _parse_override(override: str, base=None):
+    """One ``key=value`` override → a config fragment; errors name the override and the accepted forms.
+
+    A value for a text field stays text (YAML would read ``run.mixed_precision=no`` as the boolean False).
+    """
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {override!r}: expected key=value, e.g. run.steps=100")
+    if key in _MOVED:
+        log.warning("override %s: the key is now %s (the old name still works)", key, _MOVED[key])
+        key = _MOVED[key]
+    if key in _LIST_KEYS:
+        value = json.dumps(split_pattern_list(value))
+    elif base is not None and _is_text_field(base, key) and not value.startswith(("'", '"')):
+        value = json.dumps(value)
+    try:
+        return OmegaConf.from_dotlist([f"{key}={value}"])
+    except Exception as exn:  # OmegaConf / YAML parser errors
+        reason = str(exn).splitlines()[0]
+        raise ValueError(
+            f"override {override!r} is not valid ({reason}). Accepted forms: key=3, key=0.5, key=text, "
+            "key=[1, 2], key={a: 1, b: 2}; shard lists as data.train=path/shard-{000..009}.tar or "
+            "data.train=[a-{000..009}.tar, b.tar]"
+        ) from None
+
+
+def _is_text_field(base, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(base, parent) if parent else base
+    try:
+        return node is not None and OmegaConf.get_type(node, leaf) is str
+    except Exception:  # not a structured field (e.g. inside model.overrides): YAML decides
+        return False
+
+
+def split_pattern_list(value: str) -> list[str]:
+    """``a-{0..9}.tar`` or ``[a-{0..9}.tar, "b.tar"]`` → the list of patterns (commas inside braces stay)."""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return [text] if text else []
+    items, depth, current = [], 0, ""
+    for char in text[1:-1]:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    return [item.strip().strip("'\"") for item in items if item.strip()]
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -169,6 +225,7 @@ def validate(cfg: TrainConfig) -> None:
         "teacher.mode": (cfg.teacher.mode, ("ema", "head_only_ema", "frozen")),
         "optim.optimizer": (cfg.optim.optimizer, ("adamw", "adafactor")),
         "run.mixed_precision": (cfg.run.mixed_precision, ("no", "bf16", "fp16")),
+        "run.compile_backend": (cfg.run.compile_backend, ("inductor", "aot_eager", "eager")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -182,6 +239,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"model.freeze={bad}: only 'vision' and 'text' can be frozen")
     if cfg.run.steps <= 0 or cfg.run.batch_size <= 0:
         raise ValueError("run.steps and run.batch_size must be positive")
+    make_plan(cfg)  # loss terms, views and teacher that cannot train together fail here, keys named
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

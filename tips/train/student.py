@@ -1,149 +1,145 @@
-"""The student and teacher networks of a TIPS pretraining run.
+"""The student and teacher networks of a TIPS pretraining run, shaped by the run's :class:`TrainPlan`.
 
 The student is one ``nn.Module`` (so DDP/FSDP wrap it whole): the TIPS towers, the DINO (CLS) and iBOT
-(patch) projection heads, and the optional pixel decoder. Its ``forward`` runs every student pass of a step
-and returns the tensors the losses need; same-size inputs share one forward (the unmasked and masked global
-crops run as one batch of 2B images).
+(patch) projection heads, the optional pixel decoder and, for feature distillation, linear maps to the
+teacher's width. Heads exist only for the terms the plan runs, so ablations train (and DDP syncs) no dead
+parameters. Its ``forward`` takes a :class:`~tips.data.Batch` and runs every student pass of a step; same-size
+inputs share one forward (the unmasked and masked global crops run as one batch of 2B images).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..data.batch import Batch
 from ..losses.mim import select_patches
 from ..models.heads import PixelDecoder, ProjectionHead
 from ..models.tips import TIPS
 from ..models.vision import NUM_PREFIX_TOKENS
 from .config import LossSection
+from .plan import TrainPlan
+from .teacher import ema_update
 
 
 @dataclass
 class StudentOutputs:
-    """Everything the objective needs from the student for one batch of B images.
+    """Everything the objective needs from the student for one batch of B images (None: the term is off).
 
     cls_alt, cls_syn: (B, D) CLS1 / CLS2 of the contrastive view.
-    text_alt, text_syn: (B, D) pooled text embeddings of the alt-text and the synthetic caption (``text_syn`` is
-        None when the synthetic-caption term is off: the caption is then not encoded at all).
-    dino_logits: (B, M, K) DINO-head output on CLS1 of each local crop.
-    patch_index: (T,) flat indices into B·N of the patches the MIM loss uses; patch_weights (T,).
-    ibot_logits: (T, K) iBOT-head output on those masked-view patch tokens (None for pixel MIM).
-    pixel_pred: (B, N, p²·3) decoder output (pixel MIM only).
-    local_cls: (B·M, D) CLS1 of local crops (feature distillation).
-    masked_patches: (B, N, D) patch tokens of the masked view.
+    text_alt, text_syn: (B, D) pooled embeddings of the alt-text and the synthetic caption.
+    local_cls: (B·M, D) CLS1 of the local crops; dino_logits (B, M, K) the DINO head on them.
+    masked_patches: (B, N, D) patch tokens of the masked view; ibot_logits (T, K) the iBOT head on the selected
+        ones; pixel_pred (B, N, p²·3) the pixel decoder's output.
+    patch_index, patch_weights: (T,) the patches the masked-modelling loss uses and their weights.
     """
 
-    cls_alt: torch.Tensor
-    cls_syn: torch.Tensor
-    text_alt: torch.Tensor
-    text_syn: torch.Tensor | None
-    dino_logits: torch.Tensor | None
-    patch_index: torch.Tensor
-    patch_weights: torch.Tensor
-    ibot_logits: torch.Tensor | None
-    pixel_pred: torch.Tensor | None
-    local_cls: torch.Tensor | None
-    masked_patches: torch.Tensor
+    cls_alt: torch.Tensor | None = None
+    cls_syn: torch.Tensor | None = None
+    text_alt: torch.Tensor | None = None
+    text_syn: torch.Tensor | None = None
+    local_cls: torch.Tensor | None = None
+    dino_logits: torch.Tensor | None = None
+    masked_patches: torch.Tensor | None = None
+    ibot_logits: torch.Tensor | None = None
+    pixel_pred: torch.Tensor | None = None
+    patch_index: torch.Tensor | None = None
+    patch_weights: torch.Tensor | None = None
+
+
+def with_patch_selection(batch: Batch, plan: TrainPlan) -> Batch:
+    """``batch`` with the masked-modelling patch index and weights; run it on the host (T is data-dependent)."""
+    if batch.patch_index is not None or not plan.masked_view:
+        return batch
+    index, weights = select_patches(batch.patch_mask, plan.all_patches)
+    return replace(batch, patch_index=index, patch_weights=weights)
 
 
 class TIPSStudent(nn.Module):
-    """TIPS towers + projection heads. ``model`` is a plain :class:`TIPS` (what gets exported)."""
+    """TIPS towers + the heads the plan needs. ``model`` is a plain :class:`TIPS` (what gets exported)."""
 
-    def __init__(self, model: TIPS, loss_cfg: LossSection, feature_targets: tuple[int, int] | None = None) -> None:
+    def __init__(self, model: TIPS, plan: TrainPlan, loss_cfg: LossSection,
+                 teacher_width: int | None = None) -> None:
         super().__init__()
-        self.model = model
-        self.loss_cfg = loss_cfg
+        self.model, self.plan, self.loss_cfg = model, plan, loss_cfg
         width = model.width
-        w = loss_cfg.weights
-        # Heads exist only for terms that are on, so ablations train (and DDP syncs) no dead parameters.
-        use_heads = feature_targets is None
-        self.dino_head = (
-            ProjectionHead(width, loss_cfg.dino_k, loss_cfg.head_hidden, loss_cfg.head_bottleneck)
-            if use_heads and w.distill > 0 else None
-        )  # fmt: skip
-        self.ibot_head = (
-            ProjectionHead(width, loss_cfg.ibot_k, loss_cfg.head_hidden, loss_cfg.head_bottleneck)
-            if use_heads and w.mask > 0 and loss_cfg.mim_target == "features" else None
-        )  # fmt: skip
-        self.pixel_decoder = (
-            PixelDecoder(width, model.patch_size) if w.mask > 0 and loss_cfg.mim_target == "pixels" else None
-        )
-        self.use_local_crops = w.distill > 0
-        self.use_masked_view = w.mask > 0
-        self.use_syn_caption = w.contrastive_syn > 0
-        # Distillation from released weights (no heads): linear maps student width → teacher width.
-        self.feature_proj = (
-            nn.ModuleDict({"cls": nn.Linear(width, feature_targets[0]), "patch": nn.Linear(width, feature_targets[1])})
-            if feature_targets is not None
-            else None
-        )
+        head = lambda k: ProjectionHead(width, k, loss_cfg.head_hidden, loss_cfg.head_bottleneck)  # noqa: E731
+        self.dino_head = head(loss_cfg.dino_k) if plan.dino_head else None
+        self.ibot_head = head(loss_cfg.ibot_k) if plan.ibot_head else None
+        self.pixel_decoder = PixelDecoder(width, model.patch_size) if plan.pixel_decoder else None
+        self.feature_proj = None
+        if plan.feature_targets:  # distillation from released weights (no heads): student width → teacher width
+            if teacher_width is None:
+                raise ValueError("feature distillation needs the frozen teacher's width")
+            self.feature_proj = nn.ModuleDict({"cls": nn.Linear(width, teacher_width),
+                                               "patch": nn.Linear(width, teacher_width)})
 
-    def forward(
-        self,
-        global_crop: torch.Tensor,
-        local_crops: torch.Tensor,
-        patch_mask: torch.Tensor,
-        alt_ids: torch.Tensor,
-        alt_padding: torch.Tensor,
-        syn_ids: torch.Tensor,
-        syn_padding: torch.Tensor,
-    ) -> StudentOutputs:
-        """global_crop (B,3,H,W), local_crops (B,M,3,h,w), patch_mask (B,N), ids/padding (B,L)."""
-        vision = self.model.vision
-        B = global_crop.shape[0]
-        if not self.use_masked_view:
-            tokens = vision.forward_tokens(global_crop)
-            cls, masked_patches = tokens[:, :NUM_PREFIX_TOKENS], tokens[:, NUM_PREFIX_TOKENS:]
-        elif self.loss_cfg.contrastive_view == "unmasked" and bool(patch_mask.any()):
-            both = torch.cat([global_crop, global_crop])
-            mask = torch.cat([torch.zeros_like(patch_mask), patch_mask])
-            tokens = vision.forward_tokens(both, mask)  # (2B, 2 + N, D)
-            cls, masked_patches = tokens[:B, :NUM_PREFIX_TOKENS], tokens[B:, NUM_PREFIX_TOKENS:]
-        else:
-            tokens = vision.forward_tokens(global_crop, patch_mask)
-            cls, masked_patches = tokens[:, :NUM_PREFIX_TOKENS], tokens[:, NUM_PREFIX_TOKENS:]
+    def forward(self, batch: Batch) -> StudentOutputs:
+        """Every student pass of one step on ``batch`` (see :class:`StudentOutputs`)."""
+        plan, vision = self.plan, self.model.vision
+        x, mask = batch.global_crop, batch.patch_mask  # (B, 3, H, W), (B, N)
+        B = x.shape[0]
+        out = StudentOutputs()
+        contrastive = plan.contrastive_alt or plan.contrastive_syn
+        cls = None
+        if plan.masked_view and contrastive and self.loss_cfg.contrastive_view == "unmasked":
+            tokens = vision.forward_features(torch.cat([x, x]), torch.cat([torch.zeros_like(mask), mask]))  # (2B, 2+N, D)
+            cls, out.masked_patches = tokens[:B, :NUM_PREFIX_TOKENS], tokens[B:, NUM_PREFIX_TOKENS:]
+        elif plan.masked_view:
+            tokens = vision.forward_features(x, mask)
+            cls, out.masked_patches = tokens[:, :NUM_PREFIX_TOKENS], tokens[:, NUM_PREFIX_TOKENS:]
+        elif contrastive:
+            cls = vision.forward_features(x)[:, :NUM_PREFIX_TOKENS]
+        if cls is not None:
+            out.cls_alt, out.cls_syn = cls[:, 0], cls[:, 1]
 
-        M = local_crops.shape[1]
-        local_cls = dino_logits = None
-        if self.use_local_crops:
-            local_cls = vision.forward_tokens(local_crops.flatten(0, 1))[:, 0]  # (B·M, D), CLS1
+        if plan.local_crops:
+            M = batch.local_crops.shape[1]
+            out.local_cls = vision.forward_features(batch.local_crops.flatten(0, 1))[:, 0]  # (B·M, D), CLS1
             if self.dino_head is not None:
-                dino_logits = self.dino_head(local_cls).view(B, M, -1)
+                out.dino_logits = self.dino_head(out.local_cls).view(B, M, -1)
 
-        patch_index, patch_weights = select_patches(patch_mask, self.loss_cfg.ibot_plus_plus)
-        ibot_logits = pixel_pred = None
-        if self.pixel_decoder is not None:
-            h, w = global_crop.shape[-2] // vision.patch_size, global_crop.shape[-1] // vision.patch_size
-            pixel_pred = self.pixel_decoder(masked_patches, patch_mask, (h, w))
-        elif self.ibot_head is not None:
-            selected = masked_patches.reshape(-1, masked_patches.shape[-1])[patch_index]  # (T, D)
-            ibot_logits = self.ibot_head(selected)
+        if plan.masked_view:
+            selected = with_patch_selection(batch, plan)
+            out.patch_index, out.patch_weights = selected.patch_index, selected.patch_weights
+            if self.pixel_decoder is not None:
+                grid = (x.shape[-2] // vision.patch_size, x.shape[-1] // vision.patch_size)
+                out.pixel_pred = self.pixel_decoder(out.masked_patches, mask, grid)
+            elif self.ibot_head is not None:
+                flat = out.masked_patches.reshape(-1, out.masked_patches.shape[-1])  # (B·N, D)
+                out.ibot_logits = self.ibot_head(flat[out.patch_index])  # (T, K)
 
-        if self.use_syn_caption:
-            text = self.model.text(torch.cat([alt_ids, syn_ids]), torch.cat([alt_padding, syn_padding]))  # (2B, D)
-        else:  # CLIP-style ablation: the (longer) synthetic caption would cost text-tower time for nothing
-            text = self.model.text(alt_ids, alt_padding)  # (B, D)
-        return StudentOutputs(
-            cls_alt=cls[:, 0],
-            cls_syn=cls[:, 1],
-            text_alt=text[:B],
-            text_syn=text[B:] if self.use_syn_caption else None,
-            dino_logits=dino_logits,
-            patch_index=patch_index,
-            patch_weights=patch_weights,
-            ibot_logits=ibot_logits,
-            pixel_pred=pixel_pred,
-            local_cls=local_cls,
-            masked_patches=masked_patches,
-        )
+        out.text_alt, out.text_syn = self._encode_captions(batch)
+        return out
+
+    def _encode_captions(self, batch: Batch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Only the captions of the terms that run are encoded; both in one text-tower pass when both do."""
+        plan, text = self.plan, self.model.text
+        if plan.contrastive_alt and plan.contrastive_syn:
+            (a, pa), (s, ps) = _same_length((batch.alt_ids, batch.alt_padding), (batch.syn_ids, batch.syn_padding))
+            both = text.pool(torch.cat([a, s]), torch.cat([pa, ps]))  # (2B, D)
+            return both[: len(a)], both[len(a):]
+        if plan.contrastive_alt:
+            return text.pool(batch.alt_ids, batch.alt_padding), None
+        if plan.contrastive_syn:
+            return None, text.pool(batch.syn_ids, batch.syn_padding)
+        return None, None
+
+
+def _same_length(*pairs: tuple[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pad (ids, padding) pairs on the right to a common length (shapes only: no host sync)."""
+    length = max(ids.shape[1] for ids, _ in pairs)
+    return [(F.pad(ids, (0, length - ids.shape[1])), F.pad(pad, (0, length - pad.shape[1]), value=True))
+            for ids, pad in pairs]
 
 
 @dataclass
 class TeacherTargets:
-    """Teacher outputs on the unmasked global crop. dino_logits (B, K); ibot_logits (T, K) at patch_index;
-    for feature distillation instead: cls (B, D_t) and patches (B, N, D_t)."""
+    """Teacher outputs on the unmasked global crop: dino_logits (B, K) and ibot_logits (T, K) at the selected
+    patches from prototype heads; for feature distillation cls (B, D_t) and patches (B, N, D_t)."""
 
     dino_logits: torch.Tensor | None = None
     ibot_logits: torch.Tensor | None = None
@@ -154,24 +150,49 @@ class TeacherTargets:
 class TIPSTeacher(nn.Module):
     """The teacher's image tower and heads (no text tower: the teacher only makes self-supervised targets).
 
-    ``vision`` may be an EMA copy, the live student tower (head-only EMA, TIPSv2) or a frozen model.
+    ``vision`` is an EMA copy, the live student tower (head-only EMA, TIPSv2) or a frozen model; ``kind`` is the
+    plan's teacher kind and decides what ``forward`` returns and what ``update`` moves.
     """
 
-    def __init__(self, vision: nn.Module, dino_head: nn.Module | None, ibot_head: nn.Module | None) -> None:
+    def __init__(self, kind: str, vision: nn.Module, dino_head: nn.Module | None = None,
+                 ibot_head: nn.Module | None = None) -> None:
         super().__init__()
-        self.vision = vision
-        self.dino_head = dino_head
-        self.ibot_head = ibot_head
+        self.kind, self.vision, self.dino_head, self.ibot_head = kind, vision, dino_head, ibot_head
 
     @torch.no_grad()
-    def forward(self, global_crop: torch.Tensor, patch_index: torch.Tensor) -> TeacherTargets:
+    def forward(self, global_crop: torch.Tensor, patch_index: torch.Tensor | None) -> TeacherTargets:
+        """global_crop (B, 3, H, W), patch_index (T,) or None → targets (see :class:`TeacherTargets`)."""
         was_training = self.vision.training  # a live student tower (head-only EMA) runs without drop-path here
         self.vision.eval()
-        tokens = self.vision.forward_tokens(global_crop)  # (B, 2 + N, D)
+        tokens = self.vision.forward_features(global_crop)  # (B, 2 + N, D)
         self.vision.train(was_training)
         cls, patches = tokens[:, 0], tokens[:, NUM_PREFIX_TOKENS:]
-        if self.dino_head is None:
+        if self.kind == "frozen_features":
             return TeacherTargets(cls=cls, patches=patches)
-        selected = patches.reshape(-1, patches.shape[-1])[patch_index]
-        ibot = self.ibot_head(selected) if self.ibot_head is not None else None
-        return TeacherTargets(dino_logits=self.dino_head(cls), ibot_logits=ibot)
+        targets = TeacherTargets()
+        if self.dino_head is not None:
+            targets.dino_logits = self.dino_head(cls)
+        if self.ibot_head is not None and patch_index is not None:
+            targets.ibot_logits = self.ibot_head(patches.reshape(-1, patches.shape[-1])[patch_index])
+        return targets
+
+    @torch.no_grad()
+    def update(self, student: TIPSStudent, momentum: float) -> None:
+        """EMA step after an optimiser step: tower and heads (``ema``), heads only (``head_only_ema``), else none."""
+        if self.kind not in ("ema", "head_only_ema"):
+            return
+        if self.kind == "ema":
+            ema_update(self.vision, student.model.vision, momentum)
+        for name in ("dino_head", "ibot_head"):
+            mine = getattr(self, name)
+            if mine is not None:
+                ema_update(mine, getattr(student, name), momentum)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to resume the teacher: EMA tower + heads, or heads only."""
+        if self.kind not in ("ema", "head_only_ema"):
+            return {}
+        sd = self.state_dict()
+        if self.kind == "head_only_ema":  # the tower is the live student's
+            sd = {k: v for k, v in sd.items() if not k.startswith("vision.")}
+        return {k: v.detach().contiguous().cpu() for k, v in sd.items()}

@@ -1,59 +1,81 @@
-"""The TIPS pretraining loop on accelerate: prepare, step, update the teacher, log, checkpoint, resume."""
+"""The TIPS pretraining loop on accelerate: one ``train_step`` per optimiser step, then log, validate, save.
+
+A step is ``train_step`` (accumulate micro-batches, backward, clip, step, zero_grad) followed by ``after_step``
+(logit-scale clamp, teacher update, counters). Losses stay device tensors until a logging step; the only host
+sync of a step is the all-rank decision to skip it when a loss is not finite.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..atomic import write_json_atomic
-from ..checkpoints import save_pretrained
+from ..data import Batch, TrainLoader, build_train_loader
 from ..loading import load
 from ..models.tips import TIPS
 from . import checkpointing as ckpt
-from .builders import (
-    TrainModule, build_model, build_teacher, build_train_module, data_config, default_epoch_size, peak_lr,
-    teacher_trainable_state,
-)  # fmt: skip
+from .builders import TrainModule, build_modules, data_config, default_epoch_size, peak_lr
 from .config import TrainConfig, save_config
 from .optim import build_optimizer, param_groups, set_lr_wd
+from .plan import TrainPlan, make_plan
+from .run_state import RunState
 from .schedules import cosine, ema_momentum, fraction_to_steps, linear_warmup, warmup_cosine
-from .teacher import ema_update
+from .student import with_patch_selection
 from .validation import validate
 
 log = logging.getLogger("tips.train")
-LOSS_TERMS = ("contrastive_alt", "contrastive_syn", "distill", "mask")
+CLIPPED = ("model.vision", "model.text", "dino_head", "ibot_head", "pixel_decoder", "feature_proj")
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-class Trainer:
+@dataclass(frozen=True)
+class Schedule:
+    """The step's hyper-parameters: pure functions of the global step (a resumed run recomputes them)."""
+
+    lr: float
+    wd: float
+    momentum: float
+    teacher_temp: float
+    freeze_last_layer: bool
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step produced: the last micro-batch's loss terms and pre-clip gradient norms as device
+    tensors (convert them only when logging), whether the step was skipped, and this rank's sample count."""
+
+    losses: dict[str, torch.Tensor]
+    grad_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: bool = False
+    samples: int = 0
+
+
+class Trainer(RunState):
     """One pretraining run. ``Trainer(cfg).fit()`` trains ``cfg.run.steps`` optimiser steps and returns the
-    folder of the final ``save_pretrained`` export."""
+    folder of the final ``save_pretrained`` export. Checkpoints, resume and exports: :class:`RunState`."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
-        r = cfg.run
-        w = cfg.loss.weights
+        self.cfg, r = cfg, cfg.run
+        self.plan: TrainPlan = make_plan(cfg)
         # Ablations switch terms off; DDP must then tolerate parameters without gradients (e.g. CLS2).
-        find_unused = min(w.contrastive_alt, w.contrastive_syn, w.distill, w.mask) == 0 or bool(cfg.model.freeze)
-        self.accelerator = Accelerator(
-            mixed_precision=r.mixed_precision,
-            gradient_accumulation_steps=r.grad_accum,
-            log_with="tensorboard",
-            project_dir=r.output_dir,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
-        )
-        acc = self.accelerator
+        find_unused = self.plan.has_unused_parameters or bool(cfg.model.freeze)
+        self.accelerator = acc = Accelerator(
+            mixed_precision=r.mixed_precision, gradient_accumulation_steps=r.grad_accum, log_with="tensorboard",
+            project_dir=r.output_dir, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        )  # fmt: skip
         if r.world_size is not None and acc.num_processes != r.world_size:
             raise RuntimeError(
                 f"run.world_size={r.world_size} but the launch started {acc.num_processes} process(es); check the "
@@ -61,25 +83,25 @@ class Trainer:
             )
         set_seed(r.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.output_dir = Path(r.output_dir)
-        frozen = load(cfg.teacher.checkpoint) if cfg.teacher.mode == "frozen" else None
-        model = build_model(cfg)
-        self.module: TrainModule = build_train_module(cfg, model, frozen)
-        self.teacher = build_teacher(cfg, self.module.student, frozen)
+        frozen = load(cfg.teacher.checkpoint) if self.plan.teacher.startswith("frozen") else None
+        self.module: TrainModule
+        self.module, self.teacher = build_modules(cfg, self.plan, frozen)
+        model = self.module.student.model
         if self.teacher is not None:
             self.teacher.to(acc.device)
         groups = param_groups(self.module, cfg.optim.layerwise_decay, "student.model.vision.", model.cfg.vision.depth)
         optimizer = build_optimizer(groups, cfg.optim.optimizer, tuple(cfg.optim.betas), cfg.optim.eps)
         if r.compile:
-            self.module.student.compile()  # in place: parameter names (and checkpoints) stay the same
+            compile_blocks(self.module.student, r.compile_backend)
         self.module, self.optimizer = acc.prepare(self.module, optimizer)
         self.peak_lr = peak_lr(cfg, acc.num_processes)
-        self.step = 0
-        self.nonfinite_total = 0
-        self.data_position = 0
-        self.skips: dict[str, int] = {}
+        self.step = self.nonfinite_total = self.consecutive_nonfinite = 0
+        self.skips_before_resume: dict[str, int] = {}
         self.resumed_from: Path | None = None
+        self.loader: TrainLoader | None = None
+        self._val_batches: list[Batch] | None = None
+        self._window = {"data": 0.0, "total": 0.0, "samples": 0}
 
-    # ------------------------------------------------------------------ helpers
     @property
     def core(self) -> TrainModule:
         return self.accelerator.unwrap_model(self.module)
@@ -88,132 +110,106 @@ class Trainer:
     def model(self) -> TIPS:
         return self.core.student.model
 
-    def schedules(self, step: int) -> dict[str, float]:
-        """LR, WD, EMA momentum and teacher temperature at ``step`` (pure functions of the step)."""
-        o, total = self.cfg.optim, self.cfg.run.steps
-        l = self.cfg.loss
-        return {
-            "lr": warmup_cosine(step, total, self.peak_lr, o.min_lr, fraction_to_steps(o.warmup_frac, total)),
-            "wd": cosine(step, total, o.weight_decay, o.weight_decay_end),
-            "momentum": ema_momentum(step, total, self.cfg.teacher.momentum, self.cfg.teacher.momentum_final),
-            "teacher_temp": linear_warmup(
-                step, fraction_to_steps(l.teacher_temp_warmup_frac, total), l.teacher_temp_warmup, l.teacher_temp
-            ),
-        }
+    def schedule(self, step: int) -> Schedule:
+        """LR, WD, EMA momentum, teacher temperature and the prototype-layer freeze at ``step``."""
+        o, l, total = self.cfg.optim, self.cfg.loss, self.cfg.run.steps
+        return Schedule(
+            lr=warmup_cosine(step, total, self.peak_lr, o.min_lr, fraction_to_steps(o.warmup_frac, total)),
+            wd=cosine(step, total, o.weight_decay, o.weight_decay_end),
+            momentum=ema_momentum(step, total, self.cfg.teacher.momentum, self.cfg.teacher.momentum_final),
+            teacher_temp=linear_warmup(step, fraction_to_steps(l.teacher_temp_warmup_frac, total),
+                                       l.teacher_temp_warmup, l.teacher_temp),
+            freeze_last_layer=step < fraction_to_steps(o.freeze_last_layer_frac, total),
+        )  # fmt: skip
 
-    def _clip(self) -> dict[str, float]:
-        """Clip each student sub-module separately (DINOv2 practice); returns pre-clip norms."""
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batches: Iterator[Batch], schedule: Schedule, with_stats: bool = False) -> StepResult:
+        """One optimiser step over ``run.grad_accum`` micro-batches; a non-finite loss on any rank in any
+        micro-batch skips the whole step (no weight moves). ``with_stats``: teacher statistics (logging steps)."""
+        acc, accum = self.accelerator, self.cfg.run.grad_accum
+        set_lr_wd(self.optimizer, schedule.lr, schedule.wd, schedule.freeze_last_layer)
+        finite = torch.ones((), dtype=torch.bool, device=acc.device)
+        for micro in range(accum):
+            batch = self._next_batch(batches)
+            with acc.accumulate(self.module):
+                losses = self.module(batch, self.teacher, schedule.teacher_temp, with_stats and micro == accum - 1)
+                finite &= torch.isfinite(losses["loss"].detach())
+                acc.backward(losses["loss"])
+        skipped = not self._all_ranks(finite)  # the step's one host sync
+        grad_norms = {} if skipped else self._clip()
+        if not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(losses, grad_norms, skipped, len(batch) * accum)
+
+    def after_step(self, result: StepResult, schedule: Schedule) -> None:
+        """Clamp the temperatures and move the teacher after a taken step; count skipped ones."""
+        if result.skipped:
+            self.nonfinite_total += 1
+            self.consecutive_nonfinite += 1
+            if self.consecutive_nonfinite > self.cfg.run.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss (last at step {self.step}); "
+                    "lower optim.lr, check the data, or use run.mixed_precision=bf16 instead of fp16"
+                )
+        else:
+            self.consecutive_nonfinite = 0
+            cap = math.log(self.cfg.loss.logit_scale_max)
+            with torch.no_grad():
+                for p in (self.model.logit_scale_alt, self.model.logit_scale_syn):
+                    p.clamp_(0.0, cap)
+            if self.teacher is not None:
+                self.teacher.update(self.core.student, schedule.momentum)
+        self.step += 1
+
+    def _next_batch(self, batches: Iterator[Batch]) -> Batch:
+        t0 = time.perf_counter()
+        batch = with_patch_selection(next(batches), self.plan)  # on the host: T is data-dependent
+        batch = batch.to(self.accelerator.device, non_blocking=True)
+        self._window["data"] += time.perf_counter() - t0
+        return batch
+
+    def _all_ranks(self, flag: torch.Tensor) -> bool:
+        """True when ``flag`` (a device bool) holds on every rank: one all-reduce, one host read."""
+        count = flag.to(torch.float32).reshape(1)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        return count.item() == self.accelerator.num_processes
+
+    def _clip(self) -> dict[str, torch.Tensor]:
+        """Clip each student sub-module separately (DINOv2 practice); returns pre-clip norms (device tensors)."""
+        self.accelerator.unscale_gradients()  # fp16: clip the true gradients (a no-op otherwise)
         norms = {}
         student = self.core.student
-        for name in ("model.vision", "model.text", "dino_head", "ibot_head", "pixel_decoder"):
-            module = student.get_submodule(name) if _has_submodule(student, name) else None
+        for name in CLIPPED:
+            module = _submodule(student, name)
             params = [p for p in module.parameters() if p.grad is not None] if module is not None else []
             if params:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
-                norms[name] = float(norm)
+                norms[name] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
         return norms
-
-    @torch.no_grad()
-    def _clamp_logit_scales(self) -> None:
-        cap = math.log(self.cfg.loss.logit_scale_max)
-        for p in (self.model.logit_scale_alt, self.model.logit_scale_syn):
-            p.clamp_(0.0, cap)
-
-    def _update_teacher(self, momentum: float) -> None:
-        if self.teacher is None or self.cfg.teacher.mode == "frozen":
-            return
-        student = self.core.student
-        if self.cfg.teacher.mode == "ema":
-            ema_update(self.teacher.vision, student.model.vision, momentum)
-        for name in ("dino_head", "ibot_head"):
-            t, s = getattr(self.teacher, name), getattr(student, name)
-            if t is not None:
-                ema_update(t, s, momentum)
-
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=loss.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
-
-    # ------------------------------------------------------------------ state
-    def save(self) -> Path:
-        """Write a complete checkpoint atomically, then prune old ones (main process writes shared files)."""
-        acc = self.accelerator
-        tmp = ckpt.temporary_dir(self.output_dir, self.step) if acc.is_main_process else None
-        tmp_path = [str(tmp) if tmp else None]
-        if acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(tmp_path)
-        tmp = Path(tmp_path[0])
-        acc.save_state(str(tmp / "state"), safe_serialization=True)
-        positions = acc.gather(torch.tensor([self.data_position], device=acc.device)).tolist()
-        if acc.is_main_process:
-            teacher_sd = teacher_trainable_state(self.teacher, self.cfg.teacher.mode)
-            if teacher_sd:
-                save_file(teacher_sd, str(tmp / "teacher.safetensors"))
-            self.export(tmp / "export", tmp / "export_teacher" if self.cfg.run.export_teacher else None)
-            write_json_atomic(tmp / "trainer.json", {
-                "step": self.step, "data_positions": positions, "skips": self.skips,
-                "nonfinite_total": self.nonfinite_total, "world_size": acc.num_processes,
-            }, indent=2)  # fmt: skip
-            ckpt.finalize(tmp, self.output_dir, self.step, self.cfg.run.keep_last)
-        acc.wait_for_everyone()
-        return ckpt.checkpoint_root(self.output_dir) / ckpt.step_dir_name(self.step)
-
-    @torch.no_grad()
-    def check_replicas(self) -> None:
-        """All ranks must hold identical weights (DDP keeps them so); a divergence is a bug worth stopping for."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return
-        params = [p.detach().double().flatten() for p in self.core.parameters()]
-        signature = torch.stack([torch.cat(params).sum(), torch.cat(params).square().sum()]).to(acc.device)
-        signatures = acc.gather(signature[None]).view(acc.num_processes, 2)
-        spread = (signatures - signatures[0]).abs().max().item()
-        if spread > 1e-6 * max(1.0, signatures.abs().max().item()):
-            raise RuntimeError(f"ranks hold different weights after training (signature spread {spread:.3g})")
-        if acc.is_main_process:
-            log.info("all %d ranks hold identical weights (parameter signature %.6g)", acc.num_processes,
-                     signatures[0, 0].item())
-
-    def export(self, student_dir: Path, teacher_dir: Path | None = None) -> None:
-        """``save_pretrained`` of the student towers (with heads as extra tensors), optionally the teacher's
-        image tower in the student's text tower's company so it loads as a full model."""
-        heads = {}
-        for name in ("dino_head", "ibot_head"):
-            head = getattr(self.core.student, name)
-            if head is not None:
-                heads.update({f"heads.{name}.{k}": v for k, v in head.state_dict().items()})
-        save_pretrained(self.model, student_dir, heads)
-        if teacher_dir is not None and self.teacher is not None and self.cfg.teacher.mode == "ema":
-            teacher_model = TIPS(self.model.cfg, tokenizer=self.model.tokenizer)
-            teacher_model.load_state_dict(self.model.state_dict())
-            teacher_model.vision.load_state_dict(self.teacher.vision.state_dict())
-            save_pretrained(teacher_model, teacher_dir)
-
-    def resume(self, path: Path) -> None:
-        acc = self.accelerator
-        state = __import__("json").loads((path / "trainer.json").read_text())
-        if state["world_size"] != acc.num_processes:
-            raise RuntimeError(
-                f"{path} was written by {state['world_size']} processes; resume it with the same number "
-                f"(this launch has {acc.num_processes}) so every rank continues its own data stream"
-            )
-        acc.load_state(str(path / "state"))
-        if (path / "teacher.safetensors").is_file() and self.teacher is not None:
-            missing, unexpected = self.teacher.load_state_dict(load_file(str(path / "teacher.safetensors")), strict=False)
-            if unexpected or (self.cfg.teacher.mode == "ema" and missing):
-                raise KeyError(f"{path}/teacher.safetensors: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.step = state["step"]
-        self.data_position = state["data_positions"][acc.process_index]
-        self.skips = dict(state.get("skips", {}))
-        self.nonfinite_total = state.get("nonfinite_total", 0)
-        self.resumed_from = path
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
-        from ..data import build_train_loader
+        batches = self.start()
+        progress = tqdm(total=self.cfg.run.steps, initial=self.step, disable=not self.accelerator.is_local_main_process,
+                        desc="pretraining", dynamic_ncols=True)
+        self.module.train()
+        while self.step < self.cfg.run.steps:
+            t0 = time.perf_counter()
+            schedule = self.schedule(self.step)
+            result = self.train_step(batches, schedule, with_stats=self._log_due(self.step + 1))
+            self.after_step(result, schedule)
+            self._window["total"] += time.perf_counter() - t0
+            self._window["samples"] += result.samples * self.accelerator.num_processes
+            progress.update(1)
+            self.maybe_log(result, schedule, progress)
+            self.maybe_validate()
+            self.maybe_save()
+        progress.close()
+        return self.finish()
 
+    def start(self) -> Iterator[Batch]:
+        """Output folder, config, resume, the training loader and the trackers; returns the batch stream."""
         cfg, acc = self.cfg, self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
@@ -222,104 +218,86 @@ class Trainer:
                 log.warning("removed %s, left by a save that was interrupted", stale)
         acc.wait_for_everyone()
         resume_from = ckpt.resolve_resume(cfg.run.resume, self.output_dir)
-        if resume_from is not None:
-            self.resume(resume_from)
+        start_batch = self.resume(resume_from) if resume_from is not None else 0
         epoch_size = default_epoch_size(cfg) if (cfg.data.resampled or acc.num_processes > 1) else cfg.data.epoch_size
         dcfg = data_config(cfg, cfg.data.train, self.model.patch_size, epoch_size=epoch_size)
-        loader = build_train_loader(dcfg, self.model.tokenizer, acc.process_index, acc.num_processes,
-                                    start_batch=self.data_position)
-        batches = loader.forever()
+        self.loader = build_train_loader(dcfg, self.model.tokenizer, acc.process_index, acc.num_processes,
+                                         start_batch=start_batch)
         acc.init_trackers("tips")
-        progress = tqdm(total=cfg.run.steps, initial=self.step, disable=not acc.is_local_main_process,
-                        desc="pretraining", dynamic_ncols=True)
-        consecutive_bad = 0
-        skips_before_resume = skips = dict(self.skips)
-        window = {"data": 0.0, "total": 0.0, "samples": 0}
-        self.module.train()
-        while self.step < cfg.run.steps:
-            t0 = time.perf_counter()
-            s = self.schedules(self.step)
-            freeze = self.step < fraction_to_steps(cfg.optim.freeze_last_layer_frac, cfg.run.steps)
-            set_lr_wd(self.optimizer, s["lr"], s["wd"], freeze)
-            logged: dict[str, float] = {}
-            log_now = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.run.steps
-            skipped = False
-            data_time = 0.0
-            for micro in range(cfg.run.grad_accum):
-                # The last micro-batch's values are the ones logged, so only it computes the teacher statistics.
-                with_stats = log_now and micro == cfg.run.grad_accum - 1
-                td = time.perf_counter()
-                batch = next(batches).to(acc.device)
-                data_time += time.perf_counter() - td
-                self.data_position += 1
-                with acc.accumulate(self.module):
-                    losses = self.module(batch, self.teacher, s["teacher_temp"], with_stats=with_stats)
-                    # One non-finite micro-batch skips the whole step: the other micro-batches' gradients
-                    # are dropped too, so a skipped step never moves the weights.
-                    skipped = not self._all_finite(losses["loss"]) or skipped
-                    if not skipped:
-                        acc.backward(losses["loss"])
-                    if acc.sync_gradients and not skipped:
-                        logged.update({f"grad_norm/{k}": v for k, v in self._clip().items()})
-                        self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)  # accelerate zeroes only at the step boundary
-                for k in ("loss",) + LOSS_TERMS:
-                    logged[f"loss/{k}"] = float(losses[k].detach())
-                logged.update({k: float(v) for k, v in losses.items() if k.startswith("teacher/")})
-            if skipped:
-                self.nonfinite_total += 1
-                consecutive_bad += 1
-                if consecutive_bad > cfg.run.max_nonfinite:
-                    raise NonFiniteLossError(
-                        f"{consecutive_bad} consecutive steps had a non-finite loss (last at step {self.step}); "
-                        "lower optim.lr, check the data, or use run.mixed_precision=bf16 instead of fp16"
-                    )
-            else:
-                consecutive_bad = 0
-                self._clamp_logit_scales()
-                self._update_teacher(s["momentum"])
-            self.step += 1
-            skips = _add(skips_before_resume, loader.skips.as_dict())
-            window["data"] += data_time
-            window["total"] += time.perf_counter() - t0
-            window["samples"] += len(batch) * cfg.run.grad_accum * acc.num_processes
-            progress.update(1)
-            if "loss/loss" in logged:
-                progress.set_postfix(loss=f"{logged['loss/loss']:.3f}", refresh=False)
-            if log_now:
-                logged.update({
-                    "lr": s["lr"], "wd": s["wd"], "teacher_momentum": s["momentum"], "teacher_temp": s["teacher_temp"],
-                    "temperature/alt": math.exp(-self.model.logit_scale_alt.item()),
-                    "temperature/syn": math.exp(-self.model.logit_scale_syn.item()),
-                    "samples_per_s": window["samples"] / max(window["total"], 1e-9),
-                    "data_wait_fraction": window["data"] / max(window["total"], 1e-9),
-                    "nonfinite_steps": self.nonfinite_total,
-                    **{f"skipped/{k}": v for k, v in skips.items()},
-                })  # fmt: skip
-                acc.log(logged, step=self.step)
-                window = {"data": 0.0, "total": 0.0, "samples": 0}
-            if cfg.run.val_every and cfg.data.val and self.step % cfg.run.val_every == 0:
-                metrics = validate(self, cfg.data.val)
-                acc.log(metrics, step=self.step)
-            if self.step % cfg.run.save_every == 0 or self.step == cfg.run.steps:
-                self.skips = skips
-                self.save()
-        progress.close()
-        self.check_replicas()
-        final = self.output_dir / "final"
+        return self.loader.forever()
+
+    def _log_due(self, step: int) -> bool:
+        return step % self.cfg.run.log_every == 0 or step == self.cfg.run.steps
+
+    def skips(self) -> dict[str, int]:
+        """Skipped samples by reason over the whole run (before and after a resume)."""
+        now = self.loader.skips.as_dict() if self.loader is not None else {}
+        return {k: int(self.skips_before_resume.get(k, 0)) + int(now.get(k, 0))
+                for k in set(self.skips_before_resume) | set(now)}
+
+    def maybe_log(self, result: StepResult, schedule: Schedule, progress: tqdm | None = None) -> None:
+        """On logging steps only: loss terms, norms, schedules, temperatures, throughput (host conversions here)."""
+        if not self._log_due(self.step):
+            return
+        w = self._window
+        logged = {("loss/" + k if "/" not in k else k): float(v.detach()) for k, v in result.losses.items()}
+        logged.update({f"grad_norm/{k}": float(v) for k, v in result.grad_norms.items()})
+        logged.update({
+            "lr": schedule.lr, "wd": schedule.wd, "teacher_momentum": schedule.momentum,
+            "teacher_temp": schedule.teacher_temp,
+            "temperature/alt": math.exp(-self.model.logit_scale_alt.item()),
+            "temperature/syn": math.exp(-self.model.logit_scale_syn.item()),
+            "samples_per_s": w["samples"] / max(w["total"], 1e-9),
+            "data_wait_fraction": w["data"] / max(w["total"], 1e-9),
+            "nonfinite_steps": self.nonfinite_total, **{f"skipped/{k}": v for k, v in self.skips().items()},
+        })  # fmt: skip
+        self.accelerator.log(logged, step=self.step)
+        if progress is not None:
+            progress.set_postfix(loss=f"{logged['loss/loss']:.3f}", refresh=False)
+        self._window = {"data": 0.0, "total": 0.0, "samples": 0}
+
+    def maybe_validate(self) -> None:
+        """Every ``run.val_every`` steps on the first ``run.val_batches`` held-out batches (read once)."""
+        cfg, acc = self.cfg, self.accelerator
+        if not (cfg.run.val_every and cfg.data.val and self.step % cfg.run.val_every == 0):
+            return
         if acc.is_main_process:
-            self.export(final, self.output_dir / "final_teacher" if cfg.run.export_teacher else None)
+            metrics = validate(self.model, self.validation_batches(), acc.device, acc.autocast)
+            acc.log(metrics, step=self.step)
         acc.wait_for_everyone()
-        acc.end_training()
-        return final
+
+    def validation_batches(self) -> list[Batch]:
+        """The held-out batches, decoded on first use and kept on the host (a few batches)."""
+        if self._val_batches is None:
+            cfg = self.cfg
+            dcfg = data_config(cfg, [cfg.data.val], self.model.patch_size, resampled=False, epoch_size=None,
+                               num_workers=0)
+            loader = build_train_loader(dcfg, self.model.tokenizer, 0, 1)
+            self._val_batches = list(islice(iter(loader), cfg.run.val_batches))
+        return self._val_batches
+
+    def maybe_save(self) -> None:
+        if self.step % self.cfg.run.save_every == 0 or self.step == self.cfg.run.steps:
+            self.save()
 
 
-def _has_submodule(module: torch.nn.Module, name: str) -> bool:
+def compile_blocks(student: torch.nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` each transformer block of both towers and each head, in place (names unchanged).
+
+    Per-block compilation (as torchtitan does) keeps graphs small, composes with per-block FSDP and
+    checkpointing, and leaves the data-dependent glue (patch selection, caption routing) eager.
+    """
+    model = student.model
+    for block in list(model.vision.blocks) + list(model.text.transformer.resblocks):
+        block.compile(backend=backend)
+    for name in ("dino_head", "ibot_head", "pixel_decoder"):
+        head = getattr(student, name, None)
+        if head is not None:
+            head.compile(backend=backend)
+
+
+def _submodule(module: torch.nn.Module, name: str) -> torch.nn.Module | None:
     try:
-        return module.get_submodule(name) is not None
+        return module.get_submodule(name)
     except AttributeError:
-        return False
-
-
-def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    return {k: int(a.get(k, 0)) + int(b.get(k, 0)) for k in set(a) | set(b)}
+        return None

@@ -1,16 +1,15 @@
-"""Periodic validation on a held-out shard set: contrastive losses and text→image R@1 for both CLS tokens."""
+"""Periodic validation on held-out batches: contrastive losses and text→image R@1 for both CLS tokens."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import Callable, Iterable
 
 import torch
 
+from ..data.batch import Batch
 from ..losses import ContrastiveLoss
-from ..models.tips import l2_normalize
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from ..models.tips import TIPS, l2_normalize
 
 
 def recall_at_1(query: torch.Tensor, gallery: torch.Tensor) -> float:
@@ -20,41 +19,35 @@ def recall_at_1(query: torch.Tensor, gallery: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def validate(trainer: "Trainer", pattern: str) -> dict[str, float]:
-    """Runs on the main process with the unwrapped model (no collectives); other ranks wait."""
-    from ..data import build_train_loader
-    from .builders import data_config
+def validate(
+    model: TIPS, batches: Iterable[Batch], device: torch.device | str = "cpu",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``batches`` (global crops and both captions; no collectives, no side effects).
 
-    acc = trainer.accelerator
-    metrics: dict[str, float] = {}
-    if acc.is_main_process:
-        cfg = trainer.cfg
-        model = trainer.model
-        was_training = model.training
-        model.eval()
-        dcfg = data_config(cfg, [pattern], model.patch_size, resampled=False, epoch_size=None, num_workers=0)
-        loader = build_train_loader(dcfg, model.tokenizer, 0, 1)
-        feats: dict[str, list[torch.Tensor]] = {k: [] for k in ("cls_alt", "cls_syn", "alt", "syn")}
-        for i, batch in enumerate(loader):
-            if i >= cfg.run.val_batches:
-                break
-            batch = batch.to(acc.device)
-            with acc.autocast():
-                out = model.encode_image(batch.global_crop)
-                feats["cls_alt"].append(out.cls_alt.float())
-                feats["cls_syn"].append(out.cls_syn.float())
-                feats["alt"].append(model.encode_text(batch.alt_ids, batch.alt_padding).float())
-                feats["syn"].append(model.encode_text(batch.syn_ids, batch.syn_padding).float())
-        if feats["alt"]:
-            f = {k: torch.cat(v) for k, v in feats.items()}
-            loss = ContrastiveLoss("softmax", rank=0, world_size=1)
-            metrics = {
-                "val/contrastive_alt": float(loss(f["cls_alt"], f["alt"], model.logit_scale_alt)),
-                "val/contrastive_syn": float(loss(f["cls_syn"], f["syn"], model.logit_scale_syn)),
-                "val/t2i_r1_alt": recall_at_1(f["alt"], f["cls_alt"]),
-                "val/t2i_r1_syn": recall_at_1(f["syn"], f["cls_syn"]),
-                "val/samples": float(len(f["alt"])),
-            }
-        model.train(was_training)
-    acc.wait_for_everyone()
-    return metrics
+    Returns ``val/contrastive_{alt,syn}`` (softmax loss at the model's temperatures), ``val/t2i_r1_{alt,syn}``
+    and ``val/samples``; empty when ``batches`` is.
+    """
+    was_training = model.training
+    model.eval()
+    feats: dict[str, list[torch.Tensor]] = {k: [] for k in ("cls_alt", "cls_syn", "alt", "syn")}
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast():
+            out = model.encode_image(batch.global_crop)
+            feats["cls_alt"].append(out.cls_alt.float())
+            feats["cls_syn"].append(out.cls_syn.float())
+            feats["alt"].append(model.encode_text(batch.alt_ids, batch.alt_padding).float())
+            feats["syn"].append(model.encode_text(batch.syn_ids, batch.syn_padding).float())
+    model.train(was_training)
+    if not feats["alt"]:
+        return {}
+    f = {k: torch.cat(v) for k, v in feats.items()}
+    loss = ContrastiveLoss("softmax", rank=0, world_size=1)
+    return {
+        "val/contrastive_alt": float(loss(f["cls_alt"], f["alt"], model.logit_scale_alt)),
+        "val/contrastive_syn": float(loss(f["cls_syn"], f["syn"], model.logit_scale_syn)),
+        "val/t2i_r1_alt": recall_at_1(f["alt"], f["cls_alt"]),
+        "val/t2i_r1_syn": recall_at_1(f["syn"], f["cls_syn"]),
+        "val/samples": float(len(f["alt"])),
+    }
