@@ -33,3 +33,26 @@ def test_replace_dir_swaps_a_complete_folder_in_and_leaves_no_old_copy(tmp_path)
     replace_dir(new, final)
     assert (final / "model.safetensors").read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000100"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tips.atomic import atomic_path
+
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "ids.json", ["a"])
+        with atomic_path(tmp_path / "features.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp))
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what any other tool would create
+    finally:
+        os.umask(old)
+    for name in ("ids.json", "features.safetensors", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name

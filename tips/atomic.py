@@ -31,6 +31,20 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask: from ``/proc/self/status`` where Linux has it (no window in which another thread sees a
+    changed mask), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A unique temporary path beside ``path``, for writers that want a file name (``safetensors.save_file``).
@@ -44,6 +58,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     tmp = Path(name)
     try:
         yield tmp
+        # mkstemp makes 0600 (and some writers recreate the file): the result honours the umask like any file.
+        os.chmod(tmp, 0o666 & ~current_umask())
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import current_umask
+
 BASE_URL = "https://storage.googleapis.com/tips_data"
 TOKENIZER_URL = f"{BASE_URL}/v1_0/checkpoints/tokenizer.model"
 
@@ -106,6 +108,7 @@ def cached_file(url: str) -> Path:
     if expected >= 0 and size != expected:
         os.unlink(tmp)
         raise OSError(f"download of {url} is incomplete: {size} of {expected} bytes")
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide a shared cache from the group
     os.replace(tmp, target)
     digest_file.write_text(_sha256(target) + "\n")
     return target
