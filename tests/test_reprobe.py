@@ -1,4 +1,4 @@
-"""bench/reprobe.py finds each recipe's run folders and reports the original and the new split side by side."""
+"""experiments/reprobe.py finds each recipe's run folders and reports the original and the new split side by side."""
 
 import json
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import ablation  # noqa: E402
 import reprobe  # noqa: E402
 

@@ -1,14 +1,14 @@
 """The ``long`` ablation preset on one GPU inside a wall-clock budget (a lent machine's minutes).
 
-    python bench/long_on_gpu.py --budget 540 --out results/ablation
+    python experiments/long_on_gpu.py --budget 540 --out results/ablation
 
-1. makes the preset's scenes, as ``bench/ablation.py`` does (a second call finds them up to date);
+1. makes the preset's scenes, as ``experiments/ablation.py`` does (a second call finds them up to date);
 2. trains the first ``--jobs`` (variant, seed) runs of the preset for ``--timing-steps`` steps and probes them, all
    at once as the ablation will start them; reads each run's seconds per step off its progress bar and measures
    its start-up and probing time;
 3. picks the largest step count (a multiple of 250, at most the preset's) whose training still fits the budget
    after start-up, probing and the report, and runs
-   ``bench/ablation.py --preset long --device cuda --jobs N [--steps S]``.
+   ``experiments/ablation.py --preset long --device cuda --jobs N [--steps S]``.
 
 Every variant and seed trains the same number of steps; only that number adapts to the machine. The timing, the
 chosen count and the arithmetic are printed and saved as ``timing.json`` beside the results.
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = steps != preset_steps
     ablation_args = ["--preset", "long", "--device", args.device, "--jobs", str(args.jobs), "--out", args.out,
                      "--workdir", args.workdir, *(["--steps", str(steps)] if changed else [])]
-    print("running: python bench/ablation.py " + " ".join(ablation_args), flush=True)
+    print("running: python experiments/ablation.py " + " ".join(ablation_args), flush=True)
     code = ablation.main(ablation_args)
     results = Path(args.out) / ("long" + ablation.recipe_tag(steps if changed else None, None, []))
     (results / "timing.json").write_text(json.dumps({**timing, "total_s": time.monotonic() - start}, indent=2))

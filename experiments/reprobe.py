@@ -2,13 +2,13 @@
 
 The `small` preset probes on 256 → 64 scenes; objects cover about 9 % of their pixels, so its object metrics rest
 on a few thousand pixels of 64 images. This script probes the same checkpoints, with the same protocol, resolution
-and seeds (``bench/ablation.py``'s ``probe``), on another split of the scenes generator, e.g. the `long` preset's
+and seeds (``experiments/ablation.py``'s ``probe``), on another split of the scenes generator, e.g. the `long` preset's
 1,000 → 200 scenes (generated with the same seed, so a superset of the small split). It tells the evaluation's
 sampling noise apart from differences between the trained towers. It does not change any recipe's verdict: that
 stays with the probe split the recipe was run with.
 
-    python bench/reprobe.py results/ablation/small-steps1000 --data runs/ablation/long/scenes
-    python bench/reprobe.py results/ablation/small-steps600 --data runs/ablation/long/scenes --variants clip_alt two_cls random
+    python experiments/reprobe.py results/ablation/small-steps1000 --data runs/ablation/long/scenes
+    python experiments/reprobe.py results/ablation/small-steps600 --data runs/ablation/long/scenes --variants clip_alt two_cls random
 
 Reads the recipe's ``results.json`` (which runs exist) and its run folders (``<workdir>/<preset>/runs<tag>/``);
 writes ``<out>/<recipe>/results.json`` and ``table.md``, both the new split's numbers and the original ones. Each
@@ -39,7 +39,7 @@ def split_name(data: Path) -> str:
 
 
 def run_folder(results_dir: Path, preset: str, workdir: Path, variant: str, seed: int) -> Path:
-    """Where bench/ablation.py trained a run: ``<workdir>/<preset>/runs<tag>/<variant>-seed<seed>``."""
+    """Where experiments/ablation.py trained a run: ``<workdir>/<preset>/runs<tag>/<variant>-seed<seed>``."""
     tag = results_dir.name[len(preset):]
     return workdir / preset / f"runs{tag}" / f"{variant}-seed{seed}"
 
@@ -51,7 +51,7 @@ def model_args(run: dict, folder: Path, random_variant: str) -> list[str]:
     final = folder / "final"
     if not (final / "model.safetensors").is_file():
         raise SystemExit(f"{run['variant']} seed {run['seed']}: no trained model at {final}; train it with "
-                         f"bench/ablation.py first")
+                         f"experiments/ablation.py first")
     return ["--model", str(final)]
 
 
@@ -75,15 +75,15 @@ def summary_table(original: list[dict], reprobed: list[dict], split: str) -> str
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", type=Path, help="a recipe's results folder written by bench/ablation.py")
+    p.add_argument("results", type=Path, help="a recipe's results folder written by experiments/ablation.py")
     p.add_argument("--data", type=Path, required=True, help="a tips-scenes folder whose probe/ split to probe on")
     p.add_argument("--variants", nargs="*", choices=list(LABELS), help="only these variants (default: all)")
-    p.add_argument("--workdir", type=Path, default=Path("runs/ablation"), help="bench/ablation.py's --workdir")
+    p.add_argument("--workdir", type=Path, default=Path("runs/ablation"), help="experiments/ablation.py's --workdir")
     p.add_argument("--out", type=Path, default=Path("results/ablation/reprobe"))
     args = p.parse_args(argv)
     source = args.results / "results.json"
     if not source.is_file():
-        raise SystemExit(f"{source}: not found; expected the results folder of a bench/ablation.py recipe")
+        raise SystemExit(f"{source}: not found; expected the results folder of a experiments/ablation.py recipe")
     recipe = json.loads(source.read_text())
     split = split_name(args.data)
     share_cores(1)

@@ -10,12 +10,12 @@ Each trained model is probed for segmentation (all classes, object classes) and 
 object pixels), and text→image R@1 is measured on the held-out probe split's synthetic captions (CLS2 for
 variants trained on synthetic captions, CLS1 for (a) and (e); both are recorded).
 
-    python bench/ablation.py --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
-    python bench/ablation.py --preset small --steps 600   # where synthetic captions start to help dense probes
-    python bench/ablation.py --preset small --steps 600 --scenes 16384   # 8× the pretraining images
-    python bench/ablation.py --preset small --probe-split 1000 200   # probes fit on 1,000 scenes, measured on 200
-    python bench/ablation.py --preset long --device cuda --jobs 4   # 4 runs share the GPU (tiny towers)
-    python bench/ablation.py --preset small --report   # table and chart of the runs finished so far
+    python experiments/ablation.py --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
+    python experiments/ablation.py --preset small --steps 600   # where synthetic captions start to help dense probes
+    python experiments/ablation.py --preset small --steps 600 --scenes 16384   # 8× the pretraining images
+    python experiments/ablation.py --preset small --probe-split 1000 200   # probes fit on 1,000 scenes, measured on 200
+    python experiments/ablation.py --preset long --device cuda --jobs 4   # 4 runs share the GPU (tiny towers)
+    python experiments/ablation.py --preset small --report   # table and chart of the runs finished so far
 
 Writes ``<out>/<preset>/results.json``, ``table.md`` and ``chart.png``; every run's command is recorded.
 """
@@ -38,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(ROOT / "bench"))  # train_step.make_batch: the benchmark's synthetic batch, for step_flops
 
 VARIANTS = {
     "clip_alt": ["loss.weights.contrastive_syn=0", "loss.weights.distill=0", "loss.weights.mask=0"],

@@ -2,9 +2,9 @@
 # The `long` ablation preset on a lent GPU machine: a bare image with PyTorch, timm and accelerate but no package
 # index. Installs the wheels carried in .whl/ (open_clip_torch, webdataset, braceexpand, omegaconf, antlr4,
 # ftfy, wcwidth; see docs/ablation.md) and this package, then runs the command given, by default
-# bench/long_on_gpu.py within BUDGET seconds; its output is kept in $OUT/long_on_gpu.log.
-#     OUT=results/ablation BUDGET=520 bash bench/long_on_gpu.sh
-#     OUT=results/ablation bash bench/long_on_gpu.sh python3 bench/ablation.py --preset long --device cuda --jobs 4 --out results/ablation
+# experiments/long_on_gpu.py within BUDGET seconds; its output is kept in $OUT/long_on_gpu.log.
+#     OUT=results/ablation BUDGET=520 bash experiments/long_on_gpu.sh
+#     OUT=results/ablation bash experiments/long_on_gpu.sh python3 experiments/ablation.py --preset long --device cuda --jobs 4 --out results/ablation
 set -uo pipefail
 OUT=${OUT:-results/ablation}
 BUDGET=${BUDGET:-520}
@@ -22,6 +22,6 @@ echo "cores: $(nproc)"
 python3 -c "import torch, timm, open_clip, webdataset, omegaconf, tips, eval, data_pipelines
 print('torch', torch.__version__, 'timm', timm.__version__, 'open_clip', open_clip.__version__)" || exit 1
 if [ $# -eq 0 ]; then
-  set -- python3 bench/long_on_gpu.py --budget $((BUDGET - $(date +%s) + start)) --out "$OUT"
+  set -- python3 experiments/long_on_gpu.py --budget $((BUDGET - $(date +%s) + start)) --out "$OUT"
 fi
 "$@" 2>&1 | tee "$OUT/long_on_gpu.log"
