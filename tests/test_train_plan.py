@@ -16,12 +16,13 @@ from tips.train.config import load_config
 from tips.train.plan import TERMS, PlanError, make_plan
 from tips.train.trainer import Trainer
 
-ON = {"contrastive_alt": 0.5, "contrastive_syn": 0.5, "distill": 1.0, "mask": 2.0}
+ON = {"contrastive_alt": 0.5, "contrastive_syn": 0.5, "distill": 1.0, "mask": 2.0, "spread": 0.1}
 TEACHERS = ("ema", "head_only_ema", "frozen_heads", "frozen_features")
 
 
 def weights_overrides(on: tuple[bool, ...]) -> list[str]:
-    return [f"loss.weights.{t}={ON[t] if flag else 0}" for t, flag in zip(TERMS, on)]
+    spread = ["loss.spread=koleo"] if on[4] else []
+    return [f"loss.weights.{t}={ON[t] if flag else 0}" for t, flag in zip(TERMS, on)] + spread
 
 
 def uses_teacher(on: tuple[bool, ...], mim_target: str) -> bool:
@@ -29,16 +30,19 @@ def uses_teacher(on: tuple[bool, ...], mim_target: str) -> bool:
     return distill or (mask and mim_target == "features")
 
 
-ALL = [(on, mim, teacher) for on in itertools.product([False, True], repeat=4) for mim in ("features", "pixels")
-       for teacher in TEACHERS]
-# The plan rejects: no term at all, and a frozen teacher that no term would use.
-ACCEPTED = [c for c in ALL if any(c[0]) and (not c[2].startswith("frozen") or uses_teacher(c[0], c[1]))]
+ALL = [(on, mim, teacher) for on in itertools.product([False, True], repeat=len(TERMS))
+       for mim in ("features", "pixels") for teacher in TEACHERS]
+# The plan rejects: no term at all, a frozen teacher that no term would use, and a spread-out term without
+# contrastive embeddings to spread.
+ACCEPTED = [c for c in ALL if any(c[0]) and (not c[2].startswith("frozen") or uses_teacher(c[0], c[1]))
+            and (not c[0][4] or c[0][0] or c[0][1])]
 
 
 def pairwise(cases: list[tuple]) -> list[tuple]:
     """A small subset of ``cases`` in which every value pair of any two factors that occurs in ``cases`` occurs
-    (factors: the four weights, the MIM target, the teacher)."""
+    (factors: the weights, the MIM target, the teacher)."""
     flat = [(*on, mim, teacher) for on, mim, teacher in cases]
+    n = len(TERMS)
     pairs = lambda row: {(i, row[i], j, row[j]) for i, j in itertools.combinations(range(len(row)), 2)}  # noqa: E731
     needed = set().union(*(pairs(r) for r in flat))
     chosen = []
@@ -46,7 +50,7 @@ def pairwise(cases: list[tuple]) -> list[tuple]:
         best = max(flat, key=lambda r: len(pairs(r) & needed))
         chosen.append(best)
         needed -= pairs(best)
-    return [(tuple(r[:4]), r[4], r[5]) for r in chosen]
+    return [(tuple(r[:n]), r[n], r[n + 1]) for r in chosen]
 
 
 PAIRWISE = pairwise(ACCEPTED)
@@ -135,7 +139,7 @@ def test_every_accepted_combination_trains_and_logs_exactly_its_terms(case, shar
 
 
 def test_the_pairwise_set_switches_every_weight_on_and_off_under_every_teacher():
-    for i in range(4):
+    for i in range(len(TERMS)):
         assert {(c[0][i], c[2]) for c in PAIRWISE} == {(c[0][i], c[2]) for c in ACCEPTED}
     assert {(c[1], c[2]) for c in PAIRWISE} == {(c[1], c[2]) for c in ACCEPTED}
     assert len(PAIRWISE) < len(ACCEPTED) / 4
@@ -150,7 +154,7 @@ def test_self_distillation_off_with_masked_modelling_on_trains(shards, tmp_path)
 
 
 @pytest.mark.parametrize("extra, keys", [
-    (weights_overrides((False,) * 4), ["loss.weights.contrastive_alt", "loss.weights.mask"]),
+    (weights_overrides((False,) * 5), ["loss.weights.contrastive_alt", "loss.weights.mask"]),
     (["loss.weights.distill=0", "loss.weights.mask=0", "teacher.mode=frozen", "teacher.checkpoint=t.npz"],
      ["teacher.mode=frozen", "loss.weights.distill"]),
     (["data.views.num_local=0"], ["loss.weights.distill", "data.views.num_local"]),
@@ -158,13 +162,31 @@ def test_self_distillation_off_with_masked_modelling_on_trains(shards, tmp_path)
     (["loss.mim_target=pixels", "data.mask.mask_ratio=0.0", "loss.ibot_plus_plus=true"], ["data.mask.mask_ratio"]),
     (["loss.weights.mask=0", "loss.contrastive_view=masked"], ["loss.contrastive_view", "loss.weights.mask"]),
     (["loss.weights.distill=-1"], ["loss.weights.distill=-1.0"]),
+    (["loss.weights.spread=0.1"], ["loss.weights.spread", "loss.spread"]),
+    (["loss.spread=gor"], ["loss.spread=gor", "loss.weights.spread=0"]),
+    (["loss.spread=gor", "loss.weights.spread=0.1", "loss.weights.contrastive_alt=0", "loss.weights.contrastive_syn=0"],
+     ["loss.weights.spread", "loss.weights.contrastive_alt"]),
+    (["loss.matryoshka_dims=[32,32]"], ["loss.matryoshka_dims"]),
+    (["loss.matryoshka_dims=[32,16]", "loss.matryoshka_weights=[1.0]"], ["loss.matryoshka_weights"]),
 ], ids=["nothing_on", "unused_frozen_teacher", "no_local_crops", "nothing_masked", "pixels_nothing_masked",
-        "masked_view_missing", "negative_weight"])
+        "masked_view_missing", "negative_weight", "spread_without_regulariser", "regulariser_without_weight",
+        "spread_without_contrastive", "matryoshka_repeated_width", "matryoshka_weights_mismatch"])
 def test_combinations_that_cannot_train_fail_at_config_time_naming_the_keys(extra, keys):
     with pytest.raises(PlanError) as info:
         load_config(None, ["data.train=x.tar", *extra])
     for key in keys:
         assert key in str(info.value)
+
+
+def test_matryoshka_widths_and_the_spread_term_train_and_appear_in_the_logs(shards, tmp_path):
+    trainer, logged = train_and_log(shards, tmp_path, ["loss.matryoshka_dims=[64,32,16]", "loss.spread=gor",
+                                                       "loss.weights.spread=0.1", "loss.spread_on=[image]"])
+    last = logged[-1]
+    assert {f"matryoshka/{t}@{d}" for t in ("alt", "syn") for d in (64, 32, 16)} <= set(last)
+    assert {"spread/cls_alt_gor_mean_cos", "spread/cls_syn_gor_second_moment", "loss/spread"} <= set(last)
+    assert not any(k.startswith("spread/text") for k in last)  # spread_on=[image]
+    with pytest.raises(ValueError, match="loss.matryoshka_dims=\\[128\\] exceed the embedding width 64"):
+        Trainer(load_config(None, overrides(shards, tmp_path / "wide", "loss.matryoshka_dims=[128]")))
 
 
 def test_a_frozen_checkpoint_without_the_heads_a_term_needs_is_refused(teachers):

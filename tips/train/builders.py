@@ -93,6 +93,9 @@ class TrainModule(nn.Module):
 
 
 def build_train_module(cfg: TrainConfig, plan: TrainPlan, model: TIPS, frozen_teacher: TIPS | None) -> TrainModule:
+    if plan.matryoshka_dims and max(plan.matryoshka_dims) > model.width:
+        raise ValueError(f"loss.matryoshka_dims={list(plan.matryoshka_dims)} exceed the embedding width "
+                         f"{model.width} of model.variant={cfg.model.variant}")
     teacher_width = frozen_teacher.width if (frozen_teacher is not None and plan.feature_targets) else None
     student = TIPSStudent(model, plan, cfg.loss, teacher_width)
     return TrainModule(student, TIPSObjective(cfg.loss, plan, model.patch_size))

@@ -39,6 +39,7 @@ class LossWeights:
     contrastive_syn: float = 0.5
     distill: float = 1.0
     mask: float = 2.0
+    spread: float = 0.0  # the spread-out regulariser (loss.spread), off by default
 
 
 @dataclass
@@ -61,6 +62,12 @@ class LossSection:
     ibot_plus_plus: bool = False  # TIPSv2: patch loss on all patches
     mim_target: str = "features"  # or "pixels" (MAE-style decoder)
     distill_reduction: str = "mean"
+    # Truncatable embeddings (Matryoshka): both contrastive losses also on these nested prefixes of the CLS and
+    # text embeddings, e.g. [768, 384, 192, 96] (list the full width to keep it trained); [] = off.
+    matryoshka_dims: list[int] = field(default_factory=list)
+    matryoshka_weights: list[float] | None = None  # one per width; None = equal
+    spread: str = "none"  # "gor" (EmbeddingGemma) or "koleo" (DINOv2), weighted by loss.weights.spread
+    spread_on: list[str] = field(default_factory=lambda: ["image", "text"])  # embeddings of the contrastive terms
 
 
 @dataclass
@@ -222,6 +229,7 @@ def validate(cfg: TrainConfig) -> None:
         "loss.center_init": (cfg.loss.center_init, ("first_batch", "zeros")),
         "loss.mim_target": (cfg.loss.mim_target, ("features", "pixels")),
         "loss.distill_reduction": (cfg.loss.distill_reduction, ("mean", "sum")),
+        "loss.spread": (cfg.loss.spread, ("none", "gor", "koleo")),
         "teacher.mode": (cfg.teacher.mode, ("ema", "head_only_ema", "frozen")),
         "optim.optimizer": (cfg.optim.optimizer, ("adamw", "adafactor")),
         "run.mixed_precision": (cfg.run.mixed_precision, ("no", "bf16", "fp16")),

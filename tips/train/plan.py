@@ -9,7 +9,9 @@ Terms and their kinds:
 - ``distill``: ``"dino"`` (local-crop CLS1 vs the teacher's prototype targets), ``"features"`` (cosine to a
   frozen teacher's CLS1 through a linear map; released weights carry no heads) or ``"none"``;
 - ``mask``: ``"ibot"`` (masked patch tokens vs teacher prototype targets), ``"pixels"`` (MAE decoder),
-  ``"features"`` (cosine to a frozen teacher's patch tokens) or ``"none"``.
+  ``"features"`` (cosine to a frozen teacher's patch tokens) or ``"none"``;
+- ``spread``: ``"gor"`` / ``"koleo"`` on the image and / or text embeddings of the contrastive terms, or ``"none"``.
+The contrastive terms may also run on nested prefixes of the embeddings (``matryoshka_dims``).
 Teacher kinds: ``"none"``, ``"ema"`` (EMA tower + heads), ``"head_only_ema"`` (live student tower, EMA heads;
 TIPSv2), ``"frozen_heads"`` (a checkpoint of ours with its DINO/iBOT heads), ``"frozen_features"`` (any
 released tower, no heads).
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the config module validates through make_plan, so it is imported for types only
     from .config import TrainConfig
 
-TERMS = ("contrastive_alt", "contrastive_syn", "distill", "mask")
+TERMS = ("contrastive_alt", "contrastive_syn", "distill", "mask", "spread")
 TEACHER_KINDS = ("none", "ema", "head_only_ema", "frozen_heads", "frozen_features")
 
 
@@ -43,6 +45,9 @@ class TrainPlan:
     teacher: str  # one of TEACHER_KINDS
     all_patches: bool  # iBOT++ (TIPSv2): the patch loss covers every patch, not only the masked ones
     weights: tuple[tuple[str, float], ...]  # (term, weight) of the terms that run, in TERMS order
+    spread: str = "none"  # "none" | "gor" | "koleo"
+    spread_on: tuple[str, ...] = ()  # "image", "text"
+    matryoshka_dims: tuple[int, ...] = ()  # () = full width only
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -150,6 +155,27 @@ def make_plan(cfg: "TrainConfig") -> TrainPlan:
         raise PlanError("loss.contrastive_view=masked needs the masked view: set loss.weights.mask > 0 "
                         "or loss.contrastive_view=unmasked")
 
+    spread = loss.spread if on["spread"] else "none"
+    if on["spread"] and loss.spread == "none":
+        raise PlanError("loss.weights.spread > 0 needs a regulariser: set loss.spread=gor or loss.spread=koleo")
+    if loss.spread != "none" and not on["spread"]:
+        raise PlanError(f"loss.spread={loss.spread} does nothing with loss.weights.spread=0: set a weight > 0 "
+                        "(e.g. loss.weights.spread=0.1) or loss.spread=none")
+    if on["spread"] and not (on["contrastive_alt"] or on["contrastive_syn"]):
+        raise PlanError("loss.weights.spread > 0 spreads the contrastive embeddings: switch "
+                        "loss.weights.contrastive_alt or loss.weights.contrastive_syn on")
+    bad = [s for s in loss.spread_on if s not in ("image", "text")]
+    if on["spread"] and (bad or not loss.spread_on):
+        raise PlanError(f"loss.spread_on={list(loss.spread_on)}: expected a non-empty subset of ['image', 'text']")
+    dims = tuple(int(d) for d in loss.matryoshka_dims)
+    if dims and (min(dims) < 1 or len(set(dims)) != len(dims)):
+        raise PlanError(f"loss.matryoshka_dims={list(dims)}: expected distinct positive widths")
+    if dims and loss.matryoshka_weights is not None and len(loss.matryoshka_weights) != len(dims):
+        raise PlanError(f"loss.matryoshka_weights has {len(loss.matryoshka_weights)} values for "
+                        f"loss.matryoshka_dims={list(dims)}: give one per width")
+    if dims and not (on["contrastive_alt"] or on["contrastive_syn"]):
+        raise PlanError("loss.matryoshka_dims apply to the contrastive terms: switch one of them on")
+
     needs_teacher = distill in ("dino", "features") or mask in ("ibot", "features")
     if frozen:
         if not needs_teacher:
@@ -173,4 +199,7 @@ def make_plan(cfg: "TrainConfig") -> TrainPlan:
         teacher=teacher,
         all_patches=loss.ibot_plus_plus,
         weights=tuple((t, weights[t]) for t in TERMS if on[t]),
+        spread=spread,
+        spread_on=tuple(loss.spread_on) if spread != "none" else (),
+        matryoshka_dims=dims,
     )
