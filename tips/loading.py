@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, hub
+from . import hub
+from .formats import hf, official, pretrained
+from .formats.common import CONFIG_NAME, WEIGHTS_NAME
 from .models.tips import TIPS
 from .tokenizers import Tokenizer, build_tokenizer
 
@@ -41,40 +43,31 @@ def load(
 def _load_any(source, text, tokenizer, heads) -> TIPS:
     path = Path(source)
     if not path.exists():
-        official = hub.resolve_name(str(source))
-        if official is None:
+        named = hub.resolve_name(str(source))
+        if named is None:
             known = ", ".join(sorted(hub.OFFICIAL_MODELS))
             raise FileNotFoundError(f"{source}: no such file or folder, and not an official model name ({known})")
-        vision_file = hub.cached_file(official.vision_url)
-        text_file = hub.cached_file(official.text_url)
-        tok = tokenizer if tokenizer is not None else hub.cached_file(official.tokenizer_url)
-        model = checkpoints.load_official_npz(vision_file, text_file, heads)
+        vision_file = hub.cached_file(named.vision_url)
+        text_file = hub.cached_file(named.text_url)
+        tok = tokenizer if tokenizer is not None else hub.cached_file(named.tokenizer_url)
+        model = official.load_official_npz(vision_file, text_file, heads)
         model.tokenizer = build_tokenizer(tok)
         return model
     if path.is_dir():
-        if (path / checkpoints.CONFIG_NAME).is_file() and _is_ours(path):
-            return checkpoints.load_pretrained(path, tokenizer)
-        if (path / checkpoints.WEIGHTS_NAME).is_file():
-            model = checkpoints.load_hf(path, heads)
+        if (path / CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path):
+            return pretrained.load_pretrained(path, tokenizer)
+        if (path / WEIGHTS_NAME).is_file():
+            model = hf.load_hf(path, heads)
             model.tokenizer = build_tokenizer(tokenizer)
             return model
         raise FileNotFoundError(f"{path}: folder holds neither a tips checkpoint nor a Hugging Face model.safetensors")
     if path.suffix == ".npz":
-        model = checkpoints.load_official_npz(path, Path(text) if text is not None else None, heads)
+        model = official.load_official_npz(path, Path(text) if text is not None else None, heads)
     elif path.suffix == ".safetensors":
-        if path.parent.joinpath(checkpoints.CONFIG_NAME).is_file() and _is_ours(path.parent):
-            return checkpoints.load_pretrained(path.parent, tokenizer)
-        model = checkpoints.load_hf(path, heads)
+        if path.parent.joinpath(CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path.parent):
+            return pretrained.load_pretrained(path.parent, tokenizer)
+        model = hf.load_hf(path, heads)
     else:
         raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors or a folder)")
     model.tokenizer = build_tokenizer(tokenizer)
     return model
-
-
-def _is_ours(directory: Path) -> bool:
-    import json
-
-    try:
-        return json.loads((directory / checkpoints.CONFIG_NAME).read_text()).get("format") == "tips"
-    except (OSError, ValueError):
-        return False
