@@ -9,7 +9,7 @@ import torch
 
 from . import hub
 from .formats import hf, official, pretrained
-from .formats.common import CONFIG_NAME, WEIGHTS_NAME
+from .formats.common import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
 from .models.tips import TIPS
 from .tokenizers import Tokenizer, build_tokenizer
 
@@ -26,7 +26,8 @@ def load(
 
     source:
         - an official PyTorch or Scenic vision ``.npz`` (``text=`` the matching text ``.npz``),
-        - a Hugging Face ``google/tipsv2-*`` folder or its ``model.safetensors`` (both towers),
+        - a transformers ``tipsv2`` folder (``Tipsv2Model.save_pretrained``, ``google/tipsv2-*``) or its
+          ``model.safetensors``; a ``Tipsv2VisionModel`` folder with ``text=`` a ``Tipsv2TextModel`` folder,
         - a ``save_pretrained`` folder of ours (both towers, tokenizer, both temperatures),
         - an official model name, e.g. ``"tips-v2-b14"`` (fetched into the cache on request; see ``tips.hub``).
     tokenizer: ``"bpe"``, a SentencePiece ``.model`` path, or a tokenizer object; defaults to what the
@@ -57,7 +58,9 @@ def _load_any(source, text, tokenizer, heads) -> TIPS:
         if (path / CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path):
             return pretrained.load_pretrained(path, tokenizer)
         if (path / WEIGHTS_NAME).is_file():
-            model = hf.load_hf(path, heads)
+            model = hf.load_hf(path, heads, Path(text) if text is not None else None)
+            if tokenizer is None and (path / TOKENIZER_NAME).is_file():
+                tokenizer = path / TOKENIZER_NAME
             model.tokenizer = build_tokenizer(tokenizer)
             return model
         raise FileNotFoundError(f"{path}: folder holds neither a tips checkpoint nor a Hugging Face model.safetensors")
@@ -66,7 +69,7 @@ def _load_any(source, text, tokenizer, heads) -> TIPS:
     elif path.suffix == ".safetensors":
         if path.parent.joinpath(CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path.parent):
             return pretrained.load_pretrained(path.parent, tokenizer)
-        model = hf.load_hf(path, heads)
+        model = hf.load_hf(path, heads, Path(text) if text is not None else None)
     else:
         raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors or a folder)")
     model.tokenizer = build_tokenizer(tokenizer)
