@@ -116,3 +116,84 @@ def test_flat_config_without_sub_configs_reads_architecture_from_shapes(tmp_path
     x = torch.rand(1, 3, 56, 56)
     ids, mask = _text_inputs()
     _close(_hf_outputs(hf, x, ids, mask), _our_outputs(ours, x, ids, mask))
+
+
+# --------------------------------------------------------------------------- our export → transformers
+def _our_model(tokenizer=None, **overrides):
+    torch.manual_seed(0)
+    kw = {"vision.width": WIDTH, "vision.heads": 4, "vision.depth": 2, "vision.mlp_hidden": 200, "vision.pos_grid": 4,
+          "text.width": WIDTH, "text.heads": 4, "text.depth": 2, "text.mlp_hidden": 96, "text.vocab_size": 80}  # fmt: skip
+    kw.update(overrides)
+    model = tips.create_model("tiny", tokenizer=tokenizer, **kw).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".gamma") or name in ("vision.pos_embed", "vision.mask_token", "vision.reg_token"):
+                p.normal_(1.0 if name.endswith(".gamma") else 0.0, 0.3)
+    model.set_temperatures(0.011, 0.023)
+    return model
+
+
+@pytest.mark.parametrize("ffn", ["mlp", "swiglu"])
+def test_our_export_loads_in_transformers_and_back(tmp_path, ffn):
+    import subprocess
+    import sys
+
+    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+    from formats_spm import train_tiny_spm
+
+    model = _our_model(tokenizer=train_tiny_spm(tmp_path), **{"vision.ffn": ffn})
+    model.save_pretrained(tmp_path / "ours")
+    cli = subprocess.run([sys.executable, "-m", "tips.export", str(tmp_path / "ours"), "--format", "transformers",
+                          "-o", str(tmp_path / "hf")], capture_output=True, text=True)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    hf = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == "Tipsv2Model"
+    x = torch.rand(2, 3, 42, 70)
+    texts = ["A photo of a CAT", "two dogs playing in the snow, at night!"]
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    enc = processor(text=texts, return_tensors="pt")
+    ids, padding = model.tokenize(texts)
+    assert torch.equal(enc["input_ids"], ids) and torch.equal(enc["attention_mask"] == 0, padding)
+    _close(_hf_outputs(hf, x, enc["input_ids"], enc["attention_mask"]), _our_outputs(model, x, ids, (~padding).long()))
+    assert float(hf.temperature.detach()) == pytest.approx(0.011)
+    # the image processor: native size, bilinear, [0, 1], no mean/std, the same pixels our Preprocess gives
+    from PIL import Image
+
+    image = Image.fromarray((torch.rand(30, 50, 3) * 255).byte().numpy())
+    pixels = AutoImageProcessor.from_pretrained(tmp_path / "hf")(images=image, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 56, 56)
+    assert float((pixels[0] - model.preprocess(image)).abs().max()) <= 1.5 / 255  # uint8 rounding apart
+    vision = Tipsv2VisionModel.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.allclose(vision(pixel_values=x).last_hidden_state[:, 2:], model.encode_image(x).patch_tokens.flatten(1, 2), atol=1e-4)
+    back = tips.load(tmp_path / "hf")
+    assert back.cfg == model.cfg and back.temperature_syn == pytest.approx(0.023)
+    assert back.tokenizer is not None and back.tokenizer.kind == "sentencepiece"
+    _close(_our_outputs(model, x, ids, (~padding).long()), _our_outputs(back, x, ids, (~padding).long()), atol=1e-6)
+
+
+def test_export_with_our_bpe_tokenizer_warns_and_writes_no_tokenizer(tmp_path):
+    model = _our_model(tokenizer="bpe", **{"text.vocab_size": 49408})
+    with pytest.warns(UserWarning, match="no tokenizer files written because its tokenizer is our byte-level BPE"):
+        model.save_pretrained(tmp_path / "hf", format="transformers")
+    names = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert names == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["tips"]["tokenizer"] == "bpe"
+    hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+    x = torch.rand(1, 3, 56, 56)
+    ids, padding = model.tokenize(["a photo"])
+    _close(_hf_outputs(hf, x, ids, (~padding).long()), _our_outputs(model, x, ids, (~padding).long()))
+
+
+def test_image_tower_alone_exports_as_a_tipsv2_vision_model(tmp_path):
+    model = _our_model()
+    model.text = None
+    model.cfg = tips.ModelConfig(vision=model.cfg.vision, text=None)
+    paths = model.save_pretrained(tmp_path / "hf", format="transformers")
+    assert json.loads(paths["config"].read_text())["model_type"] == "tipsv2_vision_model"
+    vision = Tipsv2VisionModel.from_pretrained(tmp_path / "hf").eval()
+    x = torch.rand(1, 3, 28, 56)
+    with torch.no_grad():
+        tokens = vision(pixel_values=x).last_hidden_state
+        f = model.encode_image(x)
+    assert torch.allclose(tokens[:, 0], f.cls_alt, atol=1e-4) and torch.allclose(tokens[:, 1], f.cls_syn, atol=1e-4)

@@ -210,3 +210,117 @@ def load_hf(path: Path, heads: int | None = None, text: Path | None = None) -> T
     tau = tau if tau is not None else _config_temperature(cfg)
     ours = official_vision_to_ours(vision, source)
     return build_from_state_dicts(ours, text_sd, (tau, extra.get("temperature_syn")), config=config, source=source)
+
+
+# --------------------------------------------------------------------------- writing
+def mlp_ratio_for(width: int, hidden: int, swiglu: bool, source: str = "model") -> float:
+    """The ``mlp_ratio`` from which transformers (and timm) rebuild exactly ``hidden`` (per-branch for SwiGLU)."""
+    if swiglu:
+        candidates = [4 * width] + list(range(max(1, (3 * (hidden - 7)) // 2), (3 * hidden) // 2 + 3))
+        nominal = next((n for n in candidates if (int(n * 2 / 3) + 7) // 8 * 8 == hidden), None)
+        if nominal is None:
+            raise ValueError(f"{source}: SwiGLU hidden width {hidden} is not a multiple of 8, which transformers' "
+                             "Tipsv2 SwiGLU cannot represent")  # fmt: skip
+    else:
+        nominal = hidden
+    ratio = nominal / width
+    return ratio if int(width * ratio) == nominal else (nominal + 0.5) / width
+
+
+def hf_config_dicts(model: TIPS) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Our configs → transformers ``vision_config`` / ``text_config`` dicts; refuses what transformers lacks."""
+    v, t = model.cfg.vision, model.cfg.text
+    vision = dict(
+        hidden_size=v.width, num_hidden_layers=v.depth, num_attention_heads=v.heads,
+        mlp_ratio=mlp_ratio_for(v.width, v.mlp_hidden, v.ffn == "swiglu"), use_swiglu_ffn=v.ffn == "swiglu",
+        hidden_act="gelu" if v.gelu == "erf" else "gelu_pytorch_tanh", layer_norm_eps=v.ln_eps,
+        image_size=model.image_size, patch_size=v.patch_size, num_register_tokens=1, qkv_bias=True,
+    )  # fmt: skip
+    if t is None:
+        return vision, None
+    if t.width != v.width:
+        raise ValueError(f"transformers' Tipsv2Model needs equal tower widths; this model has image {v.width}, text "
+                         f"{t.width}: export the image tower alone (model.text = None) or use --format pretrained")  # fmt: skip
+    text = dict(
+        hidden_size=t.width, num_hidden_layers=t.depth, num_attention_heads=t.heads, intermediate_size=t.mlp_hidden,
+        vocab_size=t.vocab_size, max_position_embeddings=t.max_len, layer_norm_eps=t.ln_eps, hidden_act="relu",
+        pad_token_id=0, scale_sqrt_depth=True,
+    )  # fmt: skip
+    return vision, text
+
+
+def hub_state_dict(model: TIPS) -> StateDict:
+    """Our weights in the hub key layout (official keys, prefixed when both towers are present)."""
+    from .official import ours_to_official_vision
+
+    vision = ours_to_official_vision({k: v.detach().cpu() for k, v in model.vision.state_dict().items()},
+                                     model.cfg.vision.ffn == "swiglu")  # fmt: skip
+    if model.text is None:
+        return {k: v.contiguous() for k, v in vision.items()}
+    out = {VISION_PREFIX + k: v.contiguous() for k, v in vision.items()}
+    out.update({TEXT_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.text.state_dict().items()})
+    if model.temperature is not None:
+        out["temperature"] = torch.tensor(model.temperature, dtype=torch.float32)
+    return out
+
+
+def export_transformers(model: TIPS, out_dir: str | Path) -> dict[str, Path]:
+    """Write a folder that transformers loads offline: ``AutoModel`` / ``Tipsv2Model`` (both towers) or
+    ``Tipsv2VisionModel`` (an image tower alone), ``AutoImageProcessor`` and, when the model carries a
+    SentencePiece tokenizer, ``AutoTokenizer`` / ``AutoProcessor``. Our extras go in config.json's ``"tips"``.
+
+    Files: ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` (resize to the native size,
+    bilinear, rescale to [0, 1], no mean/std) [+ ``tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``,
+    ``processor_config.json``]. The folder is written beside ``out_dir`` and swapped in atomically.
+    """
+    import shutil
+    import tempfile
+    import warnings
+
+    from safetensors.torch import save_file
+    from transformers import Tipsv2Config, Tipsv2ImageProcessor, Tipsv2VisionConfig
+
+    from ..atomic import replace_dir
+    from .common import TOKENIZER_NAME
+
+    out = Path(out_dir)
+    vision_cfg, text_cfg = hf_config_dicts(model)
+    extra = {"model": model.cfg.to_dict(), "temperature_syn": model.temperature_syn,
+             "tokenizer": None if model.tokenizer is None else model.tokenizer.kind}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    if text_cfg is None:
+        config = Tipsv2VisionConfig(**vision_cfg, architectures=["Tipsv2VisionModel"], **{EXTRA_FIELD: extra})
+    else:
+        tau = model.temperature if model.temperature is not None else Tipsv2Config().temperature_init_value
+        config = Tipsv2Config(vision_config=vision_cfg, text_config=text_cfg, temperature_init_value=tau,
+                              architectures=["Tipsv2Model"], **{EXTRA_FIELD: extra})  # fmt: skip
+    config.save_pretrained(tmp)
+    save_file(hub_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    size = model.image_size
+    image_processor = Tipsv2ImageProcessor(size={"height": size, "width": size}, do_resize=True, resample=2,
+                                           do_rescale=True, rescale_factor=1 / 255, do_normalize=False)  # fmt: skip
+    image_processor.save_pretrained(tmp)
+    tok = model.tokenizer
+    if tok is not None and tok.kind == "sentencepiece" and model.text is not None:
+        shutil.copyfile(tok.model_file, tmp / TOKENIZER_NAME)
+        _write_tokenizer_and_processor(tmp, image_processor, tok.model_file, tok.length)
+    elif model.text is not None:
+        why = ("its tokenizer is our byte-level BPE (open_clip's vocabulary), which transformers' Tipsv2Tokenizer "
+               "cannot express (it reads a SentencePiece tokenizer.model)") if tok is not None else "it has no tokenizer"  # fmt: skip
+        warnings.warn(f"{out}: no tokenizer files written because {why}; AutoProcessor/AutoTokenizer will not load "
+                      "from this folder. Tokenize with tips (model.tokenize) and pass input_ids/attention_mask, "
+                      "or attach a SentencePiece model (tips.load(..., tokenizer='tokenizer.model')).", stacklevel=2)  # fmt: skip
+    replace_dir(tmp, out)
+    return {"folder": out, "config": out / CONFIG_NAME, "weights": out / WEIGHTS_NAME}
+
+
+def _write_tokenizer_and_processor(folder: Path, image_processor: Any, model_file: Path, length: int) -> None:
+    """Tokenizer files giving our ids (see :mod:`.hf_tokenizer`) + a ``Tipsv2Processor`` over both."""
+    from transformers import AutoTokenizer, Tipsv2Processor
+
+    from .hf_tokenizer import write_tokenizer_files
+
+    write_tokenizer_files(folder, model_file, length)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    Tipsv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
