@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from . import hub
-from .formats import hf, official, pretrained
+from .formats import hf, official, pretrained, timm
 from .formats.common import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
 from .models.tips import TIPS
 from .tokenizers import Tokenizer, build_tokenizer
@@ -28,6 +29,7 @@ def load(
         - an official PyTorch or Scenic vision ``.npz`` (``text=`` the matching text ``.npz``),
         - a transformers ``tipsv2`` folder (``Tipsv2Model.save_pretrained``, ``google/tipsv2-*``) or its
           ``model.safetensors``; a ``Tipsv2VisionModel`` folder with ``text=`` a ``Tipsv2TextModel`` folder,
+        - a timm ``vit_*_patch14_reg1_tipsv2`` state dict (``.safetensors``, ``.pth``, ``.bin``; image tower only),
         - a ``save_pretrained`` folder of ours (both towers, tokenizer, both temperatures),
         - an official model name, e.g. ``"tips-v2-b14"`` (fetched into the cache on request; see ``tips.hub``).
     tokenizer: ``"bpe"``, a SentencePiece ``.model`` path, or a tokenizer object; defaults to what the
@@ -69,8 +71,16 @@ def _load_any(source, text, tokenizer, heads) -> TIPS:
     elif path.suffix == ".safetensors":
         if path.parent.joinpath(CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path.parent):
             return pretrained.load_pretrained(path.parent, tokenizer)
-        model = hf.load_hf(path, heads, Path(text) if text is not None else None)
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+        if timm.is_timm_state_dict(keys):
+            model = timm.load_timm(path, heads)
+        else:
+            model = hf.load_hf(path, heads, Path(text) if text is not None else None)
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        model = timm.load_timm(path, heads)
     else:
-        raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors or a folder)")
+        raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors, "
+                         ".pth/.bin (timm state dict) or a folder)")
     model.tokenizer = build_tokenizer(tokenizer)
     return model
