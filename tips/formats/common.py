@@ -117,6 +117,34 @@ def log_first_contact(vision: Mapping[str, torch.Tensor], text: Mapping[str, tor
 
 
 # --------------------------------------------------------------------------- building models
+def load_into(
+    model: TIPS,
+    vision_sd: Mapping[str, torch.Tensor],
+    text_sd: Mapping[str, torch.Tensor] | None,
+    temperatures: tuple[float | None, float | None],
+    source: str,
+) -> TIPS:
+    """Our-named state dicts → ``model`` (strictly), temperatures set; returns ``model``."""
+    load_strict(model.vision, vision_sd, f"{source} (image tower)")
+    if text_sd is not None:
+        load_strict(model.text, text_sd, f"{source} (text tower)")
+    model.set_temperatures(*temperatures)
+    return model
+
+
+def config_from_state_dicts(
+    vision_sd: Mapping[str, torch.Tensor],
+    text_sd: Mapping[str, torch.Tensor] | None,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    source: str = "checkpoint",
+) -> ModelConfig:
+    """The architecture the tensors imply (heads from the official width table unless given)."""
+    vcfg = infer_vision_config(vision_sd, vision_heads, source)
+    tcfg = infer_text_config(text_sd, text_heads, source) if text_sd is not None else None
+    return ModelConfig(vision=vcfg, text=tcfg, variant="custom")
+
+
 def build_from_state_dicts(
     vision_sd: StateDict,
     text_sd: StateDict | None,
@@ -127,13 +155,5 @@ def build_from_state_dicts(
     source: str = "checkpoint",
 ) -> TIPS:
     """Our-named state dicts → a :class:`TIPS` model, architecture inferred from shapes unless ``config`` is given."""
-    if config is None:
-        vcfg = infer_vision_config(vision_sd, vision_heads, source)
-        tcfg = infer_text_config(text_sd, text_heads, source) if text_sd is not None else None
-        config = ModelConfig(vision=vcfg, text=tcfg, variant="custom")
-    model = TIPS(config)
-    load_strict(model.vision, vision_sd, f"{source} (image tower)")
-    if text_sd is not None:
-        load_strict(model.text, text_sd, f"{source} (text tower)")
-    model.set_temperatures(*temperatures)
-    return model
+    config = config or config_from_state_dicts(vision_sd, text_sd, vision_heads, text_heads, source)
+    return load_into(TIPS(config), vision_sd, text_sd, temperatures, source)

@@ -26,7 +26,7 @@ from .common import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     StateDict,
-    build_from_state_dicts,
+    load_into,
     infer_text_config,
     infer_vision_config,
     split_text_temperature,
@@ -208,8 +208,9 @@ def load_hf(path: Path, heads: int | None = None, text: Path | None = None) -> T
     if text_sd is not None:
         check_against_shapes(config.text, text_sd, "text", TEXT_PREFIX, source)
     tau = tau if tau is not None else _config_temperature(cfg)
-    ours = official_vision_to_ours(vision, source)
-    return build_from_state_dicts(ours, text_sd, (tau, extra.get("temperature_syn")), config=config, source=source)
+    model = TIPS(config)
+    ours = official_vision_to_ours(vision, model.vision, source)
+    return load_into(model, ours, text_sd, (tau, extra.get("temperature_syn")), source)
 
 
 # --------------------------------------------------------------------------- writing

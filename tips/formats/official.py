@@ -11,37 +11,41 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..atomic import atomic_file, write_json_atomic
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig
-from .common import StateDict, build_from_state_dicts, log_first_contact, read_npz, require, split_text_temperature
+from .common import (
+    StateDict,
+    config_from_state_dicts,
+    load_into,
+    log_first_contact,
+    read_npz,
+    require,
+    split_text_temperature,
+)
 from .detect import detect_format
 from .scenic import scenic_text_to_ours, scenic_vision_to_ours
 
 
-def official_vision_to_ours(sd: Mapping[str, torch.Tensor], source: str = "vision file") -> StateDict:
-    """Official PyTorch vision state dict → our (timm) names.
-
-    ``pos_embed[:, 0]`` is added to the CLS token (the official encoder adds it there; the register token
-    gets no position), ``register_tokens`` → ``reg_token``, SwiGLU ``w12``/``w3`` → ``fc1``/``fc2``.
+def official_vision_to_ours(sd: Mapping[str, torch.Tensor], tower: nn.Module, source: str = "vision file") -> StateDict:
+    """Official PyTorch vision state dict → our (timm) names, by timm's own ``checkpoint_filter_fn`` (spec §4.6:
+    ``cls_token`` + ``pos_embed[:, 0]``, ``register_tokens`` → ``reg_token``, ``pos_embed[:, 1:]``, SwiGLU
+    ``w12``/``w3`` → ``fc1``/``fc2``), for ``tower`` built at the file's grid. timm drops ``mask_token``; we keep it.
     """
-    pos = require(sd, "pos_embed", source)
-    out: StateDict = {}
-    for k, v in sd.items():
-        if k == "pos_embed":
-            out[k] = v[:, 1:]
-        elif k == "cls_token":
-            out[k] = v + pos[:, :1]
-        elif k == "register_tokens":
-            out["reg_token"] = v
-        else:
-            out[k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = v
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    for key in ("mask_token", "register_tokens", "pos_embed", "cls_token"):
+        require(sd, key, source)
+    mask = sd["mask_token"]
+    out = checkpoint_filter_fn(dict(sd), tower, interpolation="bilinear", antialias=True)
+    out["mask_token"] = mask
     return out
 
 
 def ours_to_official_vision(sd: Mapping[str, torch.Tensor], swiglu: bool) -> StateDict:
-    """Inverse of :func:`official_vision_to_ours` (row 0 of ``pos_embed`` written as zeros)."""
+    """Inverse of :func:`official_vision_to_ours` (row 0 of ``pos_embed`` written as zeros; timm has no inverse)."""
     out: StateDict = {}
     for k, v in sd.items():
         if k == "pos_embed":
@@ -69,15 +73,10 @@ def load_official_npz(vision_path: Path, text_path: Path | None, heads: int | No
     """Official PyTorch or Scenic ``.npz`` files (layout detected from keys)."""
     vsd = read_npz(vision_path)
     fmt = detect_format(vsd.keys())
+    if fmt not in ("official_vision", "scenic_vision"):
+        raise ValueError(f"{vision_path}: expected an official vision .npz, found a {fmt!r} layout")
     sidecar = read_sidecar(vision_path)
     v_heads = heads or sidecar.get("vision_heads")
-    if fmt == "official_vision":
-        vision = official_vision_to_ours(vsd, str(vision_path))
-    elif fmt == "scenic_vision":
-        vision, v_heads = scenic_vision_to_ours(vsd, str(vision_path))
-        v_heads = heads or v_heads
-    else:
-        raise ValueError(f"{vision_path}: expected an official vision .npz, found a {fmt!r} layout")
     # Every official variant uses the same head count in both towers, so `heads` overrides both.
     text, tau, t_heads = None, None, heads or sidecar.get("text_heads")
     if text_path is not None:
@@ -90,15 +89,19 @@ def load_official_npz(vision_path: Path, text_path: Path | None, heads: int | No
             t_heads = heads or scenic_heads
         else:
             raise ValueError(f"{text_path}: expected an official text .npz, found a {tfmt!r} layout")
-    log_first_contact(vision, text, str(vision_path))
-    config = None
+    if fmt == "scenic_vision":
+        vsd, scenic_heads = scenic_vision_to_ours(vsd, str(vision_path))
+        v_heads = heads or scenic_heads
     if "config" in sidecar:
         config = ModelConfig.from_dict(sidecar["config"])
         if text is None:
             config = ModelConfig(vision=config.vision, text=None, variant=config.variant, tokenizer=config.tokenizer)
-    tau_syn = sidecar.get("temperature_syn")
-    model = build_from_state_dicts(vision, text, (tau, tau_syn), v_heads, t_heads, config, str(vision_path))
-    return model
+    else:
+        config = config_from_state_dicts(vsd, text, v_heads, t_heads, str(vision_path))
+    model = TIPS(config)
+    vision = official_vision_to_ours(vsd, model.vision, str(vision_path)) if fmt == "official_vision" else vsd
+    log_first_contact(vision, text, str(vision_path))
+    return load_into(model, vision, text, (tau, sidecar.get("temperature_syn")), str(vision_path))
 
 
 def export_official(model: TIPS, out_dir: str | os.PathLike, name: str = "tips") -> dict[str, Path]:

@@ -14,7 +14,7 @@ from ..tokenizers import Tokenizer
 from ..transforms import Preprocess
 from .text import TextTower, build_text_tower
 from .variants import ModelConfig
-from .vision import ImageFeatures, TIPSVisionTransformer, build_vision_tower
+from .vision import ImageFeatures, TIPSVisionTransformer, build_vision_tower, split_tokens
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
@@ -76,8 +76,13 @@ class TIPS(nn.Module):
 
     # ----------------------------------------------------------------- encoders
     def encode_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> ImageFeatures:
-        """images (B, 3, H, W) float in [0, 1], H and W multiples of the patch size → :class:`ImageFeatures`."""
-        return self.vision(images, patch_mask)
+        """images (B, 3, H, W) float in [0, 1], H and W multiples of the patch size → :class:`ImageFeatures`.
+
+        The one place where the tower's (B, 2 + N, D) tokens are split into CLS1, CLS2 and the (h, w) patch grid.
+        """
+        tokens = self.vision.forward_features(images, patch_mask)
+        p = self.cfg.vision.patch_size
+        return split_tokens(tokens, images.shape[-2] // p, images.shape[-1] // p)
 
     def tokenize(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:
