@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import tips
 from tips.models import get_variant, resample_pos_grid
-from tips.models.vision import build_vision_tower
+from tips.models.vision import build_vision_tower, split_tokens
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +21,29 @@ def tower():
 
 
 def test_readout_shapes_at_non_square_resolution(tower):
-    out = tower(torch.rand(2, 3, 14 * 5, 14 * 9))
+    out = split_tokens(tower.forward_features(torch.rand(2, 3, 14 * 5, 14 * 9)), 5, 9)
     assert out.cls_alt.shape == (2, 192)
     assert out.cls_syn.shape == (2, 192)
     assert out.patch_tokens.shape == (2, 5, 9, 192)
 
 
+def test_tower_keeps_timms_contract(tower):
+    x = torch.rand(2, 3, 56, 84)
+    tokens = tower.forward_features(x)
+    assert tokens.shape == (2, 2 + 4 * 6, 192)
+    out = tower(x)
+    assert isinstance(out, torch.Tensor) and torch.equal(out, tokens[:, 0])  # forward: a tensor (CLS1 pooled)
+    final, inter = tower.forward_intermediates(x, indices=1, output_fmt="NLC", return_prefix_tokens=True)
+    assert torch.allclose(final, tokens, atol=1e-6) and inter[0][0].shape == (2, 24, 192)
+    model = tips.create_model("tiny", **{"vision.depth": 2})
+    model.vision.load_state_dict(tower.state_dict())
+    f = model.eval().encode_image(x)
+    assert torch.equal(f.patch_tokens, tokens[:, 2:].reshape(2, 4, 6, 192)) and torch.equal(f.cls_syn, tokens[:, 1])
+
+
 def test_size_not_multiple_of_patch_is_rejected_with_a_suggestion(tower):
     with pytest.raises(ValueError, match="multiple of the patch size 14"):
-        tower(torch.rand(1, 3, 100, 112))
+        tower.forward_features(torch.rand(1, 3, 100, 112))
 
 
 def test_position_resampling_is_bilinear_antialiased_to_explicit_size():
@@ -67,7 +81,7 @@ def test_mask_replaces_patch_embedding_before_positions(tower):
 
 def test_intermediate_layers_with_and_without_final_norm(tower):
     x = torch.rand(1, 3, 112, 168)
-    last = tower(x)
+    last = split_tokens(tower.forward_features(x), 8, 12)
     normed = tower.intermediate_layers(x, indices=1, norm=True)[0]
     raw = tower.intermediate_layers(x, indices=[1], norm=False)[0]
     assert torch.allclose(normed.patch_tokens, last.patch_tokens, atol=1e-5)
@@ -84,7 +98,7 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients():
     b.load_state_dict(a.state_dict())
     b.set_grad_checkpointing(True)
     x = torch.rand(2, 3, 56, 56)
-    la, lb = a(x).patch_tokens.square().sum(), b(x).patch_tokens.square().sum()
+    la, lb = a.forward_features(x)[:, 2:].square().sum(), b.forward_features(x)[:, 2:].square().sum()
     la.backward()
     lb.backward()
     assert torch.allclose(la, lb)

@@ -4,7 +4,8 @@ from .models import TIPS, ImageFeatures, ModelConfig, TextConfig, VisionConfig, 
 from .tokenizers import BPETokenizer, SentencePieceTokenizer, build_tokenizer
 from .transforms import Preprocess
 from .loading import load
-from .checkpoints import save_pretrained, export_official
+from .formats.pretrained import save_pretrained
+from .formats.official import export_official
 from .features import extract, load_features
 
 __version__ = "0.1.0"

@@ -1,40 +1,79 @@
-"""``tips-export``: convert any checkpoint ``tips.load`` reads into the official ``.npz`` layout or our folder."""
+"""``tips-export``: one command that writes a model (anything :func:`tips.load` reads) or a dense head in any
+registered format. Each format maps to one writer in :mod:`tips.formats` (see :mod:`tips.formats.registry`).
+
+    tips-export SOURCE --format {official,pretrained,transformers,timm,...} -o DIR
+    tips-export --head HEAD [--model M] --format FMT -o DIR
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+from pathlib import Path
+from typing import Any
 
-from .checkpoints import export_official, save_pretrained
+from .formats import registry
 from .loading import load
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tips-export",
-        description="Write a TIPS checkpoint in the official PyTorch .npz layout (official keys only; extras in a "
-        "sidecar JSON that tips.load reads) or as a save_pretrained folder.",
+        description="Write a TIPS model (or, with --head, a dense head) in another checkpoint format. Model formats: "
+        f"{', '.join(registry.formats('model'))}; head formats: {', '.join(registry.formats('head')) or 'none yet'}.",
     )
-    p.add_argument("source", help="checkpoint: our folder, official/Scenic vision .npz, HF folder, or official name")
+    p.add_argument("source", nargs="?", help="model: our folder, official/Scenic vision .npz, transformers folder, "
+                   "timm state dict, or an official name")  # fmt: skip
+    p.add_argument("--head", help="export this dense head instead of a model (needs a head writer for --format)")
+    p.add_argument("--model", help="with --head: the backbone the head belongs to (when the format stores both)")
     p.add_argument("--text", help="text-tower .npz that goes with an official vision .npz")
     p.add_argument("--tokenizer", help="'bpe' or a SentencePiece .model path")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--name", default="tips", help="file stem for the official layout: <name>_vision.npz, <name>_text.npz")
-    p.add_argument("--format", choices=["official", "pretrained"], default="official")
+    p.add_argument("-o", "--out", "--output", dest="out", required=True, help="output folder")
+    p.add_argument("--name", help="file stem where the format uses one (official: <name>_vision.npz; timm: <name>.safetensors)")
+    p.add_argument("--format", default="official", help="one of the registered formats (default: official)")
     return p
+
+
+def _call(writer: Any, obj: Any, out: Path, options: dict[str, Any]) -> Any:
+    """Call ``writer(obj, out, **options)``, refusing options this writer does not take (instead of dropping them)."""
+    params = inspect.signature(writer).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params and not takes_any]
+    if unknown:
+        raise SystemExit(f"tips-export: --{unknown[0]} does not apply to this format")
+    return writer(obj, out, **options)
+
+
+def _report(result: Any) -> None:
+    items = result.items() if isinstance(result, dict) else [("output", result)]
+    for kind, path in items:
+        print(f"wrote {kind}: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model = load(args.source, text=args.text, tokenizer=args.tokenizer)
-    if args.format == "pretrained":
-        path = save_pretrained(model, args.out)
-        print(f"wrote {path}")
+    options = {"name": args.name} if args.name else {}
+    kind = "head" if args.head else "model"
+    try:
+        writer = registry.get_writer(args.format, kind)
+    except ValueError as e:
+        raise SystemExit(f"tips-export: {e}") from None
+    if args.head:
+        import tips
+
+        load_head = getattr(tips, "load_head", None)
+        if load_head is None:
+            raise SystemExit("tips-export --head: this version of tips has no tips.load_head (dense heads)")
+        if args.model:
+            options["model"] = load(args.model, tokenizer=args.tokenizer)
+        _report(_call(writer, load_head(args.head), Path(args.out), options))
         return 0
-    paths = export_official(model, args.out, args.name)
-    for kind, path in paths.items():
-        print(f"wrote {kind}: {path}")
-    if model.cfg.text is not None and model.cfg.text.vocab_size != 32000:
+    if args.source is None:
+        raise SystemExit("tips-export: give a SOURCE model (or --head HEAD)")
+    model = load(args.source, text=args.text, tokenizer=args.tokenizer)
+    _report(_call(writer, model, Path(args.out), options))
+    if args.format == "official" and model.cfg.text is not None and model.cfg.text.vocab_size != 32000:
         print(
             f"note: the text tower has a {model.cfg.text.vocab_size}-token vocabulary; the official scripts expect "
             "the 32k SentencePiece tokenizer, so use tips.load for this export.",

@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-from . import checkpoints, hub
+from . import hub
+from .formats import hf, official, pretrained, timm
+from .formats.common import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
 from .models.tips import TIPS
 from .tokenizers import Tokenizer, build_tokenizer
 
@@ -24,7 +27,9 @@ def load(
 
     source:
         - an official PyTorch or Scenic vision ``.npz`` (``text=`` the matching text ``.npz``),
-        - a Hugging Face ``google/tipsv2-*`` folder or its ``model.safetensors`` (both towers),
+        - a transformers ``tipsv2`` folder (``Tipsv2Model.save_pretrained``, ``google/tipsv2-*``) or its
+          ``model.safetensors``; a ``Tipsv2VisionModel`` folder with ``text=`` a ``Tipsv2TextModel`` folder,
+        - a timm ``vit_*_patch14_reg1_tipsv2`` state dict (``.safetensors``, ``.pth``, ``.bin``; image tower only),
         - a ``save_pretrained`` folder of ours (both towers, tokenizer, both temperatures),
         - an official model name, e.g. ``"tips-v2-b14"`` (fetched into the cache on request; see ``tips.hub``).
     tokenizer: ``"bpe"``, a SentencePiece ``.model`` path, or a tokenizer object; defaults to what the
@@ -41,40 +46,41 @@ def load(
 def _load_any(source, text, tokenizer, heads) -> TIPS:
     path = Path(source)
     if not path.exists():
-        official = hub.resolve_name(str(source))
-        if official is None:
+        named = hub.resolve_name(str(source))
+        if named is None:
             known = ", ".join(sorted(hub.OFFICIAL_MODELS))
             raise FileNotFoundError(f"{source}: no such file or folder, and not an official model name ({known})")
-        vision_file = hub.cached_file(official.vision_url)
-        text_file = hub.cached_file(official.text_url)
-        tok = tokenizer if tokenizer is not None else hub.cached_file(official.tokenizer_url)
-        model = checkpoints.load_official_npz(vision_file, text_file, heads)
+        vision_file = hub.cached_file(named.vision_url)
+        text_file = hub.cached_file(named.text_url)
+        tok = tokenizer if tokenizer is not None else hub.cached_file(named.tokenizer_url)
+        model = official.load_official_npz(vision_file, text_file, heads)
         model.tokenizer = build_tokenizer(tok)
         return model
     if path.is_dir():
-        if (path / checkpoints.CONFIG_NAME).is_file() and _is_ours(path):
-            return checkpoints.load_pretrained(path, tokenizer)
-        if (path / checkpoints.WEIGHTS_NAME).is_file():
-            model = checkpoints.load_hf(path, heads)
+        if (path / CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path):
+            return pretrained.load_pretrained(path, tokenizer)
+        if (path / WEIGHTS_NAME).is_file():
+            model = hf.load_hf(path, heads, Path(text) if text is not None else None)
+            if tokenizer is None and (path / TOKENIZER_NAME).is_file():
+                tokenizer = path / TOKENIZER_NAME
             model.tokenizer = build_tokenizer(tokenizer)
             return model
         raise FileNotFoundError(f"{path}: folder holds neither a tips checkpoint nor a Hugging Face model.safetensors")
     if path.suffix == ".npz":
-        model = checkpoints.load_official_npz(path, Path(text) if text is not None else None, heads)
+        model = official.load_official_npz(path, Path(text) if text is not None else None, heads)
     elif path.suffix == ".safetensors":
-        if path.parent.joinpath(checkpoints.CONFIG_NAME).is_file() and _is_ours(path.parent):
-            return checkpoints.load_pretrained(path.parent, tokenizer)
-        model = checkpoints.load_hf(path, heads)
+        if path.parent.joinpath(CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path.parent):
+            return pretrained.load_pretrained(path.parent, tokenizer)
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+        if timm.is_timm_state_dict(keys):
+            model = timm.load_timm(path, heads)
+        else:
+            model = hf.load_hf(path, heads, Path(text) if text is not None else None)
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        model = timm.load_timm(path, heads)
     else:
-        raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors or a folder)")
+        raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors, "
+                         ".pth/.bin (timm state dict) or a folder)")
     model.tokenizer = build_tokenizer(tokenizer)
     return model
-
-
-def _is_ours(directory: Path) -> bool:
-    import json
-
-    try:
-        return json.loads((directory / checkpoints.CONFIG_NAME).read_text()).get("format") == "tips"
-    except (OSError, ValueError):
-        return False

@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..formats.registry import get_writer
 from ..tokenizers import Tokenizer
 from ..transforms import Preprocess
 from .text import TextTower, build_text_tower
 from .variants import ModelConfig
-from .vision import ImageFeatures, TIPSVisionTransformer, build_vision_tower
+from .vision import ImageFeatures, TIPSVisionTransformer, build_vision_tower, split_tokens
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
@@ -75,8 +76,13 @@ class TIPS(nn.Module):
 
     # ----------------------------------------------------------------- encoders
     def encode_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> ImageFeatures:
-        """images (B, 3, H, W) float in [0, 1], H and W multiples of the patch size → :class:`ImageFeatures`."""
-        return self.vision(images, patch_mask)
+        """images (B, 3, H, W) float in [0, 1], H and W multiples of the patch size → :class:`ImageFeatures`.
+
+        The one place where the tower's (B, 2 + N, D) tokens are split into CLS1, CLS2 and the (h, w) patch grid.
+        """
+        tokens = self.vision.forward_features(images, patch_mask)
+        p = self.cfg.vision.patch_size
+        return split_tokens(tokens, images.shape[-2] // p, images.shape[-1] // p)
 
     def tokenize(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:
@@ -131,8 +137,11 @@ class TIPS(nn.Module):
         txt = l2_normalize(self.encode_text(texts, padding))
         return img @ txt.to(img.dtype).T * scale.exp().to(img.dtype)
 
-    def save_pretrained(self, directory) -> None:
-        """Write this model as a ``tips.load``-able folder (``config.json`` + ``model.safetensors``)."""
-        from ..checkpoints import save_pretrained
+    def save_pretrained(self, directory, format: str = "pretrained", **options):
+        """Write this model in a ``tips-export`` format (default ours: a ``tips.load``-able folder).
 
-        save_pretrained(self, directory)
+        format: ``"pretrained"``, ``"official"``, ``"transformers"``, ``"timm"`` or any registered in
+        :mod:`tips.formats.registry`; ``options`` go to that writer (e.g. ``name=`` for ``"official"``).
+        Returns what the writer returns (the folder, or a dict of the files written).
+        """
+        return get_writer(format)(self, directory, **options)

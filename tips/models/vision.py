@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from timm.layers import GluMlp, Mlp
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -150,29 +151,34 @@ class TIPSVisionTransformer(VisionTransformer):
         x = self.patch_drop(x)
         return self.norm_pre(x)
 
-    def forward_tokens(self, x: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Images (B, 3, H, W) → all tokens after the final LayerNorm, (B, 2 + N, D)."""
+    def forward_features(self, x: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """Images (B, 3, H, W) in [0, 1] → all tokens after the final LayerNorm, (B, 2 + N, D): [CLS1, CLS2, patches].
+
+        timm's contract, plus an optional (B, N) ``patch_mask`` (True = masked, see :meth:`embed`).
+        """
         x = self.embed(x, patch_mask)
         if self.grad_checkpointing and torch.is_grad_enabled():
-            from timm.models._manipulate import checkpoint_seq
-
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
         return self.norm(x)
 
-    def forward_features(self, x: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        return self.forward_tokens(x, patch_mask)
+    def forward_tokens(self, x: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`forward_features` (the name the training code uses)."""
+        return self.forward_features(x, patch_mask)
 
-    def forward(self, x: torch.Tensor, patch_mask: torch.Tensor | None = None) -> ImageFeatures:  # type: ignore[override]
-        """Images (B, 3, H, W) in [0, 1] → :class:`ImageFeatures`."""
-        tokens = self.forward_tokens(x, patch_mask)
-        return split_tokens(tokens, x.shape[-2] // self.cfg.patch_size, x.shape[-1] // self.cfg.patch_size)
+    def forward(self, x: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """timm's contract: images → ``forward_head(forward_features(x))``; with no classifier, CLS1 (B, D).
+
+        The split into CLS1, CLS2 and the patch grid is :meth:`tips.TIPS.encode_image`.
+        """
+        return self.forward_head(self.forward_features(x, patch_mask))
 
     def intermediate_layers(
         self, x: torch.Tensor, indices: int | list[int] = 1, norm: bool = True
     ) -> list[ImageFeatures]:
-        """Features after chosen blocks: ``indices`` = last n blocks (int) or block indices (list).
+        """Features after chosen blocks, split like :meth:`tips.TIPS.encode_image`: ``indices`` = last n blocks (int)
+        or block indices (list); built on timm's ``forward_intermediates``.
 
         norm=True applies the final LayerNorm to each (as DINOv2's ``get_intermediate_layers(norm=True)``).
         """

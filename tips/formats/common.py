@@ -1,0 +1,159 @@
+"""What every layout shares: file names, safe reading, architecture from shapes, strict loading, building models."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.tips import TIPS
+from ..models.variants import ModelConfig, TextConfig, VisionConfig, heads_for_width
+
+log = logging.getLogger("tips.formats")
+
+StateDict = dict[str, torch.Tensor]
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.model"
+
+
+def read_npz(path: str | os.PathLike) -> StateDict:
+    """An ``.npz`` file → {key: tensor}; never unpickles (object arrays are refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: torch.from_numpy(np.array(f[k])) for k in f.files}
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot read without unpickling ({e}); only plain numeric arrays are accepted") from e
+
+
+def count_indices(sd: Mapping[str, Any], pattern: str) -> int:
+    """How many distinct values the first group of ``pattern`` takes over the keys (e.g. block indices)."""
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in sd if (m := rx.match(k))})
+
+
+def require(sd: Mapping[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
+    if key not in sd:
+        raise KeyError(f"{source}: missing key {key!r} (found {len(sd)} keys, e.g. {sorted(sd)[:5]})")
+    return sd[key]
+
+
+def split_text_temperature(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, float | None]:
+    """Pop ``temperature`` / ``temperature_contrastive`` (a scalar dividing the cosine) from a text dict."""
+    sd = dict(sd)
+    tau = None
+    for key in ("temperature", "temperature_contrastive", "contrastive_loss_temperature"):
+        if key in sd:
+            tau = float(sd.pop(key).reshape(-1)[0])
+    return sd, tau
+
+
+# --------------------------------------------------------------------------- architecture from shapes
+def infer_vision_config(sd: Mapping[str, torch.Tensor], heads: int | None = None, source: str = "checkpoint") -> VisionConfig:
+    """Image-tower config from tensor shapes: our/timm names, or official names (``register_tokens``,
+    ``pos_embed`` with its class row, SwiGLU ``w12``/``w3``). Heads cannot be read from shapes: the
+    official table by width unless ``heads`` is given."""
+    width = require(sd, "cls_token", source).shape[-1]
+    patch = require(sd, "patch_embed.proj.weight", source).shape[-1]
+    depth = count_indices(sd, r"blocks\.(\d+)\.norm1\.weight")
+    rows = require(sd, "pos_embed", source).shape[1] - (1 if "register_tokens" in sd else 0)
+    grid = int(round(rows**0.5))
+    if grid * grid != rows:
+        raise ValueError(f"{source}: pos_embed has {rows} patch rows, not a square grid")
+    first, second = ("w12", "w3") if "blocks.0.mlp.w12.weight" in sd else ("fc1", "fc2")
+    fc1 = require(sd, f"blocks.0.mlp.{first}.weight", source)
+    fc2 = require(sd, f"blocks.0.mlp.{second}.weight", source)
+    swiglu = fc1.shape[0] == 2 * fc2.shape[1]
+    return VisionConfig(
+        width=width,
+        depth=depth,
+        heads=heads or heads_for_width(width),
+        mlp_hidden=fc2.shape[1],
+        ffn="swiglu" if swiglu else "mlp",
+        patch_size=patch,
+        pos_grid=grid,
+    )
+
+
+def infer_text_config(sd: Mapping[str, torch.Tensor], heads: int | None = None, source: str = "checkpoint") -> TextConfig:
+    vocab, width = require(sd, "token_embedding.weight", source).shape
+    return TextConfig(
+        width=width,
+        depth=count_indices(sd, r"transformer\.resblocks\.(\d+)\.ln_1\.weight"),
+        heads=heads or heads_for_width(width),
+        mlp_hidden=require(sd, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0],
+        vocab_size=vocab,
+    )
+
+
+# --------------------------------------------------------------------------- strict loading
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``sd`` into ``module``; any missing, unexpected or mis-shaped key raises an error naming it."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f"{source}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ValueError(f"{source}: key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def log_first_contact(vision: Mapping[str, torch.Tensor], text: Mapping[str, torch.Tensor] | None, source: str) -> None:
+    """What spec §4.7 asks us to record when a real file is first seen (logged, never asserted)."""
+    gammas = [v for k, v in vision.items() if k.endswith(".gamma")]
+    all_one = all(bool(torch.all(g == 1)) for g in gammas)
+    log.info(
+        "%s: layerscale gammas all 1: %s; cls_token norm %.4g; mask_token norm %.4g; grid %d; vocab %s",
+        source, all_one, float(vision["cls_token"].norm()), float(vision.get("mask_token", torch.zeros(1)).norm()),
+        int(round(vision["pos_embed"].shape[1] ** 0.5)), None if text is None else text["token_embedding.weight"].shape[0],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- building models
+def load_into(
+    model: TIPS,
+    vision_sd: Mapping[str, torch.Tensor],
+    text_sd: Mapping[str, torch.Tensor] | None,
+    temperatures: tuple[float | None, float | None],
+    source: str,
+) -> TIPS:
+    """Our-named state dicts → ``model`` (strictly), temperatures set; returns ``model``."""
+    load_strict(model.vision, vision_sd, f"{source} (image tower)")
+    if text_sd is not None:
+        load_strict(model.text, text_sd, f"{source} (text tower)")
+    model.set_temperatures(*temperatures)
+    return model
+
+
+def config_from_state_dicts(
+    vision_sd: Mapping[str, torch.Tensor],
+    text_sd: Mapping[str, torch.Tensor] | None,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    source: str = "checkpoint",
+) -> ModelConfig:
+    """The architecture the tensors imply (heads from the official width table unless given)."""
+    vcfg = infer_vision_config(vision_sd, vision_heads, source)
+    tcfg = infer_text_config(text_sd, text_heads, source) if text_sd is not None else None
+    return ModelConfig(vision=vcfg, text=tcfg, variant="custom")
+
+
+def build_from_state_dicts(
+    vision_sd: StateDict,
+    text_sd: StateDict | None,
+    temperatures: tuple[float | None, float | None] = (None, None),
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    config: ModelConfig | None = None,
+    source: str = "checkpoint",
+) -> TIPS:
+    """Our-named state dicts → a :class:`TIPS` model, architecture inferred from shapes unless ``config`` is given."""
+    config = config or config_from_state_dicts(vision_sd, text_sd, vision_heads, text_heads, source)
+    return load_into(TIPS(config), vision_sd, text_sd, temperatures, source)

@@ -1,0 +1,105 @@
+"""timm image towers (spec §4.6): ``vit_{base,large,so400m,giant}_patch14_reg1_tipsv2`` state dicts.
+
+timm-native keys: ``cls_token`` (CLS1, its position already added), ``reg_token`` (CLS2), ``pos_embed``
+(1, G², D) without a class slot, ``blocks.{i}.mlp.fc1/fc2`` (SwiGLU packed in ``fc1``). Our image tower *is* such
+a timm model plus ``mask_token``; the file we write keeps ``mask_token``, which timm's own ``checkpoint_filter_fn``
+drops on load, so one file serves both. Read back by :func:`load_timm` (``.safetensors``, or ``.pth``/``.bin``
+through ``torch.load(weights_only=True)``); a file from ``timm.create_model(...).state_dict()`` has no mask
+token and gets a zero one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from ..atomic import write_bytes_atomic, write_json_atomic
+from ..models.tips import TIPS
+from ..models.variants import ModelConfig, VisionConfig
+from .common import StateDict, build_from_state_dicts
+
+ARCHITECTURES = {  # (width, depth, ffn) → timm's registered name
+    (768, 12, "mlp"): "vit_base_patch14_reg1_tipsv2",
+    (1024, 24, "mlp"): "vit_large_patch14_reg1_tipsv2",
+    (1152, 27, "mlp"): "vit_so400m_patch14_reg1_tipsv2",
+    (1536, 40, "swiglu"): "vit_giant_patch14_reg1_tipsv2",
+}
+
+
+def timm_kwargs(model: TIPS) -> tuple[str, dict[str, Any]]:
+    """The registered timm name closest to this tower and the ``create_model`` kwargs that rebuild it exactly."""
+    from .hf import mlp_ratio_for
+
+    v = model.cfg.vision
+    if v.gelu != "erf":
+        raise ValueError("timm's tipsv2 towers use exact (erf) GELU; this model uses the tanh approximation")
+    swiglu = v.ffn == "swiglu"
+    name = ARCHITECTURES.get((v.width, v.depth, v.ffn), ARCHITECTURES[(1536, 40, "swiglu")] if swiglu else ARCHITECTURES[(768, 12, "mlp")])
+    ratio = mlp_ratio_for(v.width, 2 * v.mlp_hidden, False) if swiglu else mlp_ratio_for(v.width, v.mlp_hidden, False)
+    kwargs = {"embed_dim": v.width, "depth": v.depth, "num_heads": v.heads, "mlp_ratio": ratio,
+              "img_size": model.image_size, "patch_size": v.patch_size}  # fmt: skip
+    return name, kwargs
+
+
+def export_timm(model: TIPS, out_dir: str | Path, name: str = "tips") -> dict[str, Path]:
+    """Write ``{name}_timm.safetensors`` (the image tower, timm keys + ``mask_token``) and ``{name}_timm.tips.json``
+    (which timm model and kwargs rebuild it; our head count). Load it in timm with
+    ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arch, kwargs = timm_kwargs(model)
+    path = out / f"{name}_timm.safetensors"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.vision.state_dict().items()}
+    write_bytes_atomic(path, save(tensors, metadata={"format": "pt"}))
+    standard = ARCHITECTURES.get((model.cfg.vision.width, model.cfg.vision.depth, model.cfg.vision.ffn)) == arch
+    note = {"format": "tips-timm-sidecar", "timm_model": arch, "create_model_kwargs": {} if standard and kwargs["img_size"] == 448 else kwargs,
+            "vision": dataclasses.asdict(model.cfg.vision), "temperature": model.temperature, "temperature_syn": model.temperature_syn}  # fmt: skip
+    sidecar = path.with_suffix(".tips.json")
+    write_json_atomic(sidecar, note, indent=2)
+    return {"weights": path, "sidecar": sidecar}
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """A ``.safetensors`` or a ``torch.save``-d state dict (never unpickled beyond tensors), unwrapped from a
+    ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoint if needed."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return dict(sd)
+
+
+def is_timm_state_dict(keys: set[str] | list[str]) -> bool:
+    keys = set(keys)
+    return {"cls_token", "reg_token", "pos_embed"} <= keys
+
+
+def load_timm(path: Path, heads: int | None = None, sd: StateDict | None = None) -> TIPS:
+    """A timm ``vit_*_patch14_reg1_tipsv2`` state dict (ours or timm's own) → :class:`TIPS` (image tower only)."""
+    path = Path(path)
+    sd = dict(sd if sd is not None else read_state_dict(path))
+    source = str(path)
+    if not is_timm_state_dict(sd.keys()):
+        raise KeyError(f"{source}: not a timm TIPSv2 state dict (needs cls_token, reg_token, pos_embed); "
+                       f"first keys {sorted(sd)[:6]}")  # fmt: skip
+    extra = sorted(k for k in sd if k.startswith(("head.", "fc_norm.")))
+    if extra:
+        raise KeyError(f"{source}: has classifier keys {extra[:4]}; TIPS towers have no head (num_classes=0)")
+    sidecar_file = path.with_suffix(".tips.json")
+    sidecar = json.loads(sidecar_file.read_text()) if sidecar_file.is_file() else {}
+    sd.setdefault("mask_token", torch.zeros(1, sd["cls_token"].shape[-1], dtype=sd["cls_token"].dtype))
+    taus = (sidecar.get("temperature"), sidecar.get("temperature_syn"))
+    config = None
+    if sidecar.get("vision"):
+        vision = VisionConfig(**sidecar["vision"])
+        config = ModelConfig(vision=dataclasses.replace(vision, heads=heads) if heads else vision)
+    return build_from_state_dicts(sd, None, taus, heads, None, config, source)
