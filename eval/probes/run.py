@@ -14,6 +14,7 @@ from ..features import FeatureSpec, cached_features, parse_resolution, resolve_l
 from ..report import markdown, run_name, write_report
 from .config import ProbeConfig, to_dict
 from .depth import depth_range, run_depth
+from .normals import run_normals
 from .segmentation import run_segmentation
 
 
@@ -55,7 +56,7 @@ def run_probe(
     def cache_fn(ds, s):
         return cached_features(model, checkpoint, ds, s, cache_dir, cfg.extract_batch_size, cfg.num_workers, cfg.progress)
 
-    runner = run_segmentation if cfg.task == "segmentation" else run_depth
+    runner = {"segmentation": run_segmentation, "depth": run_depth, "normals": run_normals}[cfg.task]
     outcome = runner(model, train, val, cfg, spec, cache_fn)
     result = {
         "task": cfg.task,
