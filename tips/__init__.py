@@ -6,6 +6,8 @@ from .transforms import Preprocess
 from .loading import load
 from .checkpoints import save_pretrained, export_official
 from .features import extract, load_features
+from .models.dpt import DenseHead, DPTConfig
+from .formats.dpt import load_head
 
 __version__ = "0.1.0"
 
@@ -19,6 +21,8 @@ def create_model(variant: str = "tiny", tokenizer=None, **overrides) -> TIPS:
 
 __all__ = [
     "TIPS",
+    "DenseHead",
+    "DPTConfig",
     "ImageFeatures",
     "ModelConfig",
     "TextConfig",
@@ -32,6 +36,7 @@ __all__ = [
     "extract",
     "load_features",
     "load",
+    "load_head",
     "save_pretrained",
     "get_variant",
     "l2_normalize",

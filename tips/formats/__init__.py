@@ -1,0 +1,1 @@
+"""Checkpoint layouts, one module per layout, converted to and from our models."""
