@@ -54,15 +54,18 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="data-loading processes for feature extraction")
     p.add_argument("--num-vis", type=int, help="validation images in the picture")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dpt-preset", choices=("tips", "probe3d"),
+                   help="with --head dpt: the official TIPSv2 decoder (default) or probe3d's DPT probe")
     if task == "segmentation":
+        p.add_argument("--head", choices=("linear", "dpt"), help="linear (default) or a DPT decoder")
         p.add_argument("--object-classes", action="store_true", help="also report mIoU over the dataset's objects")
         p.add_argument("--classes", help="comma-separated class names for a subset mIoU")
     elif task == "normals":
-        p.add_argument("--head", choices=("lin1", "lin4"))
+        p.add_argument("--head", choices=("lin1", "lin4", "dpt"))
         p.add_argument("--loss", choices=("angular", "uncertainty"), help="uncertainty: probe3d's κ-weighted loss")
         p.add_argument("--mask", choices=("none", "objects"))
     else:
-        p.add_argument("--head", choices=("lin1", "lin4"))
+        p.add_argument("--head", choices=("lin1", "lin4", "dpt"))
         p.add_argument("--bins", type=int)
         p.add_argument("--spacing", choices=("uniform", "log"))
         p.add_argument("--mask", choices=("none", "objects"))
@@ -79,9 +82,10 @@ def flag_overrides(task: str, args: argparse.Namespace) -> dict:
         "task": task, "protocol": args.protocol, "seed": args.seed, "features.resolution": args.resolution,
         "features.layers": args.layers, "optim.iterations": args.iterations, "optim.batch_size": args.batch_size,
         "optim.lr": args.lr, "num_workers": args.workers, "num_vis": args.num_vis,
-        "progress": False if args.no_progress else None,
+        "progress": False if args.no_progress else None, "dpt.preset": args.dpt_preset,
     }
     if task == "segmentation":
+        top["seg.head"] = args.head
         top["seg.object_classes"] = True if args.object_classes else None
         top["seg.classes"] = json.dumps(args.classes.split(",")) if args.classes else None
     elif task == "normals":

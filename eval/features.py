@@ -53,13 +53,18 @@ class FeatureSpec:
 
 def resolve_layers(choice: str, depth: int) -> tuple[int, ...]:
     """``last`` → (depth-1,); ``last4`` → the last four blocks; ``quarters`` → DINOv2 lin.4 / probe3d blocks
-    (depth/4-1, depth/2-1, 3depth/4-1, depth-1), e.g. (2, 5, 8, 11) for 12 blocks; or explicit ``"2,5,8,11"``."""
+    (depth/4-1, depth/2-1, 3depth/4-1, depth-1), e.g. (2, 5, 8, 11) for 12 blocks; ``dpt`` → the DPT heads'
+    ⌈k·depth/4⌉ − 1 (the same for 12, 24, 40 blocks); or explicit ``"2,5,8,11"``."""
     if choice == "last":
         return (depth - 1,)
     if choice == "last4":
         return tuple(range(max(0, depth - 4), depth))
     if choice == "quarters":
         return tuple(sorted({max(0, depth * k // 4 - 1) for k in (1, 2, 3, 4)}))
+    if choice == "dpt":
+        from tips.models.dpt import dpt_layers
+
+        return dpt_layers(depth)
     try:
         layers = tuple(int(i) for i in choice.split(","))
     except ValueError:

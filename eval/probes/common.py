@@ -136,3 +136,4 @@ class ProbeOutcome:
     vis: list[VisSample] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     protocol: dict = field(default_factory=dict)  # settings resolved at run time (layers, crop, bins, …)
+    head: nn.Module | None = None  # a trained DPT head, saved beside the results by ``run_probe``
