@@ -142,3 +142,13 @@ def test_cli_normals_on_scenes_writes_results_with_object_metrics(scenes, tmp_pa
         assert m["images"] == 8 and 0 <= m["median"] <= 180 and 0 <= m["pct_30"] <= 100
     assert (tmp_path / "out" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "| objects |" in capsys.readouterr().out
+
+
+def test_a_mirrored_normal_map_has_its_x_component_negated():
+    from eval.features import resize_normals
+
+    n = torch.zeros(3, 2, 3)
+    n[:, 0, 0] = torch.tensor([0.6, 0.0, -0.8])
+    flipped = resize_normals(n, (2, 3), flip=True)
+    assert torch.equal(flipped[:, 0, 2], torch.tensor([-0.6, 0.0, -0.8])) and flipped[:, 0, 0].abs().sum() == 0
+    assert resize_normals(n, (4, 6)).shape == (3, 4, 6) and torch.equal(resize_normals(n, (4, 6))[:, 1, 1], n[:, 0, 0])
