@@ -1,10 +1,11 @@
-"""``tips-probe {segmentation,depth,zero-shot,retrieval,knn}``: measure frozen TIPS features with one command.
+"""``tips-probe {segmentation,depth,normals,zero-shot,retrieval,knn}``: measure frozen TIPS features with one command.
 
     tips-probe segmentation --random-init tiny --dataset scenes:/data/scenes/probe --resolution 224 \\
         --protocol fast --object-classes --out results/
     tips-probe depth --model runs/demo/export --dataset scenes:/data/scenes/probe --resolution 224 \\
         --head lin1 --spacing log --mask objects --out results/
     tips-probe segmentation --model tips-v1-b14 --dataset ade20k:/data/ADEChallengeData2016 --protocol dinov2
+    tips-probe normals --model runs/demo/export --dataset scenes:/data/scenes/probe --resolution 224 --mask objects
 
 Dense probes: trailing ``key=value`` arguments override any config key (``optim.lr=3e-4 depth.bins=128``).
 The other subcommands forward their arguments to ``eval.zero_shot``, ``eval.retrieval``, ``eval.knn``.
@@ -24,18 +25,19 @@ import tips
 
 FORWARDED = {"zero-shot": "eval.zero_shot", "retrieval": "eval.retrieval", "knn": "eval.knn",
              "zero-shot-seg": "eval.zero_shot_seg"}
-DENSE = ("segmentation", "depth")
+DENSE = ("segmentation", "depth", "normals")
 
 
 def dense_parser(task: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"tips-probe {task}", description=f"linear {task} probe on frozen features")
+    p = argparse.ArgumentParser(prog=f"tips-probe {task}", description=f"{task} probe on frozen features")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="anything tips.load reads: save_pretrained folder, official .npz, HF folder, name")
     src.add_argument("--random-init", metavar="VARIANT", help="a randomly initialised tips.create_model(VARIANT) (seeded)")
     p.add_argument("--text", help="official text .npz to pair with an official vision .npz")
     p.add_argument("--tokenizer", help="tokenizer for tips.load (not needed by dense probes)")
     p.add_argument("--dataset", required=True,
-                   help="scenes:DIR | folder:ROOT | ade20k:ROOT | voc:ROOT | nyu:MAT[?splits=FILE] | nyu-raw:ROOT")
+                   help="scenes:DIR | folder:ROOT | ade20k:ROOT | voc:ROOT | nyu:MAT[?splits=FILE] | nyu-raw:ROOT | "
+                        "nyu-normals:ROOT | navi:ROOT")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--config", help="YAML probe config (configs/probe/*.yaml)")
@@ -52,11 +54,18 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="data-loading processes for feature extraction")
     p.add_argument("--num-vis", type=int, help="validation images in the picture")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dpt-preset", choices=("tips", "probe3d"),
+                   help="with --head dpt: the official TIPSv2 decoder (default) or probe3d's DPT probe")
     if task == "segmentation":
+        p.add_argument("--head", choices=("linear", "dpt"), help="linear (default) or a DPT decoder")
         p.add_argument("--object-classes", action="store_true", help="also report mIoU over the dataset's objects")
         p.add_argument("--classes", help="comma-separated class names for a subset mIoU")
+    elif task == "normals":
+        p.add_argument("--head", choices=("lin1", "lin4", "dpt"))
+        p.add_argument("--loss", choices=("angular", "uncertainty"), help="uncertainty: probe3d's κ-weighted loss")
+        p.add_argument("--mask", choices=("none", "objects"))
     else:
-        p.add_argument("--head", choices=("lin1", "lin4"))
+        p.add_argument("--head", choices=("lin1", "lin4", "dpt"))
         p.add_argument("--bins", type=int)
         p.add_argument("--spacing", choices=("uniform", "log"))
         p.add_argument("--mask", choices=("none", "objects"))
@@ -73,11 +82,14 @@ def flag_overrides(task: str, args: argparse.Namespace) -> dict:
         "task": task, "protocol": args.protocol, "seed": args.seed, "features.resolution": args.resolution,
         "features.layers": args.layers, "optim.iterations": args.iterations, "optim.batch_size": args.batch_size,
         "optim.lr": args.lr, "num_workers": args.workers, "num_vis": args.num_vis,
-        "progress": False if args.no_progress else None,
+        "progress": False if args.no_progress else None, "dpt.preset": args.dpt_preset,
     }
     if task == "segmentation":
+        top["seg.head"] = args.head
         top["seg.object_classes"] = True if args.object_classes else None
         top["seg.classes"] = json.dumps(args.classes.split(",")) if args.classes else None
+    elif task == "normals":
+        top.update({"normals.head": args.head, "normals.loss": args.loss, "normals.mask": args.mask})
     else:
         lo, hi = (args.depth_range.split(",") if args.depth_range else (None, None))
         top.update({"depth.head": args.head, "depth.bins": args.bins, "depth.spacing": args.spacing,
@@ -124,9 +136,9 @@ def run_dense(task: str, argv: list[str]) -> int:
 def top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{segmentation,depth,zero-shot,retrieval,knn,zero-shot-seg}")
+    sub = p.add_subparsers(dest="command", metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg}")
     for name in DENSE:
-        sub.add_parser(name, help=f"linear {name} probe (tips-probe {name} --help)", add_help=False)
+        sub.add_parser(name, help=f"{name} probe on frozen features (tips-probe {name} --help)", add_help=False)
     for name, module in FORWARDED.items():
         sub.add_parser(name, help=f"forwards to {module} (tips-probe {name} --help)", add_help=False)
     return p

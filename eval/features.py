@@ -8,6 +8,7 @@ in a hash of all of them, and ``meta.json`` beside the arrays spells them out:
         cls.npy      (N, L*D)       float16   CLS1 (cls_alt) of the same blocks      (only when cls=True)
         seg.npy      (N, H, W)      uint8     class ids resized (nearest) to the input resolution (if any)
         depth.npy    (N, H, W)      float32   metres, resized (nearest) to the input resolution (if any)
+        normals.npy  (N, H, W, 3)   float16   unit normals, 0 = invalid, resized (nearest) likewise (if any)
         meta.json    keys, checkpoint identity, dataset fingerprint, settings; written last = complete
 """
 
@@ -52,13 +53,18 @@ class FeatureSpec:
 
 def resolve_layers(choice: str, depth: int) -> tuple[int, ...]:
     """``last`` → (depth-1,); ``last4`` → the last four blocks; ``quarters`` → DINOv2 lin.4 / probe3d blocks
-    (depth/4-1, depth/2-1, 3depth/4-1, depth-1), e.g. (2, 5, 8, 11) for 12 blocks; or explicit ``"2,5,8,11"``."""
+    (depth/4-1, depth/2-1, 3depth/4-1, depth-1), e.g. (2, 5, 8, 11) for 12 blocks; ``dpt`` → the DPT heads'
+    ⌈k·depth/4⌉ − 1 (the same for 12, 24, 40 blocks); or explicit ``"2,5,8,11"``."""
     if choice == "last":
         return (depth - 1,)
     if choice == "last4":
         return tuple(range(max(0, depth - 4), depth))
     if choice == "quarters":
         return tuple(sorted({max(0, depth * k // 4 - 1) for k in (1, 2, 3, 4)}))
+    if choice == "dpt":
+        from tips.models.dpt import dpt_layers
+
+        return dpt_layers(depth)
     try:
         layers = tuple(int(i) for i in choice.split(","))
     except ValueError:
@@ -127,6 +133,15 @@ def resize_target(target: torch.Tensor, size: tuple[int, int], flip: bool = Fals
     return target.flip(-1) if flip else target
 
 
+def resize_normals(normals: torch.Tensor, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    """(3, H, W) normal map → (3, h, w) by nearest neighbour; a horizontal flip also negates the x component."""
+    if tuple(normals.shape[-2:]) != tuple(size):
+        normals = F.interpolate(normals[None].float(), size=size, mode="nearest-exact")[0]
+    if flip:
+        normals = normals.flip(-1) * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
+    return normals
+
+
 @torch.no_grad()
 def compute_features(model: tips.TIPS, images: torch.Tensor, spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images (B, 3, H, W) in [0, 1] → patch (B, h, w, L*D) and CLS1 (B, L*D) or None, float32."""
@@ -155,6 +170,8 @@ class FeatureCache:
         self.cls = np.load(self.path / "cls.npy", mmap_mode="r") if (self.path / "cls.npy").is_file() else None
         self.seg = np.load(self.path / "seg.npy", mmap_mode="r") if (self.path / "seg.npy").is_file() else None
         self.depth = np.load(self.path / "depth.npy", mmap_mode="r") if (self.path / "depth.npy").is_file() else None
+        self.normals = (np.load(self.path / "normals.npy", mmap_mode="r") if (self.path / "normals.npy").is_file()
+                        else None)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -172,11 +189,14 @@ class FeatureCache:
         return probe_input(patch, cls)
 
     def targets(self, name: str, index: np.ndarray | list[int]) -> torch.Tensor:
-        """Rows of ``seg`` (B, H, W) int64 or ``depth`` (B, H, W) float32, in the order of :meth:`inputs`."""
+        """Rows of ``seg`` (B, H, W) int64, ``depth`` (B, H, W) float32 or ``normals`` (B, 3, H, W) float32, in
+        the order of :meth:`inputs`."""
         arr = getattr(self, name)
         if arr is None:
             raise ValueError(f"{self.path}: this dataset split has no {name} targets")
         out = torch.from_numpy(np.asarray(arr[np.sort(np.asarray(index))]))
+        if name == "normals":
+            return out.float().permute(0, 3, 1, 2)
         return out.long() if name == "seg" else out.float()
 
 
@@ -198,11 +218,12 @@ class _Prepared(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         s, size, flip = self.dataset[i], self.spec.resolution, self.spec.flip
         seg = resize_target(s.seg.to(torch.uint8), size, flip) if s.seg is not None else None
         depth = resize_target(s.depth, size, flip) if s.depth is not None else None
-        return image_to_tensor(s.image, size, flip), seg, depth
+        normals = resize_normals(s.normals, size, flip).permute(1, 2, 0) if s.normals is not None else None
+        return image_to_tensor(s.image, size, flip), seg, depth, normals
 
 
 def _collate(items: list) -> list:
@@ -236,10 +257,12 @@ def cached_features(
     cls = np.lib.format.open_memmap(tmp / "cls.npy", "w+", STORAGE_DTYPE, (N, C)) if spec.cls else None
     seg = np.lib.format.open_memmap(tmp / "seg.npy", "w+", np.uint8, (N, H, W)) if dataset.info.has_seg else None
     depth = np.lib.format.open_memmap(tmp / "depth.npy", "w+", np.float32, (N, H, W)) if dataset.info.has_depth else None
+    normals = (np.lib.format.open_memmap(tmp / "normals.npy", "w+", STORAGE_DTYPE, (N, H, W, 3))
+               if dataset.info.has_normals else None)
     loader = torch.utils.data.DataLoader(_Prepared(dataset, spec), batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=_collate)
     start = 0
-    for images, segs, depths in tqdm(loader, desc=f"features {name}", disable=not progress, unit="batch"):
+    for images, segs, depths, normal_maps in tqdm(loader, desc=f"features {name}", disable=not progress, unit="batch"):
         p, c = compute_features(model, images.to(param.device, param.dtype), spec)
         stop = start + images.shape[0]
         patch[start:stop] = p.cpu().numpy().astype(STORAGE_DTYPE)
@@ -249,11 +272,13 @@ def cached_features(
             seg[start:stop] = segs.numpy()
         if depth is not None:
             depth[start:stop] = depths.numpy()
+        if normals is not None:
+            normals[start:stop] = normal_maps.numpy().astype(STORAGE_DTYPE)
         start = stop
-    for arr in (patch, cls, seg, depth):
+    for arr in (patch, cls, seg, depth, normals):
         if arr is not None:
             arr.flush()
-    del patch, cls, seg, depth
+    del patch, cls, seg, depth, normals
     (tmp / "meta.json").write_text(json.dumps({**record, "keys": dataset.keys, "info": dataset.info.to_dict()}, indent=1))
     try:
         os.replace(tmp, final)

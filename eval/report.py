@@ -79,7 +79,7 @@ def save_picture(
     pcas = pca_rgb([v.features for v in vis]) if vis else []
     if task == "segmentation":
         colours = palette(len(class_names or []))
-    else:
+    elif task == "depth":
         valid = np.concatenate([v.target[v.target > 0] for v in vis]) if vis else np.zeros(0)
         vmin, vmax = (float(valid.min()), float(valid.max())) if valid.size else (depth_range or (0.0, 1.0))
         cmap = matplotlib.colormaps["magma_r"].with_extremes(bad=(0.6, 0.6, 0.6))  # grey = no ground truth
@@ -89,6 +89,9 @@ def save_picture(
         if task == "segmentation":
             axes[r, 1].imshow(colourize(v.target, colours))
             axes[r, 2].imshow(colourize(v.pred, colours))
+        elif task == "normals":  # (H, W, 3) RGB = (n + 1) / 2, grey = no ground truth
+            axes[r, 1].imshow(v.target)
+            axes[r, 2].imshow(v.pred)
         else:
             axes[r, 1].imshow(np.ma.masked_where(v.target <= 0, v.target), cmap=cmap, vmin=vmin, vmax=vmax)
             im = axes[r, 2].imshow(v.pred, cmap=cmap, vmin=vmin, vmax=vmax)
@@ -142,6 +145,16 @@ def markdown(result: dict) -> str:
                   + f"{_fmt(m['pixel_accuracy'])} | {m['classes_counted']} |", "",
                   "| class | IoU |", "|---|---|"]
         lines += [f"| {name} | {_fmt(v)} |" for name, v in m["per_class_iou"].items()]
+    elif result["task"] == "normals":
+        d = result["details"]
+        lines.append(f"Normals {d['head']}, {d['loss']} loss, prediction resized {d['upsample_to_gt']} to the ground "
+                     "truth; angular error (degrees) per image over valid pixels, averaged over images.")
+        columns = {"mean": "mean", "median": "median", "rmse": "RMSE", "pct_11.25": "% < 11.25°",
+                   "pct_22.5": "% < 22.5°", "pct_30": "% < 30°"}
+        lines += ["", "| pixels | " + " | ".join(columns.values()) + " | images |", "|---" * (len(columns) + 2) + "|"]
+        for name in ("all", "objects"):
+            if name in m and m[name].get("images"):
+                lines.append(f"| {name} | " + " | ".join(_fmt(m[name][k]) for k in columns) + f" | {m[name]['images']} |")
     else:
         d = result["details"]
         lines.append(f"Depth {d['head']}, {d['bins']} {d['spacing']} bins on [{d['depth_range'][0]}, "

@@ -211,7 +211,7 @@ def test_cli_forwards_global_tasks_to_their_modules(monkeypatch):
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_probe_config_loads(path):
     cfg = load_probe_config(path)
-    assert cfg.task in ("segmentation", "depth") and cfg.protocol in ("fast", "dinov2")
+    assert cfg.task in ("segmentation", "depth", "normals") and cfg.protocol in ("fast", "dinov2")
 
 
 def test_python_api_runs_a_probe_and_keys_the_cache_by_the_weights(scenes, tmp_path):

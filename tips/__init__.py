@@ -7,6 +7,8 @@ from .loading import load
 from .formats.pretrained import save_pretrained
 from .formats.official import export_official
 from .features import extract, load_features
+from .models.dpt import DenseHead, DPTConfig
+from .formats.dpt import load_head
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,8 @@ def create_model(variant: str = "tiny", tokenizer=None, **overrides) -> TIPS:
 
 __all__ = [
     "TIPS",
+    "DenseHead",
+    "DPTConfig",
     "ImageFeatures",
     "ModelConfig",
     "TextConfig",
@@ -33,6 +37,7 @@ __all__ = [
     "extract",
     "load_features",
     "load",
+    "load_head",
     "save_pretrained",
     "get_variant",
     "l2_normalize",

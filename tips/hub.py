@@ -57,12 +57,25 @@ OFFICIAL_MODELS: dict[str, OfficialModel] = {
 }
 ALIASES = {"tips-v2-so14": "tips-v2-so400m14", "tips-v1-so14": "tips-v1-so400m14"}
 
+# Official DPT heads (Scenic zips; the heads say so400m14 where the vision files say so14).
+OFFICIAL_HEADS: dict[str, str] = {
+    f"tips-v2-{size}-{task}": f"{BASE_URL}/v2_0/checkpoints/scenic/tips_v2_{size}_{task}_dpt.zip"
+    for size in ("b14", "l14", "so400m14", "g14")
+    for task in ("segmentation", "depth", "normals")
+}
+
 
 def resolve_name(name: str) -> OfficialModel | None:
     """The official model called ``name`` (e.g. ``tips-v2-b14``), or None if it is not an official name."""
     key = name.lower().replace("_", "-")
     key = ALIASES.get(key, key)
     return OFFICIAL_MODELS.get(key)
+
+
+def resolve_head_name(name: str) -> str | None:
+    """The URL of the official DPT head called ``name`` (e.g. ``tips-v2-b14-depth``), or None."""
+    key = name.lower().replace("_", "-").replace("-so14-", "-so400m14-")
+    return OFFICIAL_HEADS.get(key)
 
 
 def cache_dir() -> Path:
@@ -117,5 +130,5 @@ def cached_file(url: str) -> Path:
 def _missing_message(url: str, target: Path, why: str) -> str:
     return (
         f"cannot fetch {url} ({why}). Download it on a machine with network access and place it at {target} "
-        f"(or set TIPS_CACHE to the folder holding it), or pass the local file path to tips.load."
+        f"(or set TIPS_CACHE to the folder holding it), or pass the local file path (to tips.load, or tips.load_head for a DPT head)."
     )

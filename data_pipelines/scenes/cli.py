@@ -2,12 +2,15 @@
 
 Layout (docs/data_format.md):
     DIR/manifest.json                         arguments of the finished run (written last: the completion mark)
-    DIR/pretrain/shard-000000.tar …           webdataset: __key__, jpg|png, txt (alt-text), json (captions, …)
+    DIR/pretrain/shard-000000.tar …           webdataset: __key__, jpg|png, txt (alt-text), json (captions, …),
+                                              normals.png with --pretrain-normals
     DIR/pretrain/manifest.json                shards and per-shard counts
     DIR/probe/classes.json                    class names, is_object, depth range, ignore index
     DIR/probe/{train,val}/{key}.png           RGB
     DIR/probe/{train,val}/{key}.depth.png     uint16 millimetres of z-depth, 0 = invalid (sky / too far)
     DIR/probe/{train,val}/{key}.seg.png       uint8 class ids
+    DIR/probe/{train,val}/{key}.normals.png   uint16 RGB camera-frame unit normals (x right, y up, z forward):
+                                              channel = round((n + 1) / 2 * 65535), (0, 0, 0) = no surface
     DIR/probe/{train,val}/captions.jsonl      key, alt_text, synthetic_captions per image
 """
 
@@ -30,10 +33,10 @@ from tqdm import tqdm
 from .generate import render_scene, scene_seed
 from .render import CLASS_NAMES, DEPTH_MIN, MAX_DEPTH
 
-VERSION = 1  # bump when the renderer or captions change, so old outputs are regenerated
+VERSION = 2  # bump when the renderer or captions change, so old outputs are regenerated
 SOURCE = "tips-scenes"
 IGNORE_INDEX = 255
-Task = tuple[str, int, int, int, str]  # (split, index, run seed, size, image format)
+Task = tuple[str, int, int, int, str, bool]  # (split, index, run seed, size, image format, pretrain normals)
 
 
 def sample_key(split: str, index: int) -> str:
@@ -57,19 +60,24 @@ def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
 
 def make_sample(task: Task) -> dict:
     """Render one scene and encode it for its split (runs in the worker processes)."""
-    split, index, seed, size, fmt = task
+    from tips.png16 import encode_png16, normals_to_uint16  # imported by main() before the workers fork
+
+    split, index, seed, size, fmt, pretrain_normals = task
     image_seed = scene_seed(seed, split, index)
     scene = render_scene(image_seed, size)
     meta = {"synthetic_captions": scene.captions, "source": SOURCE, "seed": image_seed, "index": index}
     key = sample_key(split, index)
+    normals = encode_png16(normals_to_uint16(scene.normals), level=3) if split != "pretrain" or pretrain_normals else None
     if split == "pretrain":
-        return {"__key__": key, fmt: encode_image(scene.image, fmt), "txt": scene.alt_text.encode(),
-                "json": json.dumps(meta).encode()}
+        sample = {"__key__": key, fmt: encode_image(scene.image, fmt), "txt": scene.alt_text.encode(),
+                  "json": json.dumps(meta).encode()}
+        return {**sample, "normals.png": normals} if pretrain_normals else sample
     return {
         "key": key,
         "png": encode_image(scene.image, "png"),
         "depth.png": encode_image(depth_to_millimetres(scene.depth), "png"),
         "seg.png": encode_image(scene.seg, "png"),
+        "normals.png": normals,
         "record": {"key": key, "alt_text": scene.alt_text, **meta},
     }
 
@@ -78,7 +86,7 @@ def run_record(args: argparse.Namespace) -> dict:
     """What identifies a run's output: everything that changes a byte of it."""
     return {"version": VERSION, "num_pretrain": args.num_pretrain, "num_train": args.num_train,
             "num_val": args.num_val, "size": args.size, "seed": args.seed, "shard_size": args.shard_size,
-            "image_format": args.image_format}
+            "image_format": args.image_format, "pretrain_normals": args.pretrain_normals}
 
 
 def is_up_to_date(out: Path, record: dict) -> bool:
@@ -89,6 +97,8 @@ def is_up_to_date(out: Path, record: dict) -> bool:
 
 
 def classes_json() -> dict:
+    from tips.png16 import NORMALS_ENCODING
+
     return {
         "classes": [{"id": i, "name": name, "is_object": i > 1} for i, name in enumerate(CLASS_NAMES)],
         "depth_min": DEPTH_MIN,
@@ -96,6 +106,8 @@ def classes_json() -> dict:
         "depth_scale": 0.001,
         "depth_kind": "z-depth along the optical axis, metres = png value * depth_scale, 0 = invalid",
         "ignore_index": IGNORE_INDEX,
+        "normals_frame": "camera: x right, y up, z forward (optical axis); surfaces facing the camera have n_z < 0",
+        "normals_encoding": NORMALS_ENCODING,
     }
 
 
@@ -136,7 +148,7 @@ def write_probe_split(out: Path, split: str, samples: Iterator[dict], count: int
     records = []
     for _ in range(count):
         sample = next(samples)
-        for ext in ("png", "depth.png", "seg.png"):
+        for ext in ("png", "depth.png", "seg.png", "normals.png"):
             (directory / f"{sample['key']}.{ext}").write_bytes(sample[ext])
         records.append(json.dumps(sample["record"]))
     (directory / "captions.jsonl").write_text("".join(r + "\n" for r in records))
@@ -176,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per pretraining shard")
     parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="pretraining image encoding")
+    parser.add_argument("--pretrain-normals", action="store_true",
+                        help="also store normals.png (uint16 RGB, as in the probe split) in the pretraining shards")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     parser.add_argument("--force", action="store_true", help="regenerate even if the output is up to date")
     args = parser.parse_args(argv)
@@ -193,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.num_val} val images); use --force to regenerate")
         return 0
     remove_previous(out)
+    import tips.png16  # noqa: F401  (here, not at the top: ``tips`` imports torch, which the no-op path avoids)
+
     keep_buffers_in_heap()
     splits = {"pretrain": args.num_pretrain, "train": args.num_train, "val": args.num_val}
-    tasks = [(split, i, args.seed, args.size, args.image_format) for split, n in splits.items() for i in range(n)]
+    tasks = [(split, i, args.seed, args.size, args.image_format, args.pretrain_normals)
+             for split, n in splits.items() for i in range(n)]
     bar = tqdm(total=len(tasks), desc="tips-scenes", unit="img")
     with sample_map(min(args.workers, len(tasks))) as lazy_map, bar:
         samples = _counting(lazy_map(make_sample, tasks), bar)

@@ -42,6 +42,7 @@ class Scene:
     depth: np.ndarray  # (H, W) float32 z-depth in metres, 0 = sky or beyond MAX_DEPTH
     seg: np.ndarray  # (H, W) uint8 class ids (render.CLASS_NAMES)
     instance: np.ndarray  # (H, W) int16 index into ``objects``, -1 = sky or ground
+    normals: np.ndarray  # (H, W, 3) float32 camera-frame unit normals (x right, y up, z forward), 0 = no surface
     objects: list[SceneObject]  # every placed object, visible or not
     visible: list[int]  # indices of the objects the captions describe
     camera: Camera
@@ -138,6 +139,6 @@ def render_scene(seed: int, size: int = 224) -> Scene:
     visible = [i for i, n in enumerate(out.pixel_counts) if n >= min_visible_pixels(size)]
     alt, captions = compose_captions([objects[i] for i in visible], camera, env, rng)
     return Scene(
-        image=out.image, depth=out.depth, seg=out.seg, instance=out.instance, objects=objects, visible=visible,
-        camera=camera, environment=env, alt_text=alt, caption=captions[0], captions=captions, seed=seed,
+        image=out.image, depth=out.depth, seg=out.seg, instance=out.instance, normals=out.normals, objects=objects,
+        visible=visible, camera=camera, environment=env, alt_text=alt, caption=captions[0], captions=captions, seed=seed,
     )

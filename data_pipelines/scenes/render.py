@@ -4,6 +4,9 @@ World frame: metres, +y up, the ground is the plane y = 0. Every ray direction h
 camera's optical axis, so the ray parameter t of a hit *is* its z-depth (distance along the optical axis).
 Vectors of many rays are stored as (3, N) float32 arrays (one contiguous row per coordinate, N = H·W rays,
 row-major over the image): element-wise numpy on contiguous rows is an order of magnitude faster than on (N, 3).
+
+Surface normals are exact: the outward unit normal of the solid (or the ground's +y) at each ray's hit point,
+rotated into the camera frame (x right, y up, z forward), so a surface facing the camera has n_z < 0.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class Render:
     depth: np.ndarray  # (H, W) float32 z-depth in metres, 0 = sky or farther than MAX_DEPTH
     seg: np.ndarray  # (H, W) uint8 class ids (CLASS_NAMES)
     instance: np.ndarray  # (H, W) int16 index into the object list, -1 = sky or ground
+    normals: np.ndarray  # (H, W, 3) float32 unit normals in the camera frame, 0 where depth is 0 (no surface)
     pixel_counts: list[int] = field(default_factory=list)  # visible pixels per object
 
 
@@ -189,19 +193,35 @@ def render(objects: list[SceneObject], camera: Camera, size: int, env: Environme
     seg[is_obj] = class_of[inst[is_obj]]
     depth = np.where(t <= MAX_DEPTH, t, 0).astype(np.float32)
 
-    colour = _shade(objects, env, origin, dirs, t, inst, is_ground, is_obj, size)  # (3, N) uint8
+    p = origin[:, None] + t * dirs  # (3, N) hit points (garbage on sky rays)
+    normal = surface_normals(objects, p, inst)
+    colour = _shade(objects, env, origin, dirs, t, p, normal, inst, is_ground, is_obj, size)  # (3, N) uint8
+    cam_normal = camera.basis() @ normal * (depth > 0)  # world → camera frame; 0 = no surface (sky / too far)
     counts = np.bincount(inst[is_obj], minlength=len(objects)).tolist() if objects else []
     return Render(
         image=np.ascontiguousarray(colour.T).reshape(size, size, 3),
         depth=depth.reshape(size, size),
         seg=seg.reshape(size, size),
         instance=inst.reshape(size, size),
+        normals=np.ascontiguousarray(cam_normal.T, dtype=np.float32).reshape(size, size, 3),
         pixel_counts=counts,
     )
 
 
+def surface_normals(objects: list[SceneObject], p: np.ndarray, inst: np.ndarray) -> np.ndarray:
+    """World-frame unit normals (3, N) at hit points p (3, N): the hit object's (``inst`` ≥ 0), else the ground's +y."""
+    normal = np.zeros_like(p)
+    normal[1] = 1.0
+    for i, obj in enumerate(objects):
+        rows = np.flatnonzero(inst == i)
+        if rows.size:
+            normal[:, rows] = shapes.normal(obj, p[:, rows])
+    return normal
+
+
 def _shade(objects: list[SceneObject], env: Environment, origin: np.ndarray, dirs: np.ndarray, t: np.ndarray,
-           inst: np.ndarray, is_ground: np.ndarray, is_obj: np.ndarray, size: int) -> np.ndarray:
+           p: np.ndarray, normal: np.ndarray, inst: np.ndarray, is_ground: np.ndarray, is_obj: np.ndarray,
+           size: int) -> np.ndarray:
     """Lambert + hemisphere ambient + Blinn-Phong on shiny objects, hard shadows, haze and sky: (3, N) uint8.
 
     Works on all N rays at once (sky rays carry harmless garbage until the sky overwrites them): cheaper than
@@ -210,15 +230,9 @@ def _shade(objects: list[SceneObject], env: Environment, origin: np.ndarray, dir
     light = np.asarray(env.light_dir, np.float32)
     light /= np.linalg.norm(light)
     ray_len = np.sqrt(shapes.dot(dirs, dirs))  # (N,)
-    p = origin[:, None] + t * dirs  # (3, N) hit points
-    normal = np.zeros_like(p)
-    normal[1] = 1.0
     albedo = _ground_albedo(env, p, t * ray_len, -dirs[1] / ray_len, size)  # (3, N)
     for i, obj in enumerate(objects):
-        rows = np.flatnonzero(inst == i)
-        if rows.size:
-            normal[:, rows] = shapes.normal(obj, p[:, rows])
-            albedo[:, rows] = np.asarray(obj.albedo, np.float32)[:, None]
+        albedo[:, inst == i] = np.asarray(obj.albedo, np.float32)[:, None]
 
     lambert = np.maximum(shapes.dot(normal, light), 0) * (is_ground | is_obj)
     sunlit = np.flatnonzero(lambert > 0)

@@ -9,15 +9,22 @@ misses give t = inf.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .render import SceneObject
-
 SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone")
 _EPS = 1e-5
+
+
+class Solid(Protocol):
+    """What the geometry needs of an object (``render.SceneObject`` has it); keeps this module free of ``render``."""
+
+    shape: str
+    center: tuple[float, float, float]
+    radius: float
+    height: float
+    yaw: float
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -25,7 +32,7 @@ def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-def bounding_radius(obj: "SceneObject") -> float:
+def bounding_radius(obj: Solid) -> float:
     """Radius of a sphere about ``obj.center`` that contains the solid."""
     if obj.shape == "sphere":
         return obj.radius
@@ -33,7 +40,7 @@ def bounding_radius(obj: "SceneObject") -> float:
     return math.hypot(horizontal, obj.height / 2)
 
 
-def intersect(obj: "SceneObject", o: np.ndarray, d: np.ndarray) -> np.ndarray:
+def intersect(obj: Solid, o: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Nearest positive ray parameter of the hit with ``obj``: (M,) float32, inf where the ray misses."""
     q = o - np.asarray(obj.center, np.float32)[:, None]  # ray origins relative to the centre
     m = max(q.shape[1], d.shape[1])
@@ -42,7 +49,7 @@ def intersect(obj: "SceneObject", o: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.broadcast_to(t, (m,)).astype(np.float32)
 
 
-def normal(obj: "SceneObject", p: np.ndarray) -> np.ndarray:
+def normal(obj: Solid, p: np.ndarray) -> np.ndarray:
     """Outward unit normals at surface points p (3, M) of ``obj``: (3, M)."""
     n = _NORMAL[obj.shape](obj, p - np.asarray(obj.center, np.float32)[:, None])
     return n / np.maximum(np.sqrt(dot(n, n)), 1e-12)
@@ -69,7 +76,7 @@ def _positive(t: np.ndarray, valid: np.ndarray | bool) -> np.ndarray:
     return np.where(valid & (t > _EPS), t, np.inf)
 
 
-def _sphere(obj: "SceneObject", q: np.ndarray, d: np.ndarray) -> np.ndarray:
+def _sphere(obj: Solid, q: np.ndarray, d: np.ndarray) -> np.ndarray:
     t0, t1 = _quadratic_roots(dot(d, d), dot(q, d), dot(q, q) - obj.radius**2)
     return _nearest(_positive(t0, True), _positive(t1, True))
 
@@ -85,7 +92,7 @@ def _within_height(q: np.ndarray, d: np.ndarray, t: np.ndarray, half_height: flo
     return np.abs(q[1] + t * d[1]) <= half_height
 
 
-def _cylinder(obj: "SceneObject", q: np.ndarray, d: np.ndarray) -> np.ndarray:
+def _cylinder(obj: Solid, q: np.ndarray, d: np.ndarray) -> np.ndarray:
     h = obj.height / 2
     a = d[0] ** 2 + d[2] ** 2
     half_b = q[0] * d[0] + q[2] * d[2]
@@ -94,7 +101,7 @@ def _cylinder(obj: "SceneObject", q: np.ndarray, d: np.ndarray) -> np.ndarray:
     return _nearest(*sides, _cap(q, d, h, obj.radius), _cap(q, d, -h, obj.radius))
 
 
-def _cone(obj: "SceneObject", q: np.ndarray, d: np.ndarray) -> np.ndarray:
+def _cone(obj: Solid, q: np.ndarray, d: np.ndarray) -> np.ndarray:
     # side: x² + z² = k²·(h/2 − y)², restricted to −h/2 ≤ y ≤ h/2 (the other nappe is rejected)
     h = obj.height / 2
     k2 = (obj.radius / obj.height) ** 2
@@ -112,11 +119,11 @@ def _yaw_matrix(yaw: float) -> np.ndarray:
     return np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]], np.float32)
 
 
-def _cube_half_extents(obj: "SceneObject") -> np.ndarray:
+def _cube_half_extents(obj: Solid) -> np.ndarray:
     return np.array([obj.radius, obj.height / 2, obj.radius], np.float32)[:, None]  # (3, 1)
 
 
-def _cube(obj: "SceneObject", q: np.ndarray, d: np.ndarray) -> np.ndarray:
+def _cube(obj: Solid, q: np.ndarray, d: np.ndarray) -> np.ndarray:
     rot_t = _yaw_matrix(obj.yaw).T  # world → local
     ql, dl = rot_t @ q, rot_t @ d
     half = _cube_half_extents(obj)
@@ -129,18 +136,18 @@ def _cube(obj: "SceneObject", q: np.ndarray, d: np.ndarray) -> np.ndarray:
     return _positive(t_near, t_far >= t_near)
 
 
-def _sphere_normal(obj: "SceneObject", q: np.ndarray) -> np.ndarray:
+def _sphere_normal(obj: Solid, q: np.ndarray) -> np.ndarray:
     return q
 
 
-def _cylinder_normal(obj: "SceneObject", q: np.ndarray) -> np.ndarray:
+def _cylinder_normal(obj: Solid, q: np.ndarray) -> np.ndarray:
     radial = np.sqrt(q[0] ** 2 + q[2] ** 2)
     on_cap = np.abs(np.abs(q[1]) - obj.height / 2) < np.abs(radial - obj.radius)
     zero = np.zeros_like(radial)
     return np.where(on_cap, np.stack([zero, np.sign(q[1]), zero]), np.stack([q[0], zero, q[2]]))
 
 
-def _cone_normal(obj: "SceneObject", q: np.ndarray) -> np.ndarray:
+def _cone_normal(obj: Solid, q: np.ndarray) -> np.ndarray:
     k = obj.radius / obj.height
     apex_gap = obj.height / 2 - q[1]
     radial = np.sqrt(q[0] ** 2 + q[2] ** 2)
@@ -150,7 +157,7 @@ def _cone_normal(obj: "SceneObject", q: np.ndarray) -> np.ndarray:
     return np.where(on_base, np.stack([zero, zero - 1, zero]), side)
 
 
-def _cube_normal(obj: "SceneObject", q: np.ndarray) -> np.ndarray:
+def _cube_normal(obj: Solid, q: np.ndarray) -> np.ndarray:
     rot = _yaw_matrix(obj.yaw)
     ql = rot.T @ q
     axis = np.argmax(np.abs(ql) / _cube_half_extents(obj), axis=0)  # the face the point lies on

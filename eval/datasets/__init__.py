@@ -1,7 +1,8 @@
 """Dense-probe datasets read from their official layouts; ``open_dataset("scenes:/path", "train")``.
 
 Every dataset yields :class:`DenseSample` (PIL RGB image; seg (H, W) int64 with 255 = ignore; depth (H, W)
-float32 metres with 0 = invalid) and describes itself with :class:`DatasetInfo`.
+float32 metres with 0 = invalid; normals (3, H, W) float32 unit vectors, 0 = invalid) and describes itself with
+:class:`DatasetInfo`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from pathlib import Path
 from .ade20k import ADE20K_CLASSES, ADE20KDataset
 from .base import IGNORE_INDEX, DatasetFormatError, DatasetInfo, DenseDataset, DenseSample
 from .folder import FolderDataset, ScenesDataset, read_classes_json
+from .navi import NAVIDataset, normals_from_depth
 from .nyu import NYULabeledDataset, NYURawDataset
+from .nyu_normals import NYUNormalsDataset
 from .voc import VOC_CLASSES, VOCDataset
 
-KINDS = ("scenes", "folder", "ade20k", "voc", "nyu", "nyu-raw")
+KINDS = ("scenes", "folder", "ade20k", "voc", "nyu", "nyu-raw", "nyu-normals", "navi")
 
 
 def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
@@ -36,6 +39,9 @@ def open_dataset(spec: str, split: str) -> DenseDataset:
     voc:ROOT             VOCdevkit/VOC2012 (or VOCdevkit, or its parent)
     nyu:FILE_OR_DIR      nyu_depth_v2_labeled.mat + splits.mat (``?splits=PATH`` to name the split file)
     nyu-raw:ROOT         raw NYUv2 frames: BTS lists nyu_{train,test}.txt or {train,test}/ folders
+    nyu-normals:ROOT     probe3d's NYUv2 normals: ROOT/nyu_geonet/*.mat (train), ROOT/nyuv2/ labeled set +
+                         Ladicky normals (val = test); ``?crop=full`` keeps 480x640, ``?train=DIR&test=DIR``
+    navi:ROOT            the NAVI release (navi_v1), normals from depth
     """
     kind, path, options = parse_spec(spec)
     if kind == "scenes":
@@ -48,11 +54,16 @@ def open_dataset(spec: str, split: str) -> DenseDataset:
         return VOCDataset(path, split)
     if kind == "nyu":
         return NYULabeledDataset(path, split, splits=options.get("splits"))
+    if kind == "nyu-normals":
+        return NYUNormalsDataset(path, split, options)
+    if kind == "navi":
+        return NAVIDataset(path, split)
     return NYURawDataset(path, split)
 
 
 __all__ = [
     "ADE20K_CLASSES", "ADE20KDataset", "DatasetFormatError", "DatasetInfo", "DenseDataset", "DenseSample",
-    "FolderDataset", "IGNORE_INDEX", "KINDS", "NYULabeledDataset", "NYURawDataset", "ScenesDataset",
+    "FolderDataset", "IGNORE_INDEX", "KINDS", "NAVIDataset", "NYULabeledDataset", "NYUNormalsDataset",
+    "NYURawDataset", "ScenesDataset", "normals_from_depth",
     "VOCDataset", "VOC_CLASSES", "open_dataset", "parse_spec", "read_classes_json",
 ]

@@ -45,6 +45,7 @@ class DatasetInfo:
     depth_max: float | None = None
     has_seg: bool = False
     has_depth: bool = False
+    has_normals: bool = False
     eigen_crop: bool = False
     ignore_index: int = IGNORE_INDEX
     source: str = ""
@@ -63,12 +64,14 @@ class DatasetInfo:
 
 @dataclass
 class DenseSample:
-    """image: PIL RGB; seg: (H, W) int64, 255 = ignore; depth: (H, W) float32 metres, 0 = invalid."""
+    """image: PIL RGB; seg: (H, W) int64, 255 = ignore; depth: (H, W) float32 metres, 0 = invalid;
+    normals: (3, H, W) float32 unit vectors in the dataset's camera frame, the zero vector = invalid."""
 
     key: str
     image: Image.Image
     seg: torch.Tensor | None
     depth: torch.Tensor | None
+    normals: torch.Tensor | None = None
 
 
 class DenseDataset(torch.utils.data.Dataset, abc.ABC):
@@ -90,21 +93,29 @@ class DenseDataset(torch.utils.data.Dataset, abc.ABC):
     def load_depth(self, index: int) -> torch.Tensor | None:
         return None
 
+    def load_normals(self, index: int) -> torch.Tensor | None:
+        return None
+
     def __getitem__(self, index: int) -> DenseSample:
         image, seg, depth = self.load_image(index), self.load_seg(index), self.load_depth(index)
-        for what, target in (("segmentation", seg), ("depth", depth)):
+        normals = self.load_normals(index)
+        targets = (("segmentation", seg), ("depth", depth), ("normals", None if normals is None else normals[0]))
+        for what, target in targets:
             if target is not None and tuple(target.shape) != (image.height, image.width):
                 raise DatasetFormatError(
                     Path(self.info.root) / self.keys[index],
                     f"{what} map of size {tuple(target.shape)} (H, W); expected the image's {(image.height, image.width)}",
                 )
-        return DenseSample(self.keys[index], image, seg, depth)
+        return DenseSample(self.keys[index], image, seg, depth, normals)
 
     def fingerprint(self) -> dict:
         """What identifies this split's content for the feature cache."""
         digest = hashlib.sha256("\n".join(self.keys).encode()).hexdigest()[:16]
-        return {"name": self.info.name, "root": self.info.root, "split": self.info.split,
-                "count": len(self.keys), "keys_sha256": digest, "source": self.info.source}
+        out = {"name": self.info.name, "root": self.info.root, "split": self.info.split,
+               "count": len(self.keys), "keys_sha256": digest, "source": self.info.source}
+        if self.info.has_normals:  # only then: cache entries of datasets without normals keep their keys
+            out["normals"] = True
+        return out
 
 
 def check_split(split: str, allowed: tuple[str, ...] = SPLITS) -> str:
@@ -147,6 +158,36 @@ def read_label_png(path: Path, modes: tuple[str, ...] = ("L", "P")) -> np.ndarra
             return np.asarray(im, dtype=np.uint8).copy()
     except OSError as e:
         raise DatasetFormatError(path, f"not a readable PNG ({e})") from e
+
+
+def read_normals_png(path: Path) -> torch.Tensor:
+    """uint16 RGB PNG (docs/data_format.md §2) → (3, H, W) float32 unit normals, 0 = invalid."""
+    from tips.png16 import PNG16Error, read_png16, uint16_to_normals
+
+    require_file(path, "a 16-bit RGB normals PNG (docs/data_format.md §2)")
+    try:
+        code = read_png16(path)
+    except PNG16Error as e:
+        raise DatasetFormatError(path, f"{e}; expected a 16-bit RGB normals PNG") from e
+    if code.ndim != 3:
+        raise DatasetFormatError(path, f"single-channel image {code.shape}; expected a 16-bit RGB normals PNG")
+    return torch.from_numpy(uint16_to_normals(code)).permute(2, 0, 1).contiguous()
+
+
+def check_normals(path: Path | str, normals: np.ndarray, layout: str) -> np.ndarray:
+    """(H, W, 3) float normals read from ``path`` → the same as float32, zero vectors kept as invalid.
+
+    Other vectors must be unit length within 5 % (a file in another layout, e.g. 0..255 colours, is not).
+    """
+    normals = np.asarray(normals, dtype=np.float32)
+    if normals.ndim != 3 or normals.shape[-1] != 3:
+        raise DatasetFormatError(path, f"normals of shape {normals.shape}; expected (H, W, 3) ({layout})")
+    norm = np.linalg.norm(normals, axis=-1)
+    bad = (norm > 0) & ((norm < 0.95) | (norm > 1.05))
+    if bad.mean() > 0.01:
+        raise DatasetFormatError(path, f"{bad.mean():.0%} of the normals are not unit vectors (median length "
+                                 f"{float(np.median(norm[norm > 0])):.3g}); expected unit normals ({layout})")
+    return normals
 
 
 def read_depth_png(path: Path, scale: float) -> torch.Tensor:

@@ -6,6 +6,7 @@ ROOT/classes.json                 {"classes": [{"id", "name", "is_object"}...], 
 ROOT/{split}/{key}.png|.jpg       image
 ROOT/{split}/{key}.depth.png      uint16, metres = value × depth_scale, 0 = invalid   (optional)
 ROOT/{split}/{key}.seg.png        uint8 class ids, ignore_index = unlabelled           (optional)
+ROOT/{split}/{key}.normals.png    uint16 RGB, n = value / 65535 * 2 - 1, 0 = invalid    (optional)
 ```
 """
 
@@ -26,11 +27,12 @@ from .base import (
     check_split,
     read_depth_png,
     read_label_png,
+    read_normals_png,
     read_rgb,
     require_dir,
 )
 
-TARGET_SUFFIXES = (".depth.png", ".seg.png")
+TARGET_SUFFIXES = (".depth.png", ".seg.png", ".normals.png")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -70,6 +72,7 @@ class FolderDataset(DenseDataset):
         self.image_paths = images
         has_seg = any((split_dir / f"{k}.seg.png").is_file() for k in self.keys)
         has_depth = any((split_dir / f"{k}.depth.png").is_file() for k in self.keys)
+        has_normals = any((split_dir / f"{k}.normals.png").is_file() for k in self.keys)
         classes_path = self.root / "classes.json"
         meta = read_classes_json(classes_path) if (has_seg or classes_path.is_file()) else {"classes": []}
         classes = meta["classes"]
@@ -85,6 +88,7 @@ class FolderDataset(DenseDataset):
             depth_max=float(meta["depth_max"]) if "depth_max" in meta else None,
             has_seg=has_seg,
             has_depth=has_depth,
+            has_normals=has_normals,
             source=f"plain probe folder {self.root / split}",
         )
 
@@ -108,6 +112,11 @@ class FolderDataset(DenseDataset):
         if not self.info.has_depth:
             return None
         return read_depth_png(self.root / self.split / f"{self.keys[index]}.depth.png", self.depth_scale)
+
+    def load_normals(self, index: int) -> torch.Tensor | None:
+        if not self.info.has_normals:
+            return None
+        return read_normals_png(self.root / self.split / f"{self.keys[index]}.normals.png")
 
 
 class ScenesDataset(FolderDataset):

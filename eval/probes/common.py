@@ -87,6 +87,29 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int], channels_last: boo
     return torch.einsum("bchw,hH,wW->bHWc" if channels_last else "bchw,hH,wW->bcHW", x, mh, mw)
 
 
+class Standardize(nn.Module):
+    """(B, C, h, w) → (x − mean) / std with fixed channel statistics (buffers, saved with the head): a
+    reparametrisation of a linear head that lets a short schedule converge on un-normalised tokens of any scale."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+
+def cache_channel_stats(cache, samples: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel mean and std (C,) of a feature cache's probe inputs over up to ``samples`` evenly spread rows."""
+    sample = cache.inputs(np.linspace(0, len(cache) - 1, min(len(cache), samples)).round().astype(int))
+    return sample.mean(dim=(0, 2, 3)), sample.std(dim=(0, 2, 3))
+
+
 def head_device(head: nn.Module) -> torch.device:
     return next(head.parameters()).device
 
@@ -113,3 +136,4 @@ class ProbeOutcome:
     vis: list[VisSample] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     protocol: dict = field(default_factory=dict)  # settings resolved at run time (layers, crop, bins, …)
+    head: nn.Module | None = None  # a trained DPT head, saved beside the results by ``run_probe``

@@ -1,7 +1,8 @@
 """Typed probe configuration: protocol presets, then a YAML file, then dotted ``key=value`` overrides.
 
 Protocols (named in every result):
-- ``fast``: cached frozen features, no augmentation, AdamW, a couple of thousand iterations.
+- ``fast``: cached frozen features, no augmentation, AdamW, a couple of thousand iterations (the only protocol of
+  the surface-normal probe).
 - ``dinov2``: features recomputed from augmented crops every step with DINOv2's crop, iteration count and
   schedule (segmentation: crop 512, 40k it, batch 16, 1.5k warm-up, poly, lr 1e-3, wd 1e-4, slide 512/341;
   depth: random crop 416x544 + flip, 38.4k it, lr 1e-4, wd 0.01, 12.8k warm-up, cosine, clip 35, flip TTA).
@@ -15,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-TASKS = ("segmentation", "depth")
+TASKS = ("segmentation", "depth", "normals")
 PROTOCOLS = ("fast", "dinov2")
 
 
@@ -50,14 +51,23 @@ class AugmentSection:
 
 
 @dataclass
+class DPTSection:
+    """DPT heads (``--head dpt``): trained on four cached blocks of frozen features (fast protocol)."""
+
+    preset: str = "tips"  # tips (the official TIPSv2 decoder, final-LN tokens) | probe3d (512 ch, no final LN)
+    fusion: int | None = None  # decoder width; None = the preset's (256 tips, 512 probe3d)
+
+
+@dataclass
 class SegSection:
+    head: str = "linear"  # linear (BatchNorm + 1×1 conv) | dpt
     object_classes: bool = False  # also report mIoU over the dataset's object classes
     classes: list[str] = field(default_factory=list)  # or over these named classes
 
 
 @dataclass
 class DepthSection:
-    head: str = "lin1"  # lin1 (last block) | lin4 (four blocks): DINOv2's linear depth heads
+    head: str = "lin1"  # lin1 (last block) | lin4 (four blocks): DINOv2's linear depth heads | dpt
     bins: int = 256
     spacing: str = "uniform"  # uniform | log
     depth_min: float | None = None  # default: the dataset's range
@@ -72,6 +82,15 @@ class DepthSection:
 
 
 @dataclass
+class NormalsSection:
+    head: str = "lin1"  # lin1 (last block) | lin4 (four blocks): a linear head to 3 (+ κ) channels | dpt
+    loss: str = "angular"  # angular | uncertainty (probe3d's angular vMF NLL; adds a 4th output channel)
+    upsample: int = 4  # the linear head's bilinear ×u before the loss, as the linear depth head
+    mask: str = "none"  # none | objects: also report metrics on object pixels (needs seg maps)
+    standardize: bool = True  # standardise inputs with train-cache channel statistics (as depth)
+
+
+@dataclass
 class ProbeConfig:
     task: str = "segmentation"
     protocol: str = "fast"
@@ -81,17 +100,35 @@ class ProbeConfig:
     augment: AugmentSection = field(default_factory=AugmentSection)
     seg: SegSection = field(default_factory=SegSection)
     depth: DepthSection = field(default_factory=DepthSection)
+    normals: NormalsSection = field(default_factory=NormalsSection)
+    dpt: DPTSection = field(default_factory=DPTSection)
     extract_batch_size: int = 16
     num_workers: int = 0
     num_vis: int = 4
     progress: bool = True  # progress bars
 
 
-def preset(task: str, protocol: str, head: str = "lin1") -> dict[str, Any]:
-    """Settings of a (task, protocol[, depth head]) before any file or override."""
+def dpt_preset(dpt: str) -> dict[str, Any]:
+    """A DPT head on cached features: the four DPT blocks with CLS1, final LN as the preset reads them; probe3d's
+    optimiser (AdamW, lr 5e-4, wd 0.01, cosine) on a fast-protocol schedule (its 10 epochs at batch 8)."""
+    if dpt not in ("tips", "probe3d"):
+        raise ValueError(f"dpt.preset={dpt!r}: expected tips or probe3d")
+    return {"features": {"layers": "dpt", "norm": dpt == "tips", "cls": True},
+            "optim": {"iterations": 1000, "batch_size": 8, "lr": 5e-4, "weight_decay": 1e-2, "warmup": 150,
+                      "schedule": "cosine", "grad_clip": 0.0}}
+
+
+def preset(task: str, protocol: str, head: str = "lin1", dpt: str = "tips") -> dict[str, Any]:
+    """Settings of a (task, protocol[, head[, DPT preset]]) before any file or override."""
     if task not in TASKS or protocol not in PROTOCOLS:
         raise ValueError(f"task {task!r} / protocol {protocol!r}: expected one of {TASKS} / {PROTOCOLS}")
+    if head == "dpt":
+        if protocol != "fast":
+            raise ValueError("DPT heads train on cached features only: protocol=fast")
+        return dpt_preset(dpt)
     if task == "segmentation":
+        if head not in ("linear", "lin1"):
+            raise ValueError(f"seg.head={head!r}: expected linear or dpt")
         features = {"layers": "last", "norm": True, "cls": False}
         if protocol == "fast":
             optim = {"iterations": 1000, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "warmup": 100,
@@ -101,8 +138,15 @@ def preset(task: str, protocol: str, head: str = "lin1") -> dict[str, Any]:
         augment = {"crop": [512, 512], "stride": 341, "scale_range": [0.5, 2.0], "flip": True, "test_short_side": 512}
         return {"features": features, "optim": optim, "augment": augment}
     if head not in ("lin1", "lin4"):
-        raise ValueError(f"depth.head={head!r}: expected lin1 or lin4")
+        raise ValueError(f"{task}.head={head!r}: expected lin1, lin4 or dpt")
     features = {"layers": "last" if head == "lin1" else "quarters", "norm": False, "cls": True}
+    if task == "normals":
+        if protocol != "fast":
+            raise ValueError("the normals probe trains on cached features only: protocol=fast")
+        # the fast linear depth probe's schedule (standardised inputs make lr 1e-2 stable for a linear head)
+        optim = {"iterations": 1000, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-2, "warmup": 100,
+                 "schedule": "cosine", "grad_clip": 35.0}
+        return {"features": features, "optim": optim}
     if protocol == "fast":
         optim = {"iterations": 1000, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-2, "warmup": 100,
                  "schedule": "cosine", "grad_clip": 35.0}
@@ -125,7 +169,8 @@ def load_probe_config(
     layers.append(OmegaConf.from_dotlist([f"{k}={v}" for k, v in top.items() if v is not None]))
     layers.append(OmegaConf.from_dotlist(overrides or []))
     probe = OmegaConf.merge(OmegaConf.structured(ProbeConfig), *layers)
-    chosen = preset(probe.task, probe.protocol, probe.depth.head)
+    head = {"segmentation": probe.seg.head, "depth": probe.depth.head, "normals": probe.normals.head}[probe.task]
+    chosen = preset(probe.task, probe.protocol, head, probe.dpt.preset)
     cfg = OmegaConf.merge(OmegaConf.structured(ProbeConfig), chosen, *layers)
     out: ProbeConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(out)
@@ -138,6 +183,8 @@ def validate(cfg: ProbeConfig) -> None:
         "depth.spacing": (cfg.depth.spacing, ("uniform", "log")),
         "depth.eigen_crop": (cfg.depth.eigen_crop, ("auto", "on", "off")),
         "depth.mask": (cfg.depth.mask, ("none", "objects")),
+        "normals.loss": (cfg.normals.loss, ("angular", "uncertainty")),
+        "normals.mask": (cfg.normals.mask, ("none", "objects")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -22,8 +22,8 @@ from ..datasets import DatasetInfo, DenseDataset
 from ..features import FeatureCache, FeatureSpec, compute_features, image_to_tensor, probe_input
 from .augment import augmented_batch
 from .common import (
-    ProbeOutcome, VisSample, centre_pad, forward_padded, make_optimizer, optimizer_step, training_batches,
-    upsample_bilinear,
+    ProbeOutcome, VisSample, cache_channel_stats, centre_pad, forward_padded, make_optimizer, optimizer_step,
+    training_batches, upsample_bilinear,
 )
 from .config import ProbeConfig
 from .losses import GradientLoss, SigLoss
@@ -111,8 +111,7 @@ def _build(channels: int, cfg: ProbeConfig, lo: float, hi: float, device) -> tup
 def train_fast(cache: FeatureCache, cfg: ProbeConfig, lo: float, hi: float, device) -> LinearDepthHead:
     head, objective = _build(cache.channels, cfg, lo, hi, device)
     if cfg.depth.standardize:
-        sample = cache.inputs(np.linspace(0, len(cache) - 1, min(len(cache), 64)).round().astype(int))
-        head.set_input_stats(sample.mean(dim=(0, 2, 3)), sample.std(dim=(0, 2, 3)))
+        head.set_input_stats(*cache_channel_stats(cache))
     optimizer = make_optimizer(head, cfg.optim)
     for step, idx in training_batches(len(cache), cfg, "depth probe"):
         x, depth = cache.inputs(idx).to(device), cache.targets("depth", idx).to(device)

@@ -1,5 +1,5 @@
-"""Dense-probe metrics: dataset-level mIoU (mmseg), per-image depth metrics averaged over images (DINOv2,
-probe3d)."""
+"""Dense-probe metrics: dataset-level mIoU (mmseg), per-image depth and surface-normal metrics averaged over
+images (DINOv2, probe3d)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,28 @@ def image_depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tenso
     return out
 
 
-class DepthMetrics:
+class PerImageMean:
+    """Per-image metric dicts averaged over images (not over pixels); images without valid pixels are counted."""
+
+    def __init__(self) -> None:
+        self.per_image: list[dict] = []
+        self.skipped = 0
+
+    def add(self, m: dict | None) -> dict | None:
+        if m is None:
+            self.skipped += 1
+        else:
+            self.per_image.append(m)
+        return m
+
+    def compute(self) -> dict:
+        if not self.per_image:
+            return {"images": 0, "images_without_valid_pixels": self.skipped}
+        out = {k: sum(m[k] for m in self.per_image) / len(self.per_image) for k in self.per_image[0]}
+        return {**out, "images": len(self.per_image), "images_without_valid_pixels": self.skipped}
+
+
+class DepthMetrics(PerImageMean):
     """Accumulates per-image metrics and averages them over images (not over pixels), as DINOv2 and probe3d.
 
     depth_min / depth_max: valid ground truth lies in [min, max] (0 is always invalid); predictions are clamped
@@ -106,9 +127,8 @@ class DepthMetrics:
     """
 
     def __init__(self, depth_min: float, depth_max: float, eigen_crop: bool = False) -> None:
+        super().__init__()
         self.depth_min, self.depth_max, self.eigen_crop = depth_min, depth_max, eigen_crop
-        self.per_image: list[dict] = []
-        self.skipped = 0
 
     def valid_mask(self, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         valid = (gt > 0) & (gt >= self.depth_min) & (gt <= self.depth_max)
@@ -121,15 +141,38 @@ class DepthMetrics:
     def update(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> dict | None:
         """pred, gt: (H, W) metres; mask: optional (H, W) bool restricting the pixels (e.g. objects only)."""
         pred = pred.clamp(self.depth_min, self.depth_max)
-        m = image_depth_metrics(pred, gt, self.valid_mask(gt, mask))
-        if m is None:
-            self.skipped += 1
-        else:
-            self.per_image.append(m)
-        return m
+        return self.add(image_depth_metrics(pred, gt, self.valid_mask(gt, mask)))
 
-    def compute(self) -> dict:
-        if not self.per_image:
-            return {"images": 0, "images_without_valid_pixels": self.skipped}
-        out = {k: sum(m[k] for m in self.per_image) / len(self.per_image) for k in self.per_image[0]}
-        return {**out, "images": len(self.per_image), "images_without_valid_pixels": self.skipped}
+
+# ------------------------------------------------------------------ surface normals
+NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)  # degrees
+
+
+def image_normal_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> dict | None:
+    """One image: pred (3, H, W) any length, gt (3, H, W) unit (zero vector = invalid), valid optional (H, W) →
+    angular-error statistics in degrees over the valid pixels (None if there are none).
+
+    mean, median (numpy's: the two middle values averaged), rmse (root of the mean squared angle) and pct_11.25 / pct_22.5 / pct_30: the percentage of
+    pixels whose error is below the threshold (probe3d, Ladicky et al.). Unclamped arccos, in float64.
+    """
+    mask = gt.abs().sum(0) > 0
+    if valid is not None:
+        mask &= valid
+    p, g = pred.permute(1, 2, 0)[mask].double(), gt.permute(1, 2, 0)[mask].double()
+    if g.shape[0] == 0:
+        return None
+    cos = (torch.nn.functional.normalize(p, dim=-1, eps=1e-12) * torch.nn.functional.normalize(g, dim=-1)).sum(-1)
+    err = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    # quantile, not Tensor.median: the latter returns the lower middle value of an even count
+    out = {"mean": float(err.mean()), "median": float(err.quantile(0.5)), "rmse": float((err**2).mean().sqrt())}
+    for t in NORMAL_THRESHOLDS:
+        out[f"pct_{t:g}"] = float((err < t).double().mean() * 100)
+    return out
+
+
+class NormalMetrics(PerImageMean):
+    """Per-image angular-error metrics averaged over images (probe3d)."""
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> dict | None:
+        """pred (3, H, W), gt (3, H, W) (zero = invalid), valid optional (H, W) bool restricting the pixels."""
+        return self.add(image_normal_metrics(pred, gt, valid))

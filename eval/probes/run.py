@@ -13,7 +13,9 @@ from ..datasets import open_dataset
 from ..features import FeatureSpec, cached_features, parse_resolution, resolve_layers, weights_identity
 from ..report import markdown, run_name, write_report
 from .config import ProbeConfig, to_dict
+from .dense import run_dpt
 from .depth import depth_range, run_depth
+from .normals import run_normals
 from .segmentation import run_segmentation
 
 
@@ -26,6 +28,22 @@ def feature_spec(model: tips.TIPS, cfg: ProbeConfig) -> FeatureSpec:
         norm=cfg.features.norm,
         cls=cfg.features.cls,
     )
+
+
+def head_choice(cfg: ProbeConfig) -> str:
+    return {"segmentation": cfg.seg.head, "depth": cfg.depth.head, "normals": cfg.normals.head}[cfg.task]
+
+
+def save_head(head: tips.DenseHead, out_dir: Path, name: str) -> dict[str, str]:
+    """A trained DPT head in our format (``{name}-head/``) and, for the official architecture, in the official
+    Scenic layout (``{name}-head.zip``) too; probe3d's decoder has no official layout. The official layout stores no
+    depth-bin range: a depth head trained on another range than [0.001, 10] m reads back with the official one."""
+    from tips.formats.dpt import export_official_head, save_pretrained_head
+
+    paths = {"head": str(save_pretrained_head(head, out_dir / f"{name}-head"))}
+    if head.cfg.preset == "tips":
+        paths["head_official"] = str(export_official_head(head, out_dir, name=f"{name}-head"))
+    return paths
 
 
 def run_probe(
@@ -55,7 +73,9 @@ def run_probe(
     def cache_fn(ds, s):
         return cached_features(model, checkpoint, ds, s, cache_dir, cfg.extract_batch_size, cfg.num_workers, cfg.progress)
 
-    runner = run_segmentation if cfg.task == "segmentation" else run_depth
+    runner = {"segmentation": run_segmentation, "depth": run_depth, "normals": run_normals}[cfg.task]
+    if head_choice(cfg) == "dpt":
+        runner = run_dpt
     outcome = runner(model, train, val, cfg, spec, cache_fn)
     result = {
         "task": cfg.task,
@@ -75,7 +95,10 @@ def run_probe(
         "command": command,
     }
     if out_dir is not None:
-        name = run_name(cfg.task, val.info.name, cfg.protocol, checkpoint_label, cfg.seed)
+        tag = cfg.protocol if outcome.head is None else f"{cfg.protocol}-dpt-{cfg.dpt.preset}"
+        name = run_name(cfg.task, val.info.name, tag, checkpoint_label, cfg.seed)
+        if outcome.head is not None:
+            result["head_paths"] = save_head(outcome.head, Path(out_dir), name)
         write_report(result, outcome.vis, out_dir, name, val.info.class_names or None,
                      depth_range(cfg, val.info) if cfg.task == "depth" else None)
     result["markdown"] = markdown(result)

@@ -5,6 +5,7 @@
 - :mod:`.hf`: Hugging Face transformers ``tipsv2`` folders (read and write),
 - :mod:`.timm`: timm ``vit_*_patch14_reg1_tipsv2`` image-tower state dicts (read and write),
 - :mod:`.pretrained`: ours (``save_pretrained`` folders),
+- :mod:`.dpt`: DPT dense heads (official Scenic zips, the legacy flat layout, ours),
 - :mod:`.detect`: which layout a set of keys is; :mod:`.common`: strict loading and shape inference;
 - :mod:`.registry`: which writer ``tips-export --format`` calls.
 
