@@ -6,6 +6,8 @@ from .transforms import Preprocess
 from .loading import load
 from .checkpoints import save_pretrained, export_official
 from .features import extract, load_features
+from .precision import autocast
+from .quantize import quantize
 
 __version__ = "0.1.0"
 
@@ -19,6 +21,8 @@ def create_model(variant: str = "tiny", tokenizer=None, **overrides) -> TIPS:
 
 __all__ = [
     "TIPS",
+    "autocast",
+    "quantize",
     "ImageFeatures",
     "ModelConfig",
     "TextConfig",

@@ -20,13 +20,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="'bpe' or a SentencePiece .model path")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", default="tips", help="file stem for the official layout: <name>_vision.npz, <name>_text.npz")
-    p.add_argument("--format", choices=["official", "pretrained"], default="official")
+    p.add_argument("--format", choices=["official", "pretrained", "onnx"], default="official")
+    p.add_argument("--image-size", type=int, help="onnx: fixed input side of the image graph (default: the model's)")
+    p.add_argument("--int8", action="store_true", help="onnx: also write onnxruntime dynamic-int8 graphs")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = load(args.source, text=args.text, tokenizer=args.tokenizer)
+    if args.format == "onnx":
+        from .formats.onnx import write_onnx
+
+        for kind, path in write_onnx(model, args.out, args.name, args.image_size, args.int8).items():
+            print(f"wrote {kind}: {path}")
+        return 0
     if args.format == "pretrained":
         path = save_pretrained(model, args.out)
         print(f"wrote {path}")

@@ -1,0 +1,1 @@
+"""Checkpoint and deployment formats that tips-export writes (one module per format)."""
