@@ -18,6 +18,8 @@ tower's packed ``in_proj_weight`` and the temperatures stay fp32. A quantised mo
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -48,7 +50,10 @@ class Int8DynamicLinear(nn.Module):
         self.reduce_range = reduce_range
         weight = linear.weight.detach().float().cpu()
         scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8).double()  # (out,)
-        qweight = torch.quantize_per_channel(weight, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        with warnings.catch_warnings():  # quantised-tensor constructors warn of deprecation; fbgemm needs one here
+            warnings.simplefilter("ignore", UserWarning)
+            zero = torch.zeros_like(scale, dtype=torch.long)
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().float().cpu()
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
 
