@@ -6,7 +6,7 @@ from .transforms import Preprocess
 from .loading import load
 from .checkpoints import save_pretrained, export_official
 from .features import extract, load_features
-from .precision import autocast
+from .precision import autocast, prepare_for_inference
 from .quantize import quantize
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "extract",
     "load_features",
     "load",
+    "prepare_for_inference",
     "save_pretrained",
     "get_variant",
     "l2_normalize",
