@@ -45,9 +45,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_precision_args(parser: argparse.ArgumentParser) -> None:
     """``--dtype`` (autocast of the encoders) and ``--quantize int8``: measure quality under compression."""
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype of the encoders (autocast; tips.autocast)")
-    parser.add_argument("--quantize", choices=("int8",), default=None, help="int8 linear layers (tips.quantize)")
+    tips.add_inference_args(parser)
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:

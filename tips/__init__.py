@@ -6,7 +6,7 @@ from .transforms import Preprocess
 from .loading import load
 from .checkpoints import save_pretrained, export_official
 from .features import extract, load_features
-from .precision import autocast, prepare_for_inference
+from .precision import add_inference_args, autocast, prepare_for_inference
 from .quantize import quantize
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ def create_model(variant: str = "tiny", tokenizer=None, **overrides) -> TIPS:
 
 __all__ = [
     "TIPS",
+    "add_inference_args",
     "autocast",
     "quantize",
     "ImageFeatures",

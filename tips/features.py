@@ -34,8 +34,7 @@ from .image_sources import (
 )
 from .models.tips import TIPS
 from .pca import save_pca_picture
-from .precision import DTYPES, autocast, prepare_for_inference
-from .quantize import MODES as QUANTIZE_MODES
+from .precision import DTYPES, add_inference_args, autocast, prepare_for_inference
 from .transforms import Preprocess
 
 FORMAT = "tips-features"
@@ -432,9 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--batch-size", type=int, default=32)
     x.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    x.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="compute dtype (autocast; bfloat16 is faster only on CPUs with native bf16 and on CUDA)")
-    x.add_argument("--quantize", choices=QUANTIZE_MODES, help="int8 linear layers, dynamic activations (CPU: fbgemm)")
+    add_inference_args(x)
     x.add_argument("--no-progress", action="store_true")
     p.add_argument("--demo", metavar="OUT", help="generate demo images into OUT/images and extract them into OUT")
     return p

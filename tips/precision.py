@@ -13,6 +13,7 @@ int8 is :func:`tips.quantize`. :func:`prepare_for_inference` applies both the wa
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 
 import torch
@@ -43,6 +44,18 @@ def autocast(model_or_device: nn.Module | str | torch.device, dtype: str | torch
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def add_inference_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--dtype`` and ``--quantize``, the same flags in every command that encodes (``tips-extract``, ``tips-predict``).
+
+    Use them as ``prepare_for_inference(model, device, args.quantize)`` and ``with autocast(model, args.dtype):``.
+    """
+    from .quantize import MODES
+
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="compute dtype (autocast; bfloat16 is faster only on CPUs with native bf16 and on CUDA)")
+    parser.add_argument("--quantize", choices=MODES, help="int8 linear layers, dynamic activations (CPU: fbgemm)")
 
 
 def prepare_for_inference(model: nn.Module, device: str | torch.device | None = None, quantize: str | None = None) -> nn.Module:
