@@ -43,6 +43,11 @@ def test_int8_quantize_replaces_every_linear_and_stays_close_to_fp32():
     assert cosine(got_text, ref_text) > 0.99
 
 
+def test_an_int8_model_refuses_to_be_saved(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        tips.save_pretrained(tips.quantize(tiny(), "int8"), tmp_path / "q")
+
+
 def test_quantize_and_autocast_refuse_unknown_modes():
     with pytest.raises(ValueError, match="quantize mode must be one of"):
         tips.quantize(tiny(), "int4")
@@ -83,10 +88,13 @@ def test_tips_extract_dtype_and_quantize_flags_write_features_close_to_fp32(tmp_
 
 
 def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path):
-    from tips.formats.onnx import example_text, session, write_onnx
+    from tips.export import main as export_main
+    from tips.formats.onnx import example_text, session
 
     model = tiny(**{"vision.depth": 1, "text.depth": 1})  # the exporter's cost grows with depth
-    paths = write_onnx(model, tmp_path, image_size=56, check=False)
+    tips.save_pretrained(model, tmp_path / "model")
+    assert export_main([str(tmp_path / "model"), "--format", "onnx", "--image-size", "56", "--out", str(tmp_path)]) == 0
+    paths = {"vision": tmp_path / "tips_vision.onnx", "text": tmp_path / "tips_text.onnx"}
     x = torch.rand(5, 3, 56, 56, generator=torch.Generator().manual_seed(3))  # another batch size
     cls_alt, cls_syn, patches = session(paths["vision"]).run(None, {"images": x.numpy()})
     with torch.inference_mode():

@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.format != "onnx" and (args.image_size or args.int8):
+        parser.error("--image-size and --int8 apply to --format onnx only")
     model = load(args.source, text=args.text, tokenizer=args.tokenizer)
     if args.format == "onnx":
         from .formats.onnx import write_onnx

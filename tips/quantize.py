@@ -5,9 +5,9 @@ Backends (``backend=``):
 - ``"fbgemm"`` (the CPU default): weights int8 per output channel, activations quantised to uint8 per call,
   int32 accumulation in PyTorch's fbgemm kernels (``torch.ops.quantized.linear_dynamic``, the kernels behind
   the deprecated ``torch.ao.quantization.quantize_dynamic``; we call the ops, not that API). Measured on the
-  2-core AMD EPYC (AVX2, no AVX-512/VNNI/AMX) this project runs on, torchao's int8 dynamic layers were ~30×
+  2-core AMD EPYC (AVX2, no AVX-512/VNNI/AMX) this project runs on, torchao's int8 dynamic layers were ~20–30×
   slower than fp32 in eager mode and slower still under ``torch.compile``, so the CPU path is fbgemm
-  (``bench/extract.py`` prints both). ``reduce_range`` (7-bit activations) avoids the 16-bit saturation of
+  (``bench/extract.py --paths fp32,int8,int8-torchao`` measures both). ``reduce_range`` (7-bit activations) avoids the 16-bit saturation of
   AVX2's ``vpmaddubsw``.
 - ``"torchao"``: torchao's ``Int8DynamicActivationInt8WeightConfig`` (the maintained PyTorch quantisation
   library); the default on CUDA. Needs the ``deploy`` extra.
@@ -63,6 +63,10 @@ class Int8DynamicLinear(nn.Module):
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float(), self._packed, self.reduce_range)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        raise RuntimeError(f"{prefix.rstrip('.')}: an int8-quantised model cannot be saved (its packed weights are "
+                           "not a checkpoint format); save the fp32 model and quantise after loading")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm, dynamic)"

@@ -86,7 +86,7 @@ def write_onnx(
 
     image_size: the fixed input side (default: the model's native size). int8: also write onnxruntime
     dynamic-int8 copies. check: run each fp32 graph in onnxruntime and raise if it differs from PyTorch by more
-    than 1e-4 (absolute, on a random batch of 2).
+    than 1e-4 (absolute, on a fresh random batch of 3).
     """
     require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
