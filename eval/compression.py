@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -128,7 +127,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-probe compression", description=__doc__.split("\n\n")[0])
-    common.add_model_args(p)  # its --dtype/--quantize are ignored here: --precisions sets them
+    common.add_model_args(p)  # its --dtype/--quantize are refused here: --precisions sets them
     p.add_argument("--precisions", default="fp32,bf16,int8", help=f"comma-separated subset of {','.join(PRECISIONS)}")
     p.add_argument("--dims", help="comma-separated embedding widths (default: D, D/2, D/4, D/8)")
     p.add_argument("--retrieval", help="image-caption pairs (as tips-probe retrieval --data)")
@@ -155,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise SystemExit(f"tips-probe compression: unknown precision {unknown[0]!r}; choose from {list(PRECISIONS)}")
-    args.dtype, args.quantize = "float32", None
+    if args.dtype != "float32" or args.quantize:
+        raise SystemExit("tips-probe compression: --dtype/--quantize do not apply here; choose with --precisions")
     base, record = common.load_model(args)
     dims = [int(d) for d in args.dims.split(",")] if args.dims else default_dims(base.width)
     if max(dims) > base.width or min(dims) < 1:
@@ -175,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     result = {"checkpoint": record, "dims": dims, "precisions": precisions, "rows": rows,
               "protocol": common.base_protocol("compression", args, record, args.resolution)}
-    paths = common.write_results(args.out, "compression", result, table)
+    common.write_results(args.out, "compression", result, table)
     if args.out is not None:
         print(f"wrote {plot(rows, Path(args.out) / 'compression.png')}")
-    return 0 if paths or args.out is None else 1
+    return 0
 
 
 if __name__ == "__main__":
