@@ -89,7 +89,7 @@ def dense_metrics(model: tips.TIPS, args: argparse.Namespace, precision: str, id
                                 progress=not args.no_progress, **{"features.dtype": dtype})
         result = run_probe(model, args.dense, cfg, None, {**identity, "compression": precision}, precision,
                            args.cache_dir)
-        found.update({f"{task} {k}": float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))})
+        found.update({f"{task} {k}": v for k, v in result["metrics"].items() if isinstance(v, float)})  # not counts
     return found
 
 
