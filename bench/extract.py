@@ -1,60 +1,51 @@
-"""Image-encoder throughput: ours (``TIPS.encode_image``, the path ``tips-extract`` runs) vs a bare timm ViT.
+"""Image-encoder throughput of every inference path, same run, same weights, against the official encoder.
 
-Peers, measured in the same run on the same input, repeats interleaved (the order rotates each repeat):
-- ``timm``: ``timm.models.vision_transformer.VisionTransformer`` of the same architecture (width, depth, heads,
-  patch 14, class token + 1 register token, ``no_embed_class``, LayerScale, ``num_classes=0``) built at the input
-  size (no position resampling), ``forward_features``, fused (SDPA) attention;
-- ``timm unfused``: the same with explicit softmax(QKᵀ)V attention, as the official TIPS encoder computes it.
+Paths (one model's weights; repeats interleaved, the order rotating each repeat):
+- ``fp32``: ``TIPS.encode_image`` (what ``tips-extract`` runs), SDPA attention;
+- ``bf16``: the same under ``tips.autocast(model, "bfloat16")`` (``tips-extract --dtype bfloat16``);
+- ``int8``: ``tips.quantize(model, "int8")`` (fbgemm on CPU; ``tips-extract --quantize int8``);
+- ``int8-torchao``: torchao's int8 dynamic layers (opt-in with ``--paths``; very slow on AVX2 CPUs);
+- ``onnx`` / ``onnx-int8``: ``tips-export --format onnx [--int8]`` graphs run by onnxruntime (CPU);
+- ``official``: the official TIPS encoder's unfused softmax(QKᵀ)V attention, re-implemented independently in
+  ``tests/reference/official_torch.py``, loaded with the same weights (official layout).
 
-Prints a markdown table of images/s (median over repeats) and the ratios ours/timm (target ≥ 0.95) and
-ours/unfused.
+Prints a markdown table of images/s (median over repeats) and the ratios to our fp32 and to ``official``, and
+the cosine similarity of CLS1 to fp32 (the lowest over the batch).
 
-    python bench/extract.py                            # S/14, batch 8 at 224 and 2 at 448, CPU fp32
-    python bench/extract.py --device cuda --dtype bfloat16 --batch 64,16 --iters 20
+    python bench/extract.py --variant b14                               # batch 8 at 224 and 2 at 448, CPU
+    python bench/extract.py --paths fp32,bf16,official --device cuda --batch 64,16
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+import sys
+import tempfile
 import time
-from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import torch
-from timm.layers import GluMlp, Mlp
-from timm.models.vision_transformer import VisionTransformer
-from torch import nn
 
 import tips
-from tips.models.variants import VisionConfig
+from tips.checkpoints import ours_to_official_vision
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference.official_torch import OfficialVisionEncoder  # noqa: E402
+
+PATHS = ("fp32", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "official")
+DEFAULT_PATHS = "fp32,bf16,int8,onnx,onnx-int8,official"
 
 
-def timm_reference(cfg: VisionConfig, size: int, fused: bool) -> VisionTransformer:
-    """A bare timm ViT with the TIPS image-tower architecture at a fixed input size."""
-    swiglu = cfg.ffn == "swiglu"
-    vit = VisionTransformer(
-        img_size=size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.width,
-        depth=cfg.depth,
-        num_heads=cfg.heads,
-        mlp_ratio=(2 if swiglu else 1) * cfg.mlp_hidden / cfg.width,
-        qkv_bias=True,
-        init_values=1.0,
-        class_token=True,
-        reg_tokens=1,
-        no_embed_class=True,
-        num_classes=0,
-        norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps),
-        act_layer=nn.SiLU if swiglu else nn.GELU,
-        mlp_layer=partial(GluMlp, gate_last=False) if swiglu else Mlp,
-    )
-    for block in vit.blocks:
-        block.attn.fused_attn = fused
-    return vit.eval()
+def official_encoder(model: tips.TIPS) -> OfficialVisionEncoder:
+    """The reference encoder holding ``model``'s image-tower weights."""
+    cfg = model.cfg.vision
+    ref = OfficialVisionEncoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_hidden, cfg.ffn, cfg.patch_size, cfg.pos_grid)
+    sd = ours_to_official_vision(model.vision.state_dict(), cfg.ffn == "swiglu")
+    ref.load_state_dict(sd, strict=True)
+    return ref.eval()
 
 
 def time_interleaved(
@@ -76,39 +67,74 @@ def time_interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_size(model: tips.TIPS, size: int, batch: int, args, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """images/s of ours, timm and timm unfused at one input size."""
-    x = torch.rand(batch, 3, size, size, device=device)  # (B, 3, H, W) in [0, 1]
-    fused = timm_reference(model.cfg.vision, size, fused=True).to(device)
-    unfused = timm_reference(model.cfg.vision, size, fused=False).to(device)
-    unfused.load_state_dict(fused.state_dict())
-    autocast = partial(torch.autocast, device.type, dtype=dtype, enabled=dtype != torch.float32)
+def build_paths(model: tips.TIPS, names: list[str], size: int, device: torch.device, workdir: Path):
+    """{path name: fn(images) → CLS1 (B, D)} for the requested paths."""
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if "fp32" in names:
+        fns["fp32"] = lambda x: model.encode_image(x).cls_alt
+    if "bf16" in names:
+        def bf16(x: torch.Tensor) -> torch.Tensor:
+            with tips.autocast(model, "bfloat16"):
+                return model.encode_image(x).cls_alt
+        fns["bf16"] = bf16
+    if "int8" in names:
+        q = tips.quantize(copy.deepcopy(model), "int8")
+        fns["int8"] = lambda x: q.encode_image(x).cls_alt
+    if "int8-torchao" in names:
+        qa = tips.quantize(copy.deepcopy(model), "int8", backend="torchao")
+        fns["int8-torchao"] = lambda x: qa.encode_image(x).cls_alt
+    if "onnx" in names or "onnx-int8" in names:
+        from tips.formats.onnx import session, write_onnx
+
+        vision_only = copy.deepcopy(model)
+        vision_only.text = None
+        files = write_onnx(vision_only, workdir / f"onnx{size}", image_size=size, int8="onnx-int8" in names)
+        for name, key in (("onnx", "vision"), ("onnx-int8", "vision_int8")):
+            if name in names:
+                sess = session(files[key])
+                fns[name] = lambda x, s=sess: torch.from_numpy(s.run(["cls_alt"], {"images": x.cpu().numpy()})[0])
+    if "official" in names:
+        ref = official_encoder(model).to(device)
+        fns["official"] = lambda x: ref(x)[0][:, 0]
+    return fns
+
+
+def bench_size(model: tips.TIPS, names: list[str], size: int, batch: int, args, device: torch.device,
+               workdir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """(images/s, min cosine of CLS1 to fp32) per path at one input size."""
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(size)).to(device)
+    paths = build_paths(model, names, size, device, workdir)
+    with torch.inference_mode():
+        ref = model.encode_image(x).cls_alt.float().cpu()
+        cos = {n: torch.nn.functional.cosine_similarity(fn(x).float().cpu(), ref, dim=-1).min().item()
+               for n, fn in paths.items()}
 
     def run(fn: Callable[[torch.Tensor], object]) -> Callable[[], object]:
         def call() -> object:
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode():
                 return fn(x)
-
         return call
 
-    fns = {"ours": run(model.encode_image), "timm": run(fused.forward_features), "timm unfused": run(unfused.forward_features)}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    seconds = time_interleaved(fns, args.iters, args.warmup, sync)
-    return {name: batch / s for name, s in seconds.items()}
+    seconds = time_interleaved({n: run(fn) for n, fn in paths.items()}, args.iters, args.warmup, sync)
+    return {n: batch / s for n, s in seconds.items()}, cos
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="s14", help="tips variant (s14, b14, l14, so400m14, g14, tiny)")
+    p.add_argument("--variant", default="b14", help="tips variant (s14, b14, l14, so400m14, g14, tiny)")
     p.add_argument("--sizes", default="224,448", help="comma-separated square input sizes")
     p.add_argument("--batch", default="8,2", help="batch per size (comma-separated), or one for all sizes")
-    p.add_argument("--iters", type=int, default=5, help="timed repeats per model and size")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--paths", default=DEFAULT_PATHS, help=f"comma-separated subset of {','.join(PATHS)}")
+    p.add_argument("--iters", type=int, default=3, help="timed repeats per path and size")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="autocast dtype (default: bfloat16 on CUDA, else float32)")
     args = p.parse_args(argv)
+    names = args.paths.split(",")
+    unknown = [n for n in names if n not in PATHS]
+    if unknown:
+        p.error(f"unknown --paths {unknown}; choose from {PATHS}")
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     sizes = [int(s) for s in args.sizes.split(",")]
     batches = [int(b) for b in args.batch.split(",")]
     batches = batches * len(sizes) if len(batches) == 1 else batches
@@ -116,16 +142,19 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--batch gives {len(batches)} values for {len(sizes)} sizes")
 
     torch.manual_seed(0)
-    model = tips.TIPS(tips.get_variant(args.variant)).eval().to(device)
+    model = tips.TIPS(tips.get_variant(args.variant)).eval().to(device)  # random weights, shared by every path
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    print(f"variant {args.variant}, device {device} ({dtype}, threads {threads}), {args.iters} repeats after "
-          f"{args.warmup} warm-up, torch {torch.__version__}\n")
-    print("| input | batch | ours img/s | timm img/s | timm unfused img/s | ours/timm | ours/unfused |")
+    print(f"variant {args.variant}, device {device} (threads {threads}), {args.iters} repeats after {args.warmup} "
+          f"warm-up, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}\n")
+    print("| input | batch | path | img/s | × fp32 | × official | CLS1 cos to fp32 |")
     print("|---|---|---|---|---|---|---|")
-    for size, batch in zip(sizes, batches):
-        r = bench_size(model, size, batch, args, device, dtype)
-        print(f"| {size} | {batch} | {r['ours']:.2f} | {r['timm']:.2f} | {r['timm unfused']:.2f} | "
-              f"{r['ours'] / r['timm']:.3f} | {r['ours'] / r['timm unfused']:.3f} |", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size, batch in zip(sizes, batches):
+            speed, cos = bench_size(model, names, size, batch, args, device, Path(tmp))
+            for n in speed:
+                vs_fp32 = f"{speed[n] / speed['fp32']:.2f}" if "fp32" in speed else "-"
+                vs_off = f"{speed[n] / speed['official']:.2f}" if "official" in speed else "-"
+                print(f"| {size} | {batch} | {n} | {speed[n]:.2f} | {vs_fp32} | {vs_off} | {cos[n]:.5f} |", flush=True)
 
 
 if __name__ == "__main__":

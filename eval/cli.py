@@ -1,4 +1,4 @@
-"""``tips-probe {segmentation,depth,normals,zero-shot,retrieval,knn}``: measure frozen TIPS features with one command.
+"""``tips-probe {segmentation,depth,normals,zero-shot,retrieval,knn,compression}``: measure frozen TIPS features.
 
     tips-probe segmentation --random-init tiny --dataset scenes:/data/scenes/probe --resolution 224 \\
         --protocol fast --object-classes --out results/
@@ -23,8 +23,10 @@ import torch
 
 import tips
 
+from .common import add_precision_args
+
 FORWARDED = {"zero-shot": "eval.zero_shot", "retrieval": "eval.retrieval", "knn": "eval.knn",
-             "zero-shot-seg": "eval.zero_shot_seg"}
+             "zero-shot-seg": "eval.zero_shot_seg", "compression": "eval.compression"}
 DENSE = ("segmentation", "depth", "normals")
 
 
@@ -72,6 +74,7 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
         p.add_argument("--flip-tta", action="store_true", default=None)
         p.add_argument("--eigen-crop", choices=("auto", "on", "off"))
         p.add_argument("--depth-range", metavar="MIN,MAX", help="bins and valid range in metres (default: dataset's)")
+    add_precision_args(p)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
     return p
 
@@ -83,6 +86,7 @@ def flag_overrides(task: str, args: argparse.Namespace) -> dict:
         "features.layers": args.layers, "optim.iterations": args.iterations, "optim.batch_size": args.batch_size,
         "optim.lr": args.lr, "num_workers": args.workers, "num_vis": args.num_vis,
         "progress": False if args.no_progress else None, "dpt.preset": args.dpt_preset,
+        "features.dtype": None if args.dtype == "float32" else args.dtype,
     }
     if task == "segmentation":
         top["seg.head"] = args.head
@@ -114,7 +118,12 @@ def build_model(args: argparse.Namespace, device: str) -> tuple[tips.TIPS, dict,
         label = args.model
         if path.exists():  # trainer exports are all called export/: name them by their run step too
             label = path.name if path.name not in ("export", "") else f"{path.parent.name}-{path.name}"
-    return model.eval().to(device), identity, label
+    if args.quantize:  # int8 weights are other weights: their features get their own cache entry
+        identity = {**identity, "quantize": args.quantize}
+        label = f"{label}-{args.quantize}"
+    if args.dtype != "float32":
+        label = f"{label}-{args.dtype}"
+    return tips.prepare_for_inference(model, device, args.quantize), identity, label
 
 
 def run_dense(task: str, argv: list[str]) -> int:
@@ -136,7 +145,8 @@ def run_dense(task: str, argv: list[str]) -> int:
 def top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg}")
+    sub = p.add_subparsers(dest="command",
+                           metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression}")
     for name in DENSE:
         sub.add_parser(name, help=f"{name} probe on frozen features (tips-probe {name} --help)", add_help=False)
     for name, module in FORWARDED.items():

@@ -40,6 +40,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON result and the markdown table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_precision_args(parser)
+
+
+def add_precision_args(parser: argparse.ArgumentParser) -> None:
+    """``--dtype`` (autocast of the encoders) and ``--quantize int8``: measure quality under compression."""
+    tips.add_inference_args(parser)
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
@@ -54,7 +60,19 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     else:
         model = tips.load(args.model, text=args.text, tokenizer=args.tokenizer)
         record = {"source": _describe_path(args.model), "text": _describe_path(args.text), "tokenizer": args.tokenizer}
-    return model.to(args.device).eval(), record
+    record.update(precision_record(args))
+    return tips.prepare_for_inference(model, args.device, getattr(args, "quantize", None)), record
+
+
+def precision_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What the results (and feature caches) must record about compression; empty at full precision."""
+    dtype, quantize = getattr(args, "dtype", "float32"), getattr(args, "quantize", None)
+    return {k: v for k, v in (("dtype", dtype), ("quantize", quantize)) if v not in (None, "float32")}
+
+
+def precision(model: nn.Module, args: argparse.Namespace):
+    """The autocast context of ``--dtype`` on the model's device (a no-op at float32)."""
+    return tips.autocast(model, getattr(args, "dtype", "float32"))
 
 
 def _describe_path(p: str | None) -> str | None:

@@ -46,9 +46,13 @@ class FeatureSpec:
     norm: bool
     cls: bool
     flip: bool = False
+    dtype: str = "float32"  # compute dtype (autocast) of the image tower
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "resolution": list(self.resolution), "layers": list(self.layers)}
+        d = {**asdict(self), "resolution": list(self.resolution), "layers": list(self.layers)}
+        if d["dtype"] == "float32":  # full precision keeps the cache keys written before dtype existed
+            del d["dtype"]
+        return d
 
 
 def resolve_layers(choice: str, depth: int) -> tuple[int, ...]:
@@ -145,7 +149,8 @@ def resize_normals(normals: torch.Tensor, size: tuple[int, int], flip: bool = Fa
 @torch.no_grad()
 def compute_features(model: tips.TIPS, images: torch.Tensor, spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images (B, 3, H, W) in [0, 1] → patch (B, h, w, L*D) and CLS1 (B, L*D) or None, float32."""
-    outs = model.vision.intermediate_layers(images, list(spec.layers), norm=spec.norm)
+    with tips.autocast(images.device, spec.dtype):
+        outs = model.vision.intermediate_layers(images, list(spec.layers), norm=spec.norm)
     patch = torch.cat([o.patch_tokens for o in outs], dim=-1).float()
     cls = torch.cat([o.cls_alt for o in outs], dim=-1).float() if spec.cls else None
     return patch, cls

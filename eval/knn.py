@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     train = read_image_folder(args.train, find_names=False)
     val = read_image_folder(args.val, folders=train.folders, find_names=False)
     model, checkpoint = common.load_model(args)
-    metrics = evaluate_knn(model, train, val, args.cls, args.k, args.temperature, args.resolution,
-                           args.batch_size, args.workers, not args.no_progress)
+    with common.precision(model, args):
+        metrics = evaluate_knn(model, train, val, args.cls, args.k, args.temperature, args.resolution,
+                               args.batch_size, args.workers, not args.no_progress)
     protocol = common.base_protocol("knn", args, checkpoint, metrics.pop("resolution"))
     protocol.update({
         "dataset": {"train": str(args.train.resolve()), "val": str(args.val.resolve())},

@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     field = args.caption_field or _default_field(args.data, args.cls)
     pairs = read_caption_pairs(args.data, field, args.image_root)
     model, checkpoint = common.load_model(args)
-    metrics = evaluate_retrieval(model, pairs, args.cls, args.resolution, args.batch_size, args.workers,
-                                 not args.no_progress)
+    with common.precision(model, args):
+        metrics = evaluate_retrieval(model, pairs, args.cls, args.resolution, args.batch_size, args.workers,
+                                     not args.no_progress)
     protocol = common.base_protocol("retrieval", args, checkpoint, metrics.pop("resolution"))
     protocol.update({
         "dataset": str(pairs.source.resolve()),

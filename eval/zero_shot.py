@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     templates = get_templates(args.templates)
     data = read_image_folder(args.data, args.classes)
     model, checkpoint = common.load_model(args)
-    metrics = evaluate_zero_shot(model, data, templates, args.cls, args.resolution, args.batch_size,
-                                 args.workers, not args.no_progress)
+    with common.precision(model, args):
+        metrics = evaluate_zero_shot(model, data, templates, args.cls, args.resolution, args.batch_size,
+                                     args.workers, not args.no_progress)
     protocol = common.base_protocol("zero-shot", args, checkpoint, metrics.pop("resolution"))
     protocol.update({
         "dataset": str(args.data.resolve()),

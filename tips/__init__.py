@@ -9,6 +9,8 @@ from .formats.official import export_official
 from .features import extract, load_features
 from .models.dpt import DenseHead, DPTConfig
 from .formats.dpt import load_head
+from .precision import add_inference_args, autocast, prepare_for_inference
+from .quantize import quantize
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,9 @@ __all__ = [
     "TIPS",
     "DenseHead",
     "DPTConfig",
+    "add_inference_args",
+    "autocast",
+    "quantize",
     "ImageFeatures",
     "ModelConfig",
     "TextConfig",
@@ -38,6 +43,7 @@ __all__ = [
     "load_features",
     "load",
     "load_head",
+    "prepare_for_inference",
     "save_pretrained",
     "get_variant",
     "l2_normalize",

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", "--output", dest="out", required=True, help="output folder")
     p.add_argument("--name", help="file stem where the format uses one (official: <name>_vision.npz; timm: <name>.safetensors)")
     p.add_argument("--format", default="official", help="one of the registered formats (default: official)")
+    p.add_argument("--image-size", type=int, help="onnx: fixed input side of the image graph (default: the model's)")
+    p.add_argument("--int8", action="store_true", help="onnx: also write onnxruntime dynamic-int8 graphs")
     return p
 
 
@@ -53,7 +55,11 @@ def _report(result: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = {"name": args.name} if args.name else {}
+    options: dict[str, Any] = {"name": args.name} if args.name else {}
+    if args.image_size:
+        options["image_size"] = args.image_size
+    if args.int8:
+        options["int8"] = True
     kind = "head" if args.head else "model"
     try:
         writer = registry.get_writer(args.format, kind)

@@ -34,10 +34,10 @@ from .image_sources import (
 )
 from .models.tips import TIPS
 from .pca import save_pca_picture
+from .precision import DTYPES, add_inference_args, autocast, prepare_for_inference
 from .transforms import Preprocess
 
 FORMAT = "tips-features"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class NoReadableImages(RuntimeError):
@@ -215,9 +215,9 @@ def encode_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """images (B, 3, H, W) on the model's device → fp32 CPU (cls_alt (B, D), cls_syn (B, D), patches (B, h, w, D)).
 
-    Reduced precision runs under autocast so LayerNorm and softmax stay in fp32.
+    Reduced precision runs under autocast (:func:`tips.autocast`) so LayerNorm and softmax stay in fp32.
     """
-    with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with torch.inference_mode(), autocast(images.device, dtype):
         out = model.encode_image(images)
     patches = out.patch_tokens.float().cpu() if with_patches else None
     return out.cls_alt.float().cpu(), out.cls_syn.float().cpu(), patches
@@ -306,6 +306,7 @@ def extract(
     texts: str | os.PathLike | Sequence[str] | None = None,
     pca: int = 0,
     progress: bool = True,
+    quantize: str | None = None,
 ) -> ExtractResult:
     """Encode every image of ``source`` into ``output`` (a folder); returns what was written.
 
@@ -314,7 +315,10 @@ def extract(
     resolution: square side (default: the model's native size), or with ``keep_aspect`` the shorter side.
         Square mode keeps the input order. Keep-aspect batches images of equal output size together, so rows
         follow encoding order; ``ids`` always names each row.
-    device: default: the given model's device, else CUDA when available; dtype: compute dtype (autocast).
+    device: default: the given model's device, else CUDA when available; dtype: compute dtype (autocast: fp32
+        weights, bf16 matmuls; faster only on CPUs with native bf16 and on CUDA, see ``tips.precision``).
+    quantize: ``"int8"``: int8 linear layers with dynamic activations (:func:`tips.quantize`; modifies a given
+        model in place).
     pool_patches: K averages each patch grid to K x K (implies patch tokens).
     max_pixels: larger images are skipped as decompression bombs (None/0 = no limit).
     Unreadable images are skipped and listed (``skipped.json``); if none is readable, NoReadableImages is raised.
@@ -327,13 +331,14 @@ def extract(
     prompts = _check_options(net, resolution, pool_patches, texts)
     dev = next(net.parameters()).device if device is None and isinstance(model, TIPS) else _device(device)
     dtype, save_dtype = (DTYPES[d] if isinstance(d, str) else d for d in (dtype, save_dtype))
-    net.to(dev)
+    prepare_for_inference(net, dev, quantize)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     metadata = {"format": FORMAT, "model": model_name, "resolution": str(resolution), "keep_aspect": str(keep_aspect),
                 "patch_size": str(net.patch_size), "pool_patches": str(pool_patches),
-                "dtype": str(save_dtype).removeprefix("torch.")}
+                "dtype": str(save_dtype).removeprefix("torch."), "compute_dtype": str(dtype).removeprefix("torch."),
+                "quantize": str(quantize)}
     writer = FeatureWriter(out_dir, shard_size, save_dtype, metadata, ragged=keep_aspect and pool_patches is None)
     encoder = BatchEncoder(net, dtype, writer, patch_tokens or pool_patches is not None, pool_patches, pca)
     dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, keep_aspect), max_pixels)
@@ -426,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--batch-size", type=int, default=32)
     x.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    x.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype (autocast)")
+    add_inference_args(x)
     x.add_argument("--no-progress", action="store_true")
     p.add_argument("--demo", metavar="OUT", help="generate demo images into OUT/images and extract them into OUT")
     return p
@@ -448,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, dtype=args.dtype,
                 save_dtype=args.save_dtype, patch_tokens=args.patch_tokens, pool_patches=args.pool_patches,
                 shard_size=args.shard_size, max_pixels=args.max_pixels, texts=args.texts, pca=args.pca,
-                progress=not args.no_progress,
+                progress=not args.no_progress, quantize=args.quantize,
             )
     except (ValueError, KeyError, FileNotFoundError, NoReadableImages) as e:
         print(f"tips-extract: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

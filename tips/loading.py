@@ -12,6 +12,7 @@ from . import hub
 from .formats import hf, official, pretrained, timm
 from .formats.common import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
 from .models.tips import TIPS
+from .precision import resolve_dtype
 from .tokenizers import Tokenizer, build_tokenizer
 
 
@@ -20,7 +21,7 @@ def load(
     text: str | os.PathLike | None = None,
     tokenizer: str | os.PathLike | Tokenizer | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     heads: int | None = None,
 ) -> TIPS:
     """Load a TIPS model in eval mode.
@@ -35,7 +36,11 @@ def load(
     tokenizer: ``"bpe"``, a SentencePiece ``.model`` path, or a tokenizer object; defaults to what the
         checkpoint carries (ours), the official tokenizer (names), or none.
     heads: override the head count inferred from the width (official widths use the official table).
+    dtype: cast every weight (``torch.bfloat16`` or ``"bfloat16"``: half the memory, all compute in bf16). For
+        mixed precision (fp32 weights, bf16 matmuls) keep fp32 and run under ``with tips.autocast(model, "bfloat16"):``;
+        for int8 see :func:`tips.quantize`.
     """
+    dtype = resolve_dtype(dtype)
     model = _load_any(source, text, tokenizer, heads)
     model.eval()
     if device is not None or dtype is not None:

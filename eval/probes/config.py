@@ -26,6 +26,7 @@ class FeatureSection:
     layers: str = "last"  # last | last4 | quarters (DINOv2 lin.4 blocks) | "2,5,8,11"
     norm: bool = True  # final LayerNorm on every extracted block
     cls: bool = False  # concatenate CLS1 to every patch token
+    dtype: str = "float32"  # compute dtype of the image tower (autocast): float32 | bfloat16
 
 
 @dataclass

@@ -27,6 +27,7 @@ def feature_spec(model: tips.TIPS, cfg: ProbeConfig) -> FeatureSpec:
         layers=resolve_layers(cfg.features.layers, model.cfg.vision.depth),
         norm=cfg.features.norm,
         cls=cfg.features.cls,
+        dtype=cfg.features.dtype,
     )
 
 

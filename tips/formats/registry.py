@@ -18,7 +18,7 @@ MODEL_WRITERS: dict[str, str] = {
     "pretrained": "tips.formats.pretrained:save_pretrained",
     "transformers": "tips.formats.hf:export_transformers",
     "timm": "tips.formats.timm:export_timm",
-    # "onnx": "tips.formats.onnx:export_onnx",  (fast-inference issue)
+    "onnx": "tips.formats.onnx:write_onnx",
 }
 HEAD_WRITERS: dict[str, str] = {
     # "official": "tips.formats.dpt:export_official_head", "transformers": "tips.formats.dpt:export_tipsv2_dpt",

@@ -6,7 +6,10 @@ returns ``(loss, stats)``: a scalar to weight and add, and detached scalars to l
 - ``gor`` (global orthogonal regulariser): for uniformly spread unit vectors in D dimensions the cosine c
   between two different ones has mean 0 and second moment 1/D. With M1 = mean c and M2 = mean c² over the
   non-matching pairs (i ≠ j), L = M1² + max(0, M2 − 1/D). Rows of this rank are scored against the rows of
-  every rank (gathered with grad), so pairs span the global batch.
+  every rank (gathered with grad), so pairs span the global batch. M1 and M2 are means, so their global values
+  are the means of the per-rank ones; L is not linear in them, so each rank returns its first-order expansion
+  around the global values, L(M̄) + ∇L(M̄)·(M_r − M̄): its value averages over ranks to L(M̄) and its gradient,
+  averaged by DDP, is the gradient of the global loss.
 - ``koleo``: L = −(1/B) Σ_i log(‖x̂_i − x̂_nn(i)‖ + eps), nn(i) the nearest other row by dot product; per
   rank, as DINOv2 computes it.
 """
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import fp32_region, rank_and_world
+from ._common import all_reduce_, fp32_region, rank_and_world
 from .contrastive import gather_with_grad
 
 SPREAD_KINDS = ("none", "gor", "koleo")
@@ -41,7 +44,7 @@ class GlobalOrthogonalRegularizer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x (B, D), same B on every rank → (loss scalar fp32, {"gor_mean_cos", "gor_second_moment"})."""
         _check(x, "GOR")
-        rank, _ = rank_and_world(self.rank, self.world_size)
+        rank, world = rank_and_world(self.rank, self.world_size)
         with fp32_region(x):
             x = F.normalize(x.float(), dim=-1)
             batch, dim = x.shape
@@ -50,9 +53,11 @@ class GlobalOrthogonalRegularizer(nn.Module):
             off_diagonal = torch.ones_like(cos, dtype=torch.bool)
             off_diagonal[rows, rows + rank * batch] = False
             c = cos[off_diagonal]  # (B·(world·B − 1),)
-            m1, m2 = c.mean(), c.square().mean()
-            loss = m1.square() + F.relu(m2 - 1.0 / dim)
-        return loss, {"gor_mean_cos": m1.detach(), "gor_second_moment": m2.detach()}
+            m1, m2 = c.mean(), c.square().mean()  # this rank's moments
+            g1, g2 = (all_reduce_(torch.stack([m1, m2]).detach()) / world).unbind()  # global moments
+            excess = g2 - 1.0 / dim
+            loss = g1.square() + F.relu(excess) + 2 * g1 * (m1 - g1) + (excess > 0).float() * (m2 - g2)
+        return loss, {"gor_mean_cos": g1, "gor_second_moment": g2}
 
 
 class KoLeoLoss(nn.Module):

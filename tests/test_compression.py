@@ -1,0 +1,56 @@
+"""tips-probe compression and --dtype/--quantize on a tiny random model: every precision and width is reported."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval.cli import main as probe_main
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from data_pipelines.scenes import main as scenes_main
+
+    root = tmp_path_factory.mktemp("compression")
+    assert scenes_main(["--out", str(root / "scenes"), "--num-train", "8", "--num-val", "4", "--num-pretrain", "0",
+                        "--size", "56", "--seed", "0", "--workers", "1"]) == 0
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (56, 56, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_compression_report_covers_every_precision_and_width(data, tmp_path):
+    out = tmp_path / "report"
+    argv = ["compression", "--random-init", "tiny", "--resolution", "56", "--workers", "0", "--no-progress",
+            "--device", "cpu", "--dims", "192,96,24", "--retrieval", str(data / "scenes" / "probe" / "val"),
+            "--knn-train", str(data / "train"), "--knn-val", str(data / "val"), "--zero-shot", str(data / "val"),
+            "--dense", f"scenes:{data / 'scenes' / 'probe'}", "--dense-tasks", "segmentation",
+            "--dense-overrides", "optim.iterations=3", "features.resolution=56",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert probe_main(argv) == 0
+    result = json.loads((out / "compression.json").read_text())
+    rows = {(r["precision"], r["width"]): r for r in result["rows"]}
+    assert set(rows) == {(p, w) for p in ("fp32", "bf16", "int8") for w in (192, 96, 24)}
+    for (precision, width), row in rows.items():
+        for metric in ("retrieval i2t R@1", "retrieval t2i R@1", "kNN top-1", "zero-shot top-1"):
+            assert 0.0 <= row[metric] <= 100.0, (precision, width, metric)
+        assert any(k.startswith("segmentation ") for k in row) == (width == 192)
+    assert (out / "compression.png").stat().st_size > 0
+    assert "| int8 | 24 |" in (out / "compression.md").read_text()
+
+
+def test_probe_global_tasks_take_dtype_and_quantize(data, tmp_path):
+    for flags in (["--dtype", "bfloat16"], ["--quantize", "int8"]):
+        argv = ["knn", "--random-init", "tiny", "--resolution", "56", "--workers", "0", "--no-progress",
+                "--device", "cpu", "--train", str(data / "train"), "--val", str(data / "val"), "--out", str(tmp_path),
+                *flags]
+        assert probe_main(argv) == 0
+        protocol = json.loads((tmp_path / "knn.json").read_text())["protocol"]
+        assert protocol["checkpoint"][flags[0].lstrip("-")] == flags[1]

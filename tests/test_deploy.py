@@ -1,0 +1,134 @@
+"""Fast inference paths: int8 layers, mixed precision, tips-extract flags, ONNX graphs that match PyTorch."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tips
+from tips.features import load_features, main as extract_main
+from tips.quantize import Int8DynamicLinear, is_quantized, require
+
+pytest.importorskip("onnxruntime")
+
+
+def tiny(seed: int = 0, **overrides) -> tips.TIPS:
+    torch.manual_seed(seed)
+    overrides = {"vision.depth": 2, "text.depth": 2, "text.vocab_size": 1000, **overrides}
+    return tips.TIPS(tips.get_variant("tiny", **overrides)).eval()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten(0, -2), b.flatten(0, -2), dim=-1).min().item()
+
+
+def test_int8_quantize_replaces_every_linear_and_stays_close_to_fp32():
+    model = tiny()
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    ids, padding = torch.randint(0, 1000, (2, 5)), torch.zeros(2, 5, dtype=torch.bool)
+    with torch.inference_mode():
+        ref, ref_text = model.encode_image(x), model.encode_text(ids, padding)
+        tips.quantize(model, "int8")
+        got, got_text = model.encode_image(x), model.encode_text(ids, padding)
+    assert is_quantized(model)
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert isinstance(model.vision.blocks[0].attn.qkv, Int8DynamicLinear)
+    for key in ("cls_alt", "cls_syn", "patch_tokens"):
+        assert cosine(getattr(got, key), getattr(ref, key)) > 0.99
+        assert not torch.equal(getattr(got, key), getattr(ref, key))  # it really is another computation
+    assert cosine(got_text, ref_text) > 0.99
+
+
+def test_an_int8_model_refuses_to_be_saved(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        tips.save_pretrained(tips.quantize(tiny(), "int8"), tmp_path / "q")
+
+
+def test_quantize_and_autocast_refuse_unknown_modes():
+    with pytest.raises(ValueError, match="quantize mode must be one of"):
+        tips.quantize(tiny(), "int4")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        tips.autocast("cpu", "bf16")
+
+
+def test_autocast_context_runs_matmuls_in_bfloat16_and_load_casts_weights(tmp_path):
+    model = tiny()
+    x = torch.rand(1, 3, 56, 56)
+    with torch.inference_mode():
+        ref = model.encode_image(x)
+        with tips.autocast(model, "bfloat16"):
+            mixed = model.encode_image(x)
+    assert model.vision.blocks[0].attn.qkv.weight.dtype == torch.float32
+    assert cosine(mixed.cls_alt, ref.cls_alt) > 0.99 and not torch.equal(mixed.cls_alt, ref.cls_alt)
+    tips.save_pretrained(model, tmp_path / "m")
+    cast = tips.load(tmp_path / "m", dtype="bfloat16")
+    assert cast.vision.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+
+
+def test_tips_extract_dtype_and_quantize_flags_write_features_close_to_fp32(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    tips.save_pretrained(tiny(), tmp_path / "model")
+    common = [str(images), "--model", str(tmp_path / "model"), "--resolution", "56", "--patch-tokens",
+              "--num-workers", "0", "--no-progress", "--device", "cpu"]
+    outs = {}
+    for name, flags in {"fp32": [], "bf16": ["--dtype", "bfloat16"], "int8": ["--quantize", "int8"]}.items():
+        assert extract_main([*common, "-o", str(tmp_path / name), *flags]) == 0
+        outs[name] = load_features(tmp_path / name)
+    for name in ("bf16", "int8"):
+        for key in ("cls_alt", "cls_syn", "patch_tokens"):
+            assert cosine(getattr(outs[name], key), getattr(outs["fp32"], key)) > 0.99, (name, key)
+
+
+def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path):
+    from tips.export import main as export_main
+    from tips.formats.onnx import example_text, session
+
+    model = tiny(**{"vision.depth": 1, "text.depth": 1})  # the exporter's cost grows with depth
+    tips.save_pretrained(model, tmp_path / "model")
+    assert export_main([str(tmp_path / "model"), "--format", "onnx", "--image-size", "56", "--out", str(tmp_path)]) == 0
+    paths = {"vision": tmp_path / "tips_vision.onnx", "text": tmp_path / "tips_text.onnx"}
+    x = torch.rand(5, 3, 56, 56, generator=torch.Generator().manual_seed(3))  # another batch size
+    cls_alt, cls_syn, patches = session(paths["vision"]).run(None, {"images": x.numpy()})
+    with torch.inference_mode():
+        want = model.encode_image(x)
+        ids, padding = example_text(model, 4, 9, seed=5)
+        want_text = model.encode_text(ids, padding)
+    assert patches.shape == (5, 4, 4, 192)
+    np.testing.assert_allclose(cls_alt, want.cls_alt.numpy(), atol=1e-4)
+    np.testing.assert_allclose(cls_syn, want.cls_syn.numpy(), atol=1e-4)
+    np.testing.assert_allclose(patches, want.patch_tokens.numpy(), atol=1e-4)
+    (text,) = session(paths["text"]).run(None, {"ids": ids.numpy(), "padding": padding.numpy()})
+    np.testing.assert_allclose(text, want_text.numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_an_s14_tower_matches_pytorch_within_1e_4(tmp_path):
+    from tips.formats.onnx import check_onnx, write_onnx
+
+    torch.manual_seed(0)
+    model = tips.TIPS(tips.get_variant("s14")).eval()
+    paths = write_onnx(model, tmp_path, image_size=224, check=False)
+    errors = check_onnx(model, paths, 224, batch=2)
+    assert errors["vision"] < 1e-4 and errors["text"] < 1e-4, errors
+
+
+def test_a_missing_deploy_extra_names_the_install_command(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("onnxruntime"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.delitem(__import__("sys").modules, "onnxruntime", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'tips\[deploy\]'"):
+        require("onnxruntime", "running ONNX graphs")
