@@ -16,7 +16,6 @@ Tokenisation stays outside the graphs (use ``model.tokenize`` or the tokenizer t
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -37,10 +36,10 @@ class VisionGraph(nn.Module):
 
     def __init__(self, model: TIPS) -> None:
         super().__init__()
-        self.vision = model.vision
+        self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f = self.vision(images)
+        f = self.model.encode_image(images)
         return f.cls_alt, f.cls_syn, f.patch_tokens
 
 
@@ -57,14 +56,7 @@ class TextGraph(nn.Module):
         self.text = model.text
 
     def forward(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        t = self.text
-        real = ~padding  # (B, L)
-        key_allowed = (real | ~real.any(dim=1, keepdim=True))[:, None, None, :]
-        keep = real.unsqueeze(-1).to(t.token_embedding.weight.dtype)  # (B, L, 1)
-        x = t.token_embedding(ids) * math.sqrt(t.cfg.width)
-        x = x + t.positional_embedding[: ids.shape[1]].to(x.dtype)
-        x = t.ln_final(t.transformer(x, key_allowed, keep))
-        return (x * keep).sum(dim=1) / (keep.sum(dim=1) + 1e-8)
+        return self.text.pool(ids, padding)
 
 
 def _export(graph: nn.Module, args: tuple, path: Path, names: tuple[list[str], list[str]], dynamic: dict) -> None:
