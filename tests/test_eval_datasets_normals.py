@@ -85,8 +85,7 @@ def write_nyu_test(folder, rng, count: int = 5, test=(2, 4)) -> dict:
     with h5py.File(folder / "nyu_depth_v2_labeled.mat", "w") as f:
         f["images"], f["rawDepths"] = images, raw
     normals = unit(rng.normal(size=(count, H, W, 3))).astype(np.float32)
-    with gzip.open(folder / "all_normals.pklz", "wb") as f:
-        pickle.dump({"all_normals": normals}, f)
+    np.save(folder / "all_normals.npy", normals)
     (folder / "test_SN40.json").write_text(json.dumps([{"img": f"{i:04d}_kitchen"} for i in test]))
     return {"images": images, "raw": raw, "normals": normals}
 
@@ -144,10 +143,16 @@ def test_nyu_normals_errors_name_the_file_and_what_was_expected(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
+    # probe3d's gzip pickle is refused, never unpickled, with the command that converts it once.
+    (tmp_path / "nyuv2" / "all_normals.npy").unlink()
     with gzip.open(tmp_path / "nyuv2" / "all_normals.pklz", "wb") as f:
         pickle.dump({"all_normals": Evil()}, f)
-    with pytest.raises(DatasetFormatError, match=r"all_normals\.pklz.*builtins\.print is not a numpy array"):
-        open_dataset(f"nyu-normals:{tmp_path}", "val")[0]
+    with pytest.raises(DatasetFormatError, match=r"all_normals\.pklz: is a pickle.*never unpickles.*np\.save"):
+        open_dataset(f"nyu-normals:{tmp_path}", "val")
+    np.save(tmp_path / "nyuv2" / "all_normals.npy", np.array([{"x": 1}], dtype=object))
+    with pytest.raises(DatasetFormatError, match=r"all_normals\.npy: not a plain numpy array"):
+        open_dataset(f"nyu-normals:{tmp_path}", "val")
+    np.save(tmp_path / "nyuv2" / "all_normals.npy", np.zeros((5, H, W, 3), np.float32))
     (tmp_path / "nyuv2" / "test_SN40.json").write_text(json.dumps([{"img": "0099_x"}]))
     with pytest.raises(DatasetFormatError, match=r"test_SN40\.json: frame numbers outside 1\.\.5"):
         open_dataset(f"nyu-normals:{tmp_path}", "val")

@@ -6,8 +6,10 @@
 ROOT/nyu_geonet/*.mat             train: GeoNet's release of the MarrRevisited normals, one MATLAB v5 file per
                                   frame with img (H, W, 3) float, depth (H, W) metres, norm (H, W, 3) unit normals
 ROOT/nyuv2/nyu_depth_v2_labeled.mat   test: the labeled set (HDF5) with images (N, 3, W, H), rawDepths (N, W, H)
-ROOT/nyuv2/all_normals.pklz       test: Ladicky et al.'s normals, gzip pickle {"all_normals": (N, H, W, 3)} (FAIR's
-                                  SSL-benchmark metadata); read by a restricted unpickler that builds numpy arrays only
+ROOT/nyuv2/all_normals.npy        test: Ladicky et al.'s normals (N, H, W, 3). probe3d ships them as a gzip pickle
+                                  (all_normals.pklz, FAIR's SSL-benchmark metadata); tips never unpickles a
+                                  downloaded file, so convert it once (the error for a .pklz-only folder gives the
+                                  one-line command)
 ROOT/nyuv2/test_SN40.json         test: the 654 test frames, [{"img": "0001_...", ...}, ...] (1-based index prefix)
 ```
 
@@ -21,10 +23,8 @@ frame the files give them.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -42,33 +42,26 @@ MAX_DEPTH = 10.0
 FRAME = (480, 640)
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Builds numpy arrays, dicts, lists and strings, nothing else (no arbitrary callables)."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array constructor; refusing to load it")
-        return super().find_class(module, name)
+CONVERT_PKLZ = (
+    "python -c \"import gzip, pickle, numpy as np; np.save('all_normals.npy', "
+    "pickle.load(gzip.open('all_normals.pklz', 'rb'), encoding='latin1')['all_normals'])\""
+)
 
 
-def load_array_pickle(path: Path, key: str) -> np.ndarray:
-    """``key`` of a gzip-pickled dict of numpy arrays, read without executing anything else."""
-    require_file(path, f"a gzip pickle holding a dict with {key!r}")
+def load_test_normals(folder: Path) -> np.ndarray:
+    """Ladicky's normals (N, H, W, 3) from ``all_normals.npy`` (memory-mapped; never unpickled)."""
+    path = folder / "all_normals.npy"
+    if not path.is_file() and (folder / "all_normals.pklz").is_file():
+        raise DatasetFormatError(
+            folder / "all_normals.pklz",
+            "is a pickle, and tips never unpickles a downloaded file (a pickle can run code). Convert it once, in "
+            f"{folder}, if you trust its source: {CONVERT_PKLZ}",
+        )
+    require_file(path, "Ladicky et al.'s normals as a numpy array (N, H, W, 3) (all_normals.npy)")
     try:
-        with gzip.open(path, "rb") as f:
-            data = _ArrayUnpickler(f, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise DatasetFormatError(path, f"not a gzip pickle of numpy arrays ({e}); expected {{{key!r}: array}}") from e
-    if not isinstance(data, dict) or key not in data:
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise DatasetFormatError(path, f"holds {keys}; expected a dict with {key!r}")
-    return np.asarray(data[key])
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise DatasetFormatError(path, f"not a plain numpy array ({e}); expected (N, H, W, 3) float") from e
 
 
 def centre_square(array: np.ndarray) -> np.ndarray:
@@ -135,8 +128,9 @@ class NYUNormalsDataset(DenseDataset):
         import h5py
 
         self.mat = require_file(folder / "nyu_depth_v2_labeled.mat", "the NYUv2 labeled set (HDF5 images, rawDepths)")
-        self.normals_file = folder / "all_normals.pklz"
-        require_file(self.normals_file, "Ladicky et al.'s normals as FAIR's SSL benchmark ships them (all_normals)")
+        self.normals_file = folder / "all_normals.npy"
+        self._folder = folder
+        load_test_normals(folder)  # fail early, naming the file, rather than at the first sample
         listing = require_file(folder / "test_SN40.json", 'the test list [{"img": "0001_..."}, ...]')
         try:
             entries = json.loads(listing.read_text())
@@ -165,12 +159,12 @@ class NYUNormalsDataset(DenseDataset):
         return self._file
 
     def _test_normals(self) -> np.ndarray:
-        if self._normals is None:  # the whole gzip pickle must be read once; keep only the test frames
-            all_normals = load_array_pickle(self.normals_file, "all_normals")
+        if self._normals is None:  # memory-mapped; keep only the test frames
+            all_normals = load_test_normals(self._folder)
             if all_normals.ndim != 4 or all_normals.shape[-1] != 3 or all_normals.shape[0] <= max(self.indices):
                 raise DatasetFormatError(self.normals_file, f"all_normals of shape {all_normals.shape}; expected "
                                          f"(N, H, W, 3) with N > {max(self.indices)}")
-            self._normals = {i: all_normals[i] for i in self.indices}
+            self._normals = {i: np.asarray(all_normals[i]) for i in self.indices}
         return self._normals
 
     def _read_test(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
