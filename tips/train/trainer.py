@@ -28,6 +28,7 @@ from ..loading import load
 from ..models.tips import TIPS
 from . import checkpointing as ckpt
 from . import parallel
+from .flops import peak_tflops, step_flops
 from .builders import TrainModule, build_modules, data_config, default_epoch_size, peak_lr
 from .config import TrainConfig, save_config
 from .optim import build_optimizer, param_groups, set_lr_wd
@@ -123,6 +124,16 @@ class Trainer(RunState):
         self.loader: TrainLoader | None = None
         self._val_batches: list[Batch] | None = None
         self._window = {"data": 0.0, "total": 0.0, "samples": 0}
+        self._text_len = model.cfg.text.max_len  # the last batch's caption length (FLOPs per sample)
+        self.peak_tflops = r.peak_tflops or (
+            peak_tflops(torch.cuda.get_device_name(acc.device)) if acc.device.type == "cuda" else None)
+
+    def flops_per_sample(self) -> float:
+        """Model FLOPs of one sample of a training step (:mod:`tips.train.flops`), at the last caption length."""
+        frozen = self.teacher.vision.cfg if self.plan.teacher.startswith("frozen") else None
+        return step_flops(self.cfg, self.plan, self.model.cfg.vision, self.model.cfg.text, self._text_len,
+                          global_batch=self.cfg.run.batch_size * self.accelerator.num_processes,
+                          teacher_vision=frozen).per_sample
 
     @property
     def core(self) -> TrainModule:
@@ -196,6 +207,7 @@ class Trainer(RunState):
         t0 = time.perf_counter()
         batch = with_patch_selection(next(batches), self.plan)  # on the host: T is data-dependent
         batch = batch.to(self.accelerator.device, non_blocking=True)
+        self._text_len = batch.alt_ids.shape[1]
         self._window["data"] += time.perf_counter() - t0
         return batch
 
@@ -285,10 +297,20 @@ class Trainer(RunState):
             "data_wait_fraction": w["data"] / max(w["total"], 1e-9),
             "nonfinite_steps": self.nonfinite_total, **{f"skipped/{k}": v for k, v in self.skips().items()},
         })  # fmt: skip
+        logged.update(self.perf(logged["samples_per_s"]))
         self.accelerator.log(logged, step=self.step)
         if progress is not None:
             progress.set_postfix(loss=f"{logged['loss/loss']:.3f}", refresh=False)
         self._window = {"data": 0.0, "total": 0.0, "samples": 0}
+
+    def perf(self, samples_per_s: float) -> dict[str, float]:
+        """perf/samples_per_s (all ranks), perf/tflops_per_gpu and, with a known peak, perf/mfu."""
+        per_gpu = samples_per_s / self.accelerator.num_processes
+        tflops = per_gpu * self.flops_per_sample() / 1e12
+        out = {"perf/samples_per_s": samples_per_s, "perf/tflops_per_gpu": tflops}
+        if self.peak_tflops:
+            out["perf/mfu"] = tflops / self.peak_tflops
+        return out
 
     def maybe_validate(self) -> None:
         """Every ``run.val_every`` steps on the first ``run.val_batches`` held-out batches (read once)."""
