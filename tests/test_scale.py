@@ -48,12 +48,33 @@ def cpu_env(tmp: Path) -> dict[str, str]:
 def start(args: list[str], n: int, tmp: Path, script: str | None = None) -> subprocess.Popen:
     """``tips.train`` (or the file ``script``) on ``n`` CPU processes."""
     cmd = (launcher(n) + ["tips.train"] if script is None else launcher(n)[:-1] + [script]) + args
-    return subprocess.Popen(cmd, env=cpu_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # a group: SIGKILL reaches the launcher's workers too
+    return subprocess.Popen(cmd, env=cpu_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torch's elastic agent starts the workers in sessions of their own)."""
+    parents: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def kill(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
+    """SIGKILL the launcher and every worker at once, as a node failure would."""
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.communicate()
 
 
@@ -98,7 +119,8 @@ def test_fsdp_matches_ddp_step_by_step_and_shards_the_state(shards, fsdp_run, tm
         assert len(a) == len(b) == STEPS
         for step, (x, y) in enumerate(zip(a, b), 1):
             assert abs(x - y) <= 1e-4 * abs(x), (tag, step, x, y)
-    assert_close(export_weights(ddp / "final"), export_weights(fsdp_run / "final"), rtol=1e-4, atol=1e-6)
+    # relative 1e-4, with an absolute floor for near-zero entries (biases start at 0)
+    assert_close(export_weights(ddp / "final"), export_weights(fsdp_run / "final"), rtol=1e-4, atol=1e-5)
     d, f = (json.loads((run / "state_bytes.json").read_text()) for run in (ddp, fsdp_run))
     assert f["parallel"] == "fsdp" and f["world_size"] == 2 and f["dtensor_parameters"] > 0
     assert f["plain_parameters"] == ["student.model.logit_scale_alt", "student.model.logit_scale_syn"]  # 0-d
@@ -129,6 +151,7 @@ def test_fsdp_sigkill_then_resume_latest_reaches_the_same_weights(shards, fsdp_r
     kill(proc)
     latest = checkpointing.latest_checkpoint(out)
     assert latest is not None and latest.name in ("step-00000008", "step-00000012")
+    assert checkpointing.latest_checkpoint(out).name != "step-00000020" and not (out / "final").exists()
     finish(start(args + ["run.resume=latest"], 2, tmp_path), 600)
     assert_close(export_weights(fsdp_run / "final"), export_weights(out / "final"))
     for step in ("step-00000012", "step-00000020"):
@@ -187,7 +210,7 @@ def test_two_machines_on_loopback_match_one_machine_with_two_processes(shards, f
                "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(port), "-m", "tips.train", *args]
         procs.append(subprocess.Popen(cmd, env=cpu_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, start_new_session=True))
+                                      text=True))
     for p in procs:
         finish(p, 600)
     # Same config as fsdp_run except run.steps (which shapes the schedules): compare against a 1-machine run.
