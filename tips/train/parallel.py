@@ -14,15 +14,12 @@ model (its FSDP plugin is ignored on CPU and would put DDP semantics around ours
 
 from __future__ import annotations
 
-import logging
 from typing import Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
-
-log = logging.getLogger("tips.train")
 
 PARALLEL = ("ddp", "fsdp")
 

@@ -48,7 +48,7 @@ def load(folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer, teac
     dcp.load(states, checkpoint_id=str(folder))
     set_state_dict(module, optimizer, model_state_dict=states["model"], optim_state_dict=states["optimizer"])
     if "teacher" in states:
-        missing, unexpected = teacher.load_state_dict(states["teacher"], strict=False)
+        _, unexpected = teacher.load_state_dict(states["teacher"], strict=False)
         if unexpected:
             raise KeyError(f"{folder}: teacher tensors {unexpected[:5]} are not in this run's teacher")
 
