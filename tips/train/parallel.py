@@ -21,8 +21,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-PARALLEL = ("ddp", "fsdp")
-
 
 def ensure_process_group(device: torch.device) -> None:
     """A single-process launch (``python -m tips.train``) has no process group; FSDP needs one (of size 1)."""
