@@ -2,10 +2,12 @@
 
 Prints the median step times and their ratio, the forward + backward FLOP ratio (torch.utils.flop_counter),
 the time spent outside the towers (losses, optimiser, EMA update) and peak memory. Target: the time ratio is
-at most 1.1 × the FLOP ratio, i.e. TIPS adds no overhead beyond the compute it adds.
+at most 1.1 × the FLOP ratio, i.e. TIPS adds no overhead beyond the compute it adds. Also prints, per step,
+samples/s, TFLOP/s from the analytic count (tips.train.flops) and MFU (peak from the device name or --peak-tflops).
 
     python bench/train_step.py                      # S/14 towers, batch 8, 224 px + 6 × 98 px, CPU
     python bench/train_step.py --device cuda --batch 64 --mixed-precision bf16
+    python bench/train_step.py --device cuda --variant b14 --batch 64 --mixed-precision bf16 --compile
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
+    p.add_argument("--compile", action="store_true", help="run.compile=true (per-block torch.compile, inductor)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: from its name)")
     args = p.parse_args(argv)
     dev = args.device
     if dev == "cpu":
@@ -136,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     common = [f"model.variant={args.variant}", "model.tokenizer=bpe", "model.drop_path_rate=0.0",
               f"loss.dino_k={args.prototypes}", f"loss.ibot_k={args.prototypes}", f"data.views.global_size={args.size}",
-              f"data.views.local_size={args.local_size}", f"data.views.num_local={args.num_local}"]
+              f"data.views.local_size={args.local_size}", f"data.views.num_local={args.num_local}",
+              f"run.compile={str(args.compile).lower()}"]
+    if args.peak_tflops:
+        common.append(f"run.peak_tflops={args.peak_tflops}")
     batch = make_batch(args.batch, args.size, args.local_size, args.num_local, 14, "cpu")
     runs = {
         "clip": Step(common + ["loss.weights.distill=0", "loss.weights.mask=0"], dev, args.mixed_precision),
@@ -168,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         m = med[name]
         print(f"| {name} | {m['step']:.3f} | {flops[name] / 1e9:.1f} | {m['optimizer']:.3f} | {m['ema']:.3f} | "
               f"{memory[name]:.0f} |")
+    print("\n| step | samples/s | analytic GFLOP/sample | TFLOP/s per device | MFU |")
+    print("|---|---|---|---|---|")
+    for name, step in runs.items():
+        step.trainer._text_len = batch.alt_ids.shape[1]
+        perf = step.trainer.perf(args.batch / med[name]["step"])
+        mfu = f"{100 * perf['perf/mfu']:.1f} %" if "perf/mfu" in perf else "unknown peak (--peak-tflops)"
+        print(f"| {name} | {perf['perf/samples_per_s']:.1f} | {step.trainer.flops_per_sample() / 1e9:.1f} | "
+              f"{perf['perf/tflops_per_gpu']:.3f} | {mfu} |")
     outside = med["tips"]["optimizer"] + med["tips"]["ema"] + extra_loss
     print(f"\nTIPS / CLIP time ratio {time_ratio:.2f}; FLOP ratio {flop_ratio:.2f}; "
           f"time / FLOP ratio {time_ratio / flop_ratio:.2f} (target <= 1.10)")

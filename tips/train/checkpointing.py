@@ -3,7 +3,10 @@
 Layout of ``<output_dir>/checkpoints/step-00001000/``:
 - ``state/``: ``accelerator.save_state`` (student + objective, optimiser, RNG states). These pickled files
   are only ever read back by the run that wrote them (resume);
-- ``teacher.safetensors``: the EMA teacher (or its heads);
+  Under ``run.parallel=fsdp`` these are ``dcp/`` (``torch.distributed.checkpoint`` shards of student,
+  objective state, optimiser and teacher, reshardable to another world size) and ``rng/`` instead
+  (:mod:`tips.train.sharded_state`, docs/scaling.md);
+- ``teacher.safetensors``: the EMA teacher (or its heads; DDP only, it is in ``dcp/`` under FSDP);
 - ``trainer.json``: step, samples seen, data position per rank, skip counters, non-finite count;
 - ``export/``: a ``save_pretrained`` folder of the student towers (what users load); ``export_teacher/``
   holds the EMA teacher's image tower when asked.

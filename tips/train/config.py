@@ -129,6 +129,9 @@ class RunSection:
     max_nonfinite: int = 10
     world_size: int | None = None  # when set, the launch must provide exactly this many processes
     export_teacher: bool = False
+    parallel: str = "ddp"  # "fsdp": FSDP2 per block, sharded EMA teacher, DCP checkpoints (docs/scaling.md)
+    reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (re-gather in backward)
+    peak_tflops: float | None = None  # per-device peak for perf/mfu; None: looked up from the GPU name
 
 
 @dataclass
@@ -234,6 +237,7 @@ def validate(cfg: TrainConfig) -> None:
         "optim.optimizer": (cfg.optim.optimizer, ("adamw", "adafactor")),
         "run.mixed_precision": (cfg.run.mixed_precision, ("no", "bf16", "fp16")),
         "run.compile_backend": (cfg.run.compile_backend, ("inductor", "aot_eager", "eager")),
+        "run.parallel": (cfg.run.parallel, ("ddp", "fsdp")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

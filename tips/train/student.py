@@ -188,11 +188,14 @@ class TIPSTeacher(nn.Module):
             if mine is not None:
                 ema_update(mine, getattr(student, name), momentum)
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold to resume the teacher: EMA tower + heads, or heads only."""
+    def trainable_state(self, sharded: bool = False) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to resume the teacher: EMA tower + heads, or heads only. ``sharded``:
+        the tensors as they are (DTensors under FSDP, for ``torch.distributed.checkpoint``), else CPU copies."""
         if self.kind not in ("ema", "head_only_ema"):
             return {}
         sd = self.state_dict()
         if self.kind == "head_only_ema":  # the tower is the live student's
             sd = {k: v for k, v in sd.items() if not k.startswith("vision.")}
+        if sharded:
+            return sd
         return {k: v.detach().contiguous().cpu() for k, v in sd.items()}

@@ -6,6 +6,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -24,7 +25,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """In-place EMA of every parameter of ``teacher`` towards the same-named one of ``student``.
 
     Both modules must have identical parameter names (the teacher is a copy of the student, possibly
-    unwrapped from DDP/FSDP by the caller). Buffers are copied, not averaged.
+    unwrapped from DDP by the caller). Under FSDP both are sharded alike and the update runs on the local
+    shards (no gather). Buffers are copied, not averaged.
     """
     t_params = dict(teacher.named_parameters())
     s_params = dict(student.named_parameters())
@@ -32,11 +34,19 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         missing = sorted(set(t_params) ^ set(s_params))[:5]
         raise KeyError(f"teacher and student parameters differ: {missing}")
     names = list(t_params)
-    t_list = [t_params[n] for n in names]
-    s_list = [s_params[n].detach().to(t_params[n].dtype) for n in names]
+    sharded = [n for n in names if isinstance(t_params[n], DTensor) != isinstance(s_params[n], DTensor)]
+    if sharded:
+        raise TypeError(f"teacher and student are sharded differently (e.g. {sharded[0]}): shard both with "
+                        "tips.train.parallel or neither")
+    t_list = [_local(t_params[n]) for n in names]
+    s_list = [_local(s_params[n]).detach().to(t_params[n].dtype) for n in names]
     torch._foreach_mul_(t_list, momentum)
     torch._foreach_add_(t_list, s_list, alpha=1.0 - momentum)
     s_buffers = dict(student.named_buffers())
     for name, buf in teacher.named_buffers():
         if name in s_buffers:
             buf.copy_(s_buffers[name])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t

@@ -8,6 +8,8 @@ sync of a step is the all-rank decision to skip it when a loss is not finite.
 from __future__ import annotations
 
 import logging
+import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Iterator
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import DistributedType
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -24,6 +27,8 @@ from ..data import Batch, TrainLoader, build_train_loader
 from ..loading import load
 from ..models.tips import TIPS
 from . import checkpointing as ckpt
+from . import parallel
+from .flops import peak_tflops, step_flops
 from .builders import TrainModule, build_modules, data_config, default_epoch_size, peak_lr
 from .config import TrainConfig, save_config
 from .optim import build_optimizer, param_groups, set_lr_wd
@@ -81,6 +86,15 @@ class Trainer(RunState):
                 f"run.world_size={r.world_size} but the launch started {acc.num_processes} process(es); check the "
                 "accelerate config / --num_processes (with CPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...)"
             )
+        # fsdp: our own FSDP2 on the process group accelerate (or torchrun) set up; accelerate wraps nothing.
+        self.sharded = r.parallel == "fsdp"
+        if self.sharded:
+            if acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+                raise RuntimeError(
+                    f"run.parallel=fsdp shards the model itself, but accelerate was launched as {acc.distributed_type}: "
+                    "launch with a plain multi-GPU config (configs/accelerate/fsdp_multinode.yaml) or torchrun"
+                )
+            parallel.ensure_process_group(acc.device)
         set_seed(r.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.output_dir = Path(r.output_dir)
         frozen = load(cfg.teacher.checkpoint) if self.plan.teacher.startswith("frozen") else None
@@ -89,11 +103,20 @@ class Trainer(RunState):
         model = self.module.student.model
         if self.teacher is not None:
             self.teacher.to(acc.device)
-        groups = param_groups(self.module, cfg.optim.layerwise_decay, "student.model.vision.", model.cfg.vision.depth)
-        optimizer = build_optimizer(groups, cfg.optim.optimizer, tuple(cfg.optim.betas), cfg.optim.eps)
         if r.compile:
             compile_blocks(self.module.student, r.compile_backend)
-        self.module, self.optimizer = acc.prepare(self.module, optimizer)
+        if self.sharded:  # before the optimiser: sharding replaces the parameters by DTensors
+            self.module.to(acc.device)
+            self.replicated = parallel.replicated_parameters(self.module)
+            parallel.shard_student(self.module, acc.device, r.mixed_precision, r.reshard_after_forward)
+            if self.teacher is not None:
+                parallel.shard_teacher(self.teacher, self.plan.teacher, acc.device, r.mixed_precision)
+        groups = param_groups(self.module, cfg.optim.layerwise_decay, "student.model.vision.", model.cfg.vision.depth)
+        optimizer = build_optimizer(groups, cfg.optim.optimizer, tuple(cfg.optim.betas), cfg.optim.eps)
+        if self.sharded:
+            self.optimizer = acc.prepare(optimizer)
+        else:
+            self.module, self.optimizer = acc.prepare(self.module, optimizer)
         self.peak_lr = peak_lr(cfg, acc.num_processes)
         self.step = self.nonfinite_total = self.consecutive_nonfinite = 0
         self.skips_before_resume: dict[str, int] = {}
@@ -101,6 +124,16 @@ class Trainer(RunState):
         self.loader: TrainLoader | None = None
         self._val_batches: list[Batch] | None = None
         self._window = {"data": 0.0, "total": 0.0, "samples": 0}
+        self._text_len = model.cfg.text.max_len  # the last batch's caption length (FLOPs per sample)
+        self.peak_tflops = r.peak_tflops or (
+            peak_tflops(torch.cuda.get_device_name(acc.device)) if acc.device.type == "cuda" else None)
+
+    def flops_per_sample(self) -> float:
+        """Model FLOPs of one sample of a training step (:mod:`tips.train.flops`), at the last caption length."""
+        frozen = self.teacher.vision.cfg if self.plan.teacher.startswith("frozen") else None
+        return step_flops(self.cfg, self.plan, self.model.cfg.vision, self.model.cfg.text, self._text_len,
+                          global_batch=self.cfg.run.batch_size * self.accelerator.num_processes,
+                          teacher_vision=frozen).per_sample
 
     @property
     def core(self) -> TrainModule:
@@ -131,10 +164,14 @@ class Trainer(RunState):
         finite = torch.ones((), dtype=torch.bool, device=acc.device)
         for micro in range(accum):
             batch = self._next_batch(batches)
-            with acc.accumulate(self.module):
+            if self.sharded:  # accelerate's no_sync does not know FSDP2: reduce-scatter on the last micro-batch only
+                self.module.set_requires_gradient_sync(micro == accum - 1)
+            with acc.accumulate(self.module), self._autocast():
                 losses = self.module(batch, self.teacher, schedule.teacher_temp, with_stats and micro == accum - 1)
                 finite &= torch.isfinite(losses["loss"].detach())
                 acc.backward(losses["loss"])
+        if self.sharded:  # the scalars FSDP leaves whole (temperatures) are synced by hand
+            parallel.average_gradients(self.replicated)
         skipped = not self._all_ranks(finite)  # the step's one host sync
         grad_norms = {} if skipped else self._clip()
         if not skipped:
@@ -162,10 +199,15 @@ class Trainer(RunState):
                 self.teacher.update(self.core.student, schedule.momentum)
         self.step += 1
 
+    def _autocast(self):
+        """DDP's forward is autocast by ``accelerate.prepare``; the unprepared FSDP module gets the same here."""
+        return self.accelerator.autocast() if self.sharded else contextlib.nullcontext()
+
     def _next_batch(self, batches: Iterator[Batch]) -> Batch:
         t0 = time.perf_counter()
         batch = with_patch_selection(next(batches), self.plan)  # on the host: T is data-dependent
         batch = batch.to(self.accelerator.device, non_blocking=True)
+        self._text_len = batch.alt_ids.shape[1]
         self._window["data"] += time.perf_counter() - t0
         return batch
 
@@ -177,7 +219,8 @@ class Trainer(RunState):
         return count.item() == self.accelerator.num_processes
 
     def _clip(self) -> dict[str, torch.Tensor]:
-        """Clip each student sub-module separately (DINOv2 practice); returns pre-clip norms (device tensors)."""
+        """Clip each student sub-module separately (DINOv2 practice); returns pre-clip norms (device tensors).
+        Under FSDP the gradients are DTensor shards and ``clip_grad_norm_`` reduces their norms across ranks."""
         self.accelerator.unscale_gradients()  # fp16: clip the true gradients (a no-op otherwise)
         norms = {}
         student = self.core.student
@@ -191,6 +234,7 @@ class Trainer(RunState):
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         batches = self.start()
+        first_step = self.step
         progress = tqdm(total=self.cfg.run.steps, initial=self.step, disable=not self.accelerator.is_local_main_process,
                         desc="pretraining", dynamic_ncols=True)
         self.module.train()
@@ -199,6 +243,8 @@ class Trainer(RunState):
             schedule = self.schedule(self.step)
             result = self.train_step(batches, schedule, with_stats=self._log_due(self.step + 1))
             self.after_step(result, schedule)
+            if self.step == first_step + 1:  # optimiser states exist from the first step on
+                self.write_state_bytes()
             self._window["total"] += time.perf_counter() - t0
             self._window["samples"] += result.samples * self.accelerator.num_processes
             progress.update(1)
@@ -241,27 +287,42 @@ class Trainer(RunState):
             return
         w = self._window
         logged = {("loss/" + k if "/" not in k else k): float(v.detach()) for k, v in result.losses.items()}
-        logged.update({f"grad_norm/{k}": float(v) for k, v in result.grad_norms.items()})
+        logged.update({f"grad_norm/{k}": float(parallel.full_value(v)) for k, v in result.grad_norms.items()})
         logged.update({
             "lr": schedule.lr, "wd": schedule.wd, "teacher_momentum": schedule.momentum,
             "teacher_temp": schedule.teacher_temp,
-            "temperature/alt": math.exp(-self.model.logit_scale_alt.item()),
-            "temperature/syn": math.exp(-self.model.logit_scale_syn.item()),
+            "temperature/alt": math.exp(-parallel.full_value(self.model.logit_scale_alt).item()),
+            "temperature/syn": math.exp(-parallel.full_value(self.model.logit_scale_syn).item()),
             "samples_per_s": w["samples"] / max(w["total"], 1e-9),
             "data_wait_fraction": w["data"] / max(w["total"], 1e-9),
             "nonfinite_steps": self.nonfinite_total, **{f"skipped/{k}": v for k, v in self.skips().items()},
         })  # fmt: skip
+        logged.update(self.perf(logged["samples_per_s"]))
         self.accelerator.log(logged, step=self.step)
         if progress is not None:
             progress.set_postfix(loss=f"{logged['loss/loss']:.3f}", refresh=False)
         self._window = {"data": 0.0, "total": 0.0, "samples": 0}
+
+    def perf(self, samples_per_s: float) -> dict[str, float]:
+        """perf/samples_per_s (all ranks), perf/tflops_per_gpu and, with a known peak, perf/mfu."""
+        per_gpu = samples_per_s / self.accelerator.num_processes
+        tflops = per_gpu * self.flops_per_sample() / 1e12
+        out = {"perf/samples_per_s": samples_per_s, "perf/tflops_per_gpu": tflops}
+        if self.peak_tflops:
+            out["perf/mfu"] = tflops / self.peak_tflops
+        return out
 
     def maybe_validate(self) -> None:
         """Every ``run.val_every`` steps on the first ``run.val_batches`` held-out batches (read once)."""
         cfg, acc = self.cfg, self.accelerator
         if not (cfg.run.val_every and cfg.data.val and self.step % cfg.run.val_every == 0):
             return
-        if acc.is_main_process:
+        if self.sharded:  # every rank takes part in the all-gathers; the root's own weights are gathered by hand
+            self.module.unshard()
+            metrics = validate(self.model, self.validation_batches(), acc.device, acc.autocast)
+            self.module.reshard()
+            acc.log(metrics, step=self.step)
+        elif acc.is_main_process:
             metrics = validate(self.model, self.validation_batches(), acc.device, acc.autocast)
             acc.log(metrics, step=self.step)
         acc.wait_for_everyone()
@@ -275,6 +336,25 @@ class Trainer(RunState):
             loader = build_train_loader(dcfg, self.model.tokenizer, 0, 1)
             self._val_batches = list(islice(iter(loader), cfg.run.val_batches))
         return self._val_batches
+
+    def write_state_bytes(self) -> None:
+        """``state_bytes.json``: the largest per-rank bytes of student, teacher and optimiser state (local shards
+        under FSDP) and whether the parameters are sharded; what the memory claims of docs/scaling.md rest on."""
+        acc = self.accelerator
+        counts = parallel.state_bytes(self.core, self.teacher, self.optimizer.optimizer)
+        keys = sorted(counts)
+        values = torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64, device=acc.device)
+        if acc.num_processes > 1:
+            values = _all_reduce_max(values)
+        if acc.is_main_process:
+            from torch.distributed.tensor import DTensor
+
+            report = {k: int(v) for k, v in zip(keys, values.tolist())}
+            params = dict(self.core.named_parameters())
+            report.update(parallel=self.cfg.run.parallel, world_size=acc.num_processes,
+                          dtensor_parameters=sum(isinstance(p, DTensor) for p in params.values()),
+                          plain_parameters=sorted(n for n, p in params.items() if not isinstance(p, DTensor))[:10])
+            (self.output_dir / "state_bytes.json").write_text(json.dumps(report, indent=2))
 
     def maybe_save(self) -> None:
         if self.step % self.cfg.run.save_every == 0 or self.step == self.cfg.run.steps:
@@ -294,6 +374,13 @@ def compile_blocks(student: torch.nn.Module, backend: str = "inductor") -> None:
         head = getattr(student, name, None)
         if head is not None:
             head.compile(backend=backend)
+
+
+def _all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
 
 
 def _submodule(module: torch.nn.Module, name: str) -> torch.nn.Module | None:
