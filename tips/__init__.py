@@ -8,6 +8,7 @@ from .checkpoints import save_pretrained, export_official
 from .features import extract, load_features
 from .models.dpt import DenseHead, DPTConfig
 from .formats.dpt import load_head
+from .predict import predict
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "load_features",
     "load",
     "load_head",
+    "predict",
     "save_pretrained",
     "get_variant",
     "l2_normalize",
