@@ -11,6 +11,7 @@ from .models.dpt import DenseHead, DPTConfig
 from .formats.dpt import load_head
 from .precision import add_inference_args, autocast, prepare_for_inference
 from .quantize import quantize
+from .predict import predict
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "load",
     "load_head",
     "prepare_for_inference",
+    "predict",
     "save_pretrained",
     "get_variant",
     "l2_normalize",

@@ -125,6 +125,9 @@ class OfficialDecoder(nn.Module):
     """task ∈ segmentation / depth / normals; ``forward(features, image_size)`` gives the official outputs:
     logits (B, C, H, W); depth in metres (B, 1, H, W) from the bins; raw normals (B, 3, H, W)."""
 
+    depth_relu = True  # class attributes, so a test can show what the wrong choice would change
+    depth_shift = 0.001
+
     def __init__(self, task: str, embed_dim: int, out: int, channels: int = 256, post=None) -> None:
         super().__init__()
         self.task = task
@@ -137,7 +140,7 @@ class OfficialDecoder(nn.Module):
         x = self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if self.task == "depth":
             centres = torch.linspace(0.001, 10.0, x.shape[1])
-            p = F.relu(x) + 0.001
+            p = (F.relu(x) if self.depth_relu else x) + self.depth_shift
             p = p / p.sum(dim=1, keepdim=True)
             x = torch.einsum("bkhw,k->bhw", p, centres).unsqueeze(1)
         if image_size is not None:

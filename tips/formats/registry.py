@@ -21,8 +21,8 @@ MODEL_WRITERS: dict[str, str] = {
     "onnx": "tips.formats.onnx:write_onnx",
 }
 HEAD_WRITERS: dict[str, str] = {
-    # "official": "tips.formats.dpt:export_official_head", "transformers": "tips.formats.dpt:export_tipsv2_dpt",
-    # (dense-heads issue)
+    "official": "tips.formats.dpt:export_official_head",
+    "pretrained": "tips.formats.dpt:save_pretrained_head",
 }
 
 
