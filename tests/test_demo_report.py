@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from eval.demo_report import METRICS, markdown_table, picture_page, rate_se, reading, summarise, write_results
+from eval.demo_report import METRICS, chance_rate, markdown_table, picture_page, rate_se, reading, summarise, write_results
 
 
 def test_rate_difference_needs_more_than_two_standard_errors():
@@ -21,16 +21,27 @@ def test_lower_is_better_scores_use_a_relative_margin_and_say_they_have_no_error
     verdict, text = reading(1.80, 2.00, False)  # 10 % lower RMSE: better
     assert verdict == "trained" and "no error bar" in text
     assert reading(1.95, 2.00, False)[0] == "none"  # 2.5 %: inside the 5 % band
+    assert reading(0.004, 0.003, True, floor=0.01)[0] == "none"  # +33 % of almost nothing is below the floor
     verdict, text = reading(2.39, 1.876, False)  # the all-pixel depth: trained worse
     assert verdict == "random" and "did not help" in text
     assert "chance 25.0" in reading(50.0, 25.0, True, se=1.0, chance=25.0)[1]
+
+
+def test_a_constant_answer_that_beats_a_worse_random_tower_is_not_called_a_gain():
+    # 8 images, 4 of them cubes: a model answering "cube" always scores 50 %, the random tower's constant 0 %.
+    confusion = [[0, 0, 0, 0], [0, 4, 0, 0], [0, 2, 0, 0], [0, 2, 0, 0]]
+    assert chance_rate(confusion) == 50.0 and chance_rate(64) == pytest.approx(100 / 64)
+    verdict, text = reading(50.0, 0.0, True, se=rate_se(50.0, 0.0, 8), chance=50.0, queries=8)
+    assert verdict == "none" and "not clearly above chance" in text
+    assert reading(90.0, 20.0, True, se=rate_se(90.0, 20.0, 60), chance=30.0, queries=60)[0] == "trained"
 
 
 def _results(t2i, i2t, top1, miou, rmse):
     return {
         "retrieval": {"metrics": {"text_to_image": {"R@1": t2i}, "image_to_text": {"R@1": i2t},
                                   "num_images": 64, "num_captions": 64}},
-        "zero-shot": {"metrics": {"top1": top1, "num_images": 60, "num_classes": 4}},
+        "zero-shot": {"metrics": {"top1": top1, "num_images": 60, "num_classes": 4,
+                                  "confusion_matrix": [[15, 0, 0, 0]] * 4}},
         "segmentation": {"metrics": {"miou_subset": miou}},
         "depth": {"metrics": {"objects": {"rmse": rmse}}},
     }
@@ -68,5 +79,5 @@ def test_picture_page_puts_trained_beside_random_per_task(tmp_path):
             pictures[(task, label)] = tmp_path / f"{task}-{label}.png"
             Image.new("RGB", (50, 30), colour).save(pictures[(task, label)])
     page = Image.open(picture_page(pictures, tmp_path / "page.png"))
-    assert page.size == (100, 2 * (30 + 28))
-    assert page.getpixel((10, 40)) == (255, 0, 0) and page.getpixel((60, 40)) == (0, 0, 255)
+    assert page.size == (100, 2 * (30 + 40))
+    assert page.getpixel((10, 50)) == (255, 0, 0) and page.getpixel((60, 50)) == (0, 0, 255)
