@@ -42,9 +42,9 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("text_to_image_r1", "text→image R@1 (%)", "retrieval", ("text_to_image", "R@1"), True,
+    Metric("text_to_image_r1", "text→image R@1 (%), synthetic captions", "retrieval", ("text_to_image", "R@1"), True,
            ("num_captions",), ("num_images",)),
-    Metric("image_to_text_r1", "image→text R@1 (%)", "retrieval", ("image_to_text", "R@1"), True,
+    Metric("image_to_text_r1", "image→text R@1 (%), synthetic captions", "retrieval", ("image_to_text", "R@1"), True,
            ("num_images",), ("num_images",)),
     Metric("zero_shot_top1", "zero-shot main object top-1 (%)", "zero-shot", ("top1",), True,
            ("num_images",), ("confusion_matrix",)),

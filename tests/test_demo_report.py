@@ -61,7 +61,7 @@ def test_summary_rows_and_results_json_schema(tmp_path):
         assert isinstance(row["trained"], float) and isinstance(row["higher_is_better"], bool)
     assert data["metrics"]["object_depth_rmse"]["higher_is_better"] is False
     table = markdown_table(rows)
-    assert "| text→image R@1 (%) | ↑ | 40.0 | 1.6 | pretraining helps" in table
+    assert "| text→image R@1 (%), synthetic captions | ↑ | 40.0 | 1.6 | pretraining helps" in table
     assert "| object-pixel depth RMSE (m) | ↓ | 1.000 | 1.500 |" in table
 
 
