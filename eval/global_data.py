@@ -1,6 +1,6 @@
 """Readers for the global tasks: class-per-folder image sets and image–caption pairs.
 
-Image folders (ImageNet layout)::
+Image folders (ImageNet layout), or a scenes probe split (``scenes:DIR``, see :func:`read_scene_objects`)::
 
     ROOT/<class_folder>/*.jpg|png|...      class name = folder name with "_" -> " ",
     ROOT/classes.json | classes.txt        or from a mapping (see :func:`read_class_names`)
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -274,3 +275,29 @@ def read_seg_folder(root: str | Path, split: str = "val") -> SegFolder:
         raise ValueError(f"{folder}: no {{key}}.seg.png segmentation maps")
     return SegFolder(root, split, [str(c["name"]) for c in entries], [bool(c.get("is_object", True)) for c in entries],
                      int(meta.get("ignore_index", 255)), samples)
+
+
+# ----------------------------------------------------------------------------- scenes: main object per image
+def read_scene_objects(root: str | Path, split: str = "val") -> ImageFolder:
+    """A probe split with segmentation maps as a classification set: each image's label is its *main object*,
+    the object class (``is_object`` in ``classes.json``) covering the most pixels of its ``{key}.seg.png``.
+
+    The classes are the object classes only (for tips-scenes: sphere, cube, cylinder, cone); images showing no
+    object pixel are left out (an error when that leaves none). Ties go to the lower class id.
+    """
+    seg = read_seg_folder(root, split)
+    objects = [i for i, is_object in enumerate(seg.is_object) if is_object]
+    if not objects:
+        raise ValueError(f"{Path(root) / 'classes.json'}: no class has is_object true, so no image has a main object")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for image, seg_path in seg.samples:
+        with Image.open(seg_path) as im:
+            counts = np.bincount(np.asarray(im, dtype=np.uint8).ravel(), minlength=256)[objects]
+        if counts.max() > 0:
+            paths.append(image)
+            labels.append(int(counts.argmax()))
+    if not paths:
+        raise ValueError(f"{Path(root) / split}: no image shows an object pixel ({[seg.class_names[i] for i in objects]})")
+    names = [seg.class_names[i] for i in objects]
+    return ImageFolder(Path(root) / split, names, names, paths, labels)

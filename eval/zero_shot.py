@@ -1,4 +1,5 @@
-"""Zero-shot classification over a class-per-folder image set (``tips-probe zero-shot``).
+"""Zero-shot classification over a class-per-folder image set or a scenes probe split's main objects
+(``tips-probe zero-shot``; ``--data scenes:DIR/probe`` labels each image by its largest object class).
 
 Per class, the text embedding is the mean of the L2-normalised embeddings of its prompts (default: the 80
 OpenAI ImageNet templates), re-normalised; logits are cos(image CLS, class) / τ with the stored τ of that CLS.
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from . import common
-from .global_data import ImageFolder, read_image_folder
+from .global_data import ImageFolder, read_image_folder, read_scene_objects
 from .templates import get_templates
 
 
@@ -66,7 +67,10 @@ def evaluate_zero_shot(model: nn.Module, data: ImageFolder, templates: Sequence[
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-probe zero-shot", description="Zero-shot classification of a class-per-folder image set with prompt templates.")
-    p.add_argument("--data", type=Path, required=True, help="ROOT/<class_folder>/<images>")
+    p.add_argument("--data", required=True,
+                   help="ROOT/<class_folder>/<images>, or scenes:DIR (a probe split folder with classes.json): each "
+                        "image labelled by the object class covering most of its segmentation map")
+    p.add_argument("--split", default="val", help="split of a scenes:DIR probe folder (default val)")
     p.add_argument("--classes", type=Path, default=None,
                    help="class-name mapping (.json or .txt); default ROOT/classes.json|txt, else folder names")
     p.add_argument("--templates", default="openai", help="openai (80, default), simple, tcl, or a file of templates")
@@ -77,15 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     templates = get_templates(args.templates)
-    data = read_image_folder(args.data, args.classes)
+    if args.data.startswith("scenes:"):
+        if args.classes:
+            raise SystemExit("tips-probe zero-shot: --classes does not apply to scenes:DIR (names come from its classes.json)")
+        data = read_scene_objects(args.data[len("scenes:"):], args.split)
+    else:
+        data = read_image_folder(args.data, args.classes)
     model, checkpoint = common.load_model(args)
     with common.precision(model, args):
         metrics = evaluate_zero_shot(model, data, templates, args.cls, args.resolution, args.batch_size,
                                      args.workers, not args.no_progress)
     protocol = common.base_protocol("zero-shot", args, checkpoint, metrics.pop("resolution"))
     protocol.update({
-        "dataset": str(args.data.resolve()),
-        "split": args.data.name,
+        "dataset": str(data.root.resolve()),
+        "split": data.root.name,
+        "labels": "main object (largest object class in the segmentation map)" if args.data.startswith("scenes:")
+                  else "class folder",
         "classes_file": str(args.classes) if args.classes else None,
         "templates": args.templates,
         "num_templates": len(templates),
