@@ -12,6 +12,7 @@ from .formats.dpt import load_head
 from .precision import add_inference_args, autocast, prepare_for_inference
 from .quantize import quantize
 from .predict import predict
+from .dense_pictures import ADE20K_CLASSES
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ def create_model(variant: str = "tiny", tokenizer=None, **overrides) -> TIPS:
 
 
 __all__ = [
+    "ADE20K_CLASSES",
     "TIPS",
     "DenseHead",
     "DPTConfig",
