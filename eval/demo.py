@@ -8,7 +8,9 @@
 4. a table (direction, trained, random, a reading computed from the numbers) is printed and written to
    ``results.md`` and ``results.json``, with one picture page ``picture.png``.
 
-Each step is a subprocess running the public command, so no application imports another.
+Data and pretraining run as subprocesses of their public commands (``tips-scenes``, ``accelerate launch``), so
+no application imports another; the probes are this application's own ``tips-probe``, called in-process (each
+subprocess would pay Python's and torch's start-up again, several seconds apiece on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from . import cli as probe_cli
 from .demo_report import markdown_table, picture_page, summarise, write_results
 
 GLOBAL_RESOLUTION = 64  # data.views.global_size of the recipe
@@ -66,6 +69,16 @@ def run(step: str, cmd: list[str], log_dir: Path) -> float:
     return time.perf_counter() - start
 
 
+def run_probe(step: str, argv: list[str]) -> float:
+    """Run ``tips-probe ARGV`` in this process; returns seconds taken."""
+    print(f"\n== {step}\n$ tips-probe {' '.join(argv)}", flush=True)
+    start = time.perf_counter()
+    code = probe_cli.main(argv)
+    if code:
+        raise SystemExit(f"tips-demo: step '{step}' failed with exit code {code}")
+    return time.perf_counter() - start
+
+
 def probe_commands(model_args: list[str], probe: Path, out: Path, cache: Path, resolution: int, seed: int,
                    iterations: int) -> dict[str, list[str]]:
     """The four probes of one model. The dense ones cache features under the demo's folder (their feature
@@ -79,12 +92,12 @@ def probe_commands(model_args: list[str], probe: Path, out: Path, cache: Path, r
     global_args = model_args + ["--resolution", str(GLOBAL_RESOLUTION), "--seed", str(seed), "--out", str(out),
                                 "--workers", "0", "--cls", "syn"]
     return {
-        "segmentation": command("tips-probe") + ["segmentation", *dense, "--object-classes"],
+        "segmentation": ["segmentation", *dense, "--object-classes"],
         # 64 depth bins, not 256: the head's upsampled logits were most of a depth probe's time; the prediction
         # is the probability-weighted mean of the bin centres, so it is not quantised to the coarser bins.
-        "depth": command("tips-probe") + ["depth", *dense, "--mask", "objects", "--bins", str(DEPTH_BINS)],
-        "retrieval": command("tips-probe") + ["retrieval", "--data", str(probe / "val"), *global_args],
-        "zero-shot": command("tips-probe") + ["zero-shot", "--data", f"scenes:{probe}", "--split", "val", *global_args],
+        "depth": ["depth", *dense, "--mask", "objects", "--bins", str(DEPTH_BINS)],
+        "retrieval": ["retrieval", "--data", str(probe / "val"), *global_args],
+        "zero-shot": ["zero-shot", "--data", f"scenes:{probe}", "--split", "val", *global_args],
     }
 
 
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         out = results_dir / label
         cmds = probe_commands(model_args, probe, out, cache, args.resolution, args.seed, args.probe_iterations)
         for task, cmd in cmds.items():
-            timings[f"{task} ({label})"] = run(f"3/4 {task} probe: {label}", cmd, logs)
+            timings[f"{task} ({label})"] = run_probe(f"3/4 {task} probe: {label}", cmd)
             results[label][task] = read_result(out, task)
     rows = summarise(results)
     pictures = {(task, label): Path(results[label][task]["paths"]["picture"])

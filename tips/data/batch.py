@@ -17,8 +17,9 @@ class Batch:
     global_crop: (B, 3, H, W) float32 in [0, 1] (no mean/std normalisation).
     local_crops: (B, M, 3, h, w) float32 in [0, 1].
     patch_mask: (B, N) bool, True = masked, N = (H/p)·(W/p) patches of the global crop in row-major order.
-    alt_ids, alt_padding: (B, L) int64 / bool, the web alt-text; padding True where padded.
-    syn_ids, syn_padding: (B, L) int64 / bool, one synthetic caption drawn for this step.
+    alt_ids, alt_padding: (B, L_alt) int64 / bool, the web alt-text; padding True where padded.
+    syn_ids, syn_padding: (B, L_syn) int64 / bool, one synthetic caption drawn for this step (each kind trimmed
+        to its own length, a multiple of 8).
     keys: the B sample keys (``__key__`` of the shard, or the table row key).
     stats: skip counts (reason → count) of the producing worker since its previous batch; the loader sums them
         into ``TrainLoader.skips`` and the trainer logs the totals.

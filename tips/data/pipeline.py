@@ -240,9 +240,9 @@ class TipsStream(IterableDataset):
 
     def _collate(self, group: list[tuple], worker: int, skips: SkipCounter) -> Batch:
         keys, global_crops, local_crops, masks, alt_texts, syn_texts = zip(*group)
-        (alt_ids, alt_padding), (syn_ids, syn_padding) = trim_padding(
-            [self.tokenizer(list(alt_texts)), self.tokenizer(list(syn_texts))]
-        )
+        # Each kind trimmed to its own length: alt-texts are a few words, synthetic captions fill the context.
+        [(alt_ids, alt_padding)] = trim_padding([self.tokenizer(list(alt_texts))])
+        [(syn_ids, syn_padding)] = trim_padding([self.tokenizer(list(syn_texts))])
         return Batch(
             global_crop=to_float(torch.stack(global_crops)),  # (B, 3, H, W)
             local_crops=to_float(torch.stack(local_crops)),  # (B, M, 3, h, w)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.batch import Batch
@@ -116,24 +115,21 @@ class TIPSStudent(nn.Module):
         return out
 
     def _encode_captions(self, batch: Batch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Only the captions of the terms that run are encoded; both in one text-tower pass when both do."""
+        """Only the captions of the terms that run are encoded. Both kinds share one text-tower pass when they
+        have the same (trimmed) length; otherwise two passes, since padding the short alt-texts (a few words) to
+        the long synthetic captions (up to the full context) would make most of the text tower's work padding."""
         plan, text = self.plan, self.model.text
         if plan.contrastive_alt and plan.contrastive_syn:
-            (a, pa), (s, ps) = _same_length((batch.alt_ids, batch.alt_padding), (batch.syn_ids, batch.syn_padding))
-            both = text.pool(torch.cat([a, s]), torch.cat([pa, ps]))  # (2B, D)
-            return both[: len(a)], both[len(a):]
+            if batch.alt_ids.shape[1] == batch.syn_ids.shape[1]:
+                both = text.pool(torch.cat([batch.alt_ids, batch.syn_ids]),
+                                 torch.cat([batch.alt_padding, batch.syn_padding]))  # (2B, D)
+                return both[: len(batch.alt_ids)], both[len(batch.alt_ids):]
+            return text.pool(batch.alt_ids, batch.alt_padding), text.pool(batch.syn_ids, batch.syn_padding)
         if plan.contrastive_alt:
             return text.pool(batch.alt_ids, batch.alt_padding), None
         if plan.contrastive_syn:
             return None, text.pool(batch.syn_ids, batch.syn_padding)
         return None, None
-
-
-def _same_length(*pairs: tuple[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pad (ids, padding) pairs on the right to a common length (shapes only: no host sync)."""
-    length = max(ids.shape[1] for ids, _ in pairs)
-    return [(F.pad(ids, (0, length - ids.shape[1])), F.pad(pad, (0, length - pad.shape[1]), value=True))
-            for ids, pad in pairs]
 
 
 @dataclass
