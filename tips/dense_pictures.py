@@ -110,8 +110,9 @@ def segmentation_picture(image: torch.Tensor, labels: torch.Tensor, names: Seque
 
 
 def contact_sheet(pictures: Sequence[Image.Image], captions: Sequence[str], width: int = 1400) -> Image.Image:
-    """Pictures stacked in rows (each scaled to at most ``width`` wide, two per row when they fit), captioned."""
-    cell_w = width // 2 if max(p.width for p in pictures) <= width // 2 * 1.5 else width
+    """Pictures in rows of as many as fit in ``width`` (each scaled down to ``width`` if wider), captioned.
+    Every cell is as wide as the widest picture, so the sheet has no empty margin beside narrow pictures."""
+    cell_w = min(width, max(p.width for p in pictures) + 8)
     tiles = []
     for pic, cap in zip(pictures, captions):
         scale = min(1.0, (cell_w - 8) / pic.width)
