@@ -23,21 +23,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tips.atomic import write_json_atomic
+from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
 
 from .tario import (
     DEFAULT_MAX_PIXELS,
     ImageError,
-    ShardFile,
     ShardReadError,
     TarSample,
     decode_image,
     dumps_json,
-    encode_sample,
     iter_tar_samples,
     read_json,
     resolve_shards,
-    sha256_file,
 )
 
 FORMAT = "tips-caption/1"

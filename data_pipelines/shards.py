@@ -25,20 +25,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tips.atomic import write_json_atomic
+from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
 
 from .shard_inputs import Record, shard_records, table_records, table_rows
 from .tario import (
     DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
     ImageError,
-    ShardFile,
     dumps_json,
-    encode_sample,
     image_member,
     read_json,
     resolve_shards,
-    sha256_file,
 )
 
 FORMAT = "tips-shards/1"
