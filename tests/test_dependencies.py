@@ -7,10 +7,12 @@ import functools
 import importlib.metadata
 import re
 import sys
-import tomllib
 from pathlib import Path
 
+import pytest
 from test_import_cycles import _imports
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_PARTY = {"tips", "eval", "data_pipelines", "bench", "experiments"}
