@@ -1,7 +1,7 @@
 """``tips-shards``: an image folder and a captions table, or existing shards, to reproducible webdataset shards.
 
 Each sample holds the image (``jpg``/``png``/``webp``), the alt-text ``txt`` and ``json`` =
-``{"synthetic_captions": [...], "source": ..., ...}`` (TIPS.md §5.11). Rows without synthetic captions are written
+``{"synthetic_captions": [...], "source": ..., ...}``, the layout ``tips.data`` reads. Rows without synthetic captions are written
 with an empty list: the training pipeline drops such samples until ``tips-caption`` has added one.
 
 Output: ``OUT/shard-000000.tar …``, ``OUT/manifest.json`` (fingerprint, per-shard counts, bytes, sha256, input rows)

@@ -1,4 +1,5 @@
-"""Masked image modelling: the iBOT patch loss (TIPS.md §5.5) and the optional MAE pixel loss (PEERS.md §5).
+"""Masked image modelling: the iBOT patch loss (student patch tokens of the masked global crop against the
+teacher's at the same positions) and the optional MAE-style loss (normalised-pixel MSE on the masked patches).
 
 The trainer picks patches once with :func:`select_patches`, runs the iBOT heads only on those rows of the
 flattened (B·N, D) patch tokens, and passes the per-patch weights to :class:`IBOTPatchLoss`.

@@ -1,6 +1,6 @@
 """DPT decoder heads on the TIPS image tower: segmentation, metric depth and surface normals.
 
-Two presets (spec DENSE_HEADS.md §1, §3):
+Two presets:
 
 - ``tips``: the official TIPSv2 decoder (``pytorch/decoders.py``). Per level a "project" readout
   (patch ⊕ CLS1 → Linear(2D→D) → tanh-GELU), a 1×1 conv to (D/8, D/4, D/2, D) channels, resize ×4 / ×2 / ×1 / ×½,
