@@ -12,7 +12,7 @@ import json
 import os
 import tarfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,8 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[TarSample]:
 
 
 def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Shard paths from a folder (its ``*.tar``), a brace pattern (``a-{000..009}.tar``), a glob, a file or a list."""
+    """Shard paths from a folder (its ``*.tar``), a webdataset spec (``a-{000..009}.tar``, ``a.tar::b.tar``), a glob,
+    a file or a list."""
     if not isinstance(spec, (str, os.PathLike)):
         return [p for s in spec for p in resolve_shards(s)]
     text = os.fspath(spec)
