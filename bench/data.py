@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from PIL import Image
 
 from tips.data import DataConfig, build_train_loader
 from tips.data.sources import decode_image
-from tips.tokenizers import build_tokenizer
+from tips import build_tokenizer
+from tips.io import write_shard
 
 
 def write_shards(folder: Path, samples: int, size: int, num_shards: int, seed: int = 0) -> str:
@@ -38,23 +40,26 @@ def write_shards(folder: Path, samples: int, size: int, num_shards: int, seed: i
     rng = np.random.default_rng(seed)
     per_shard = -(-samples // num_shards)
     for s in range(num_shards):
-        with wds.TarWriter(str(folder / f"bench-{s:06d}.tar")) as sink:
-            for i in range(min(per_shard, samples - s * per_shard)):
-                photo = photos[int(rng.integers(len(photos)))]
-                h, w = photo.shape[:2]
-                ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-                top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-                image = Image.fromarray(photo[top : top + ch, left : left + cw])
-                scale = size / max(image.size)
-                image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-                buf = io.BytesIO()
-                image.save(buf, "JPEG", quality=90)
-                sink.write({"__key__": f"{s:06d}_{i:06d}", "jpg": buf.getvalue(),
-                            "txt": f"a web photo number {i} from shard {s}",
-                            "json": {"synthetic_captions": [f"A detailed synthetic description of image {i}, "
-                                                            "with the objects, their colours and layout.",
-                                                            f"Short caption {i}."], "source": "bench"}})
+        write_shard(folder / f"bench-{s:06d}.tar", (_sample(photos, rng, size, s, i)
+                                                    for i in range(min(per_shard, samples - s * per_shard))))
     return str(folder / f"bench-{{000000..{num_shards - 1:06d}}}.tar")
+
+
+def _sample(photos: list[np.ndarray], rng: np.random.Generator, size: int, shard: int, i: int) -> dict:
+    """One webdataset sample: a random crop of a photo as JPEG q90, an alt-text and two synthetic captions."""
+    photo = photos[int(rng.integers(len(photos)))]
+    h, w = photo.shape[:2]
+    ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    image = Image.fromarray(photo[top : top + ch, left : left + cw])
+    scale = size / max(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90)
+    captions = [f"A detailed synthetic description of image {i}, with the objects, their colours and layout.",
+                f"Short caption {i}."]
+    return {"__key__": f"{shard:06d}_{i:06d}", "jpg": buf.getvalue(), "txt": f"a web photo number {i} from shard {shard}",
+            "json": json.dumps({"synthetic_captions": captions, "source": "bench"})}
 
 
 class _DecodeCrop:

@@ -30,21 +30,19 @@ from typing import Callable
 import torch
 
 import tips
-from tips.checkpoints import ours_to_official_vision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference.official_torch import OfficialVisionEncoder  # noqa: E402
+from reference.official_torch import OfficialVisionEncoder, load_official_npz  # noqa: E402
 
 PATHS = ("fp32", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "official")
 DEFAULT_PATHS = "fp32,bf16,int8,onnx,onnx-int8,official"
 
 
-def official_encoder(model: tips.TIPS) -> OfficialVisionEncoder:
-    """The reference encoder holding ``model``'s image-tower weights."""
+def official_encoder(model: tips.TIPS, workdir: Path) -> OfficialVisionEncoder:
+    """The reference encoder holding ``model``'s image-tower weights, read back from its official ``.npz`` export."""
     cfg = model.cfg.vision
     ref = OfficialVisionEncoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_hidden, cfg.ffn, cfg.patch_size, cfg.pos_grid)
-    sd = ours_to_official_vision(model.vision.state_dict(), cfg.ffn == "swiglu")
-    ref.load_state_dict(sd, strict=True)
+    load_official_npz(ref, tips.export_official(model, workdir / "official")["vision"])
     return ref.eval()
 
 
@@ -84,17 +82,18 @@ def build_paths(model: tips.TIPS, names: list[str], size: int, device: torch.dev
         qa = tips.quantize(copy.deepcopy(model), "int8", backend="torchao")
         fns["int8-torchao"] = lambda x: qa.encode_image(x).cls_alt
     if "onnx" in names or "onnx-int8" in names:
-        from tips.formats.onnx import session, write_onnx
+        import onnxruntime
 
         vision_only = copy.deepcopy(model)
         vision_only.text = None
-        files = write_onnx(vision_only, workdir / f"onnx{size}", image_size=size, int8="onnx-int8" in names)
+        files = vision_only.save_pretrained(workdir / f"onnx{size}", format="onnx", image_size=size,
+                                            int8="onnx-int8" in names)
         for name, key in (("onnx", "vision"), ("onnx-int8", "vision_int8")):
             if name in names:
-                sess = session(files[key])
+                sess = onnxruntime.InferenceSession(str(files[key]), providers=["CPUExecutionProvider"])
                 fns[name] = lambda x, s=sess: torch.from_numpy(s.run(["cls_alt"], {"images": x.cpu().numpy()})[0])
     if "official" in names:
-        ref = official_encoder(model).to(device)
+        ref = official_encoder(model, workdir).to(device)
         fns["official"] = lambda x: ref(x)[0][:, 0]
     return fns
 

@@ -23,9 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tips.data import Batch
-from tips.train.config import load_config
-from tips.train.student import with_patch_selection
-from tips.train.trainer import Trainer
+from tips.train import Trainer, load_config, with_patch_selection
 
 
 def make_batch(B: int, size: int, local: int, M: int, patch: int, device: str) -> Batch:

@@ -1,6 +1,6 @@
 """``tips-caption``: append one synthetic caption per image to webdataset shards with a transformers captioner.
 
-TIPS trains on a synthetic caption next to the alt-text of every image (PaliGemma in the paper, TIPS.md §5.11). This
+TIPS trains on a synthetic caption next to the alt-text of every image (PaliGemma 3B in the paper). This
 job reads shards, captions their images in batches with any ``transformers`` image-to-text model (BLIP, Florence-2,
 PaliGemma, … from a local folder or a cached hub id) and writes ``OUT/<same name>.tar`` with the caption appended to
 ``json["synthetic_captions"]``; every other member keeps its bytes. Shard i goes to process i % n under
@@ -23,21 +23,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tips.atomic import write_json_atomic
+from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
 
 from .tario import (
     DEFAULT_MAX_PIXELS,
     ImageError,
-    ShardFile,
     ShardReadError,
     TarSample,
     decode_image,
     dumps_json,
-    encode_sample,
     iter_tar_samples,
     read_json,
     resolve_shards,
-    sha256_file,
 )
 
 FORMAT = "tips-caption/1"

@@ -1,7 +1,7 @@
 """``tips-shards``: an image folder and a captions table, or existing shards, to reproducible webdataset shards.
 
 Each sample holds the image (``jpg``/``png``/``webp``), the alt-text ``txt`` and ``json`` =
-``{"synthetic_captions": [...], "source": ..., ...}`` (TIPS.md §5.11). Rows without synthetic captions are written
+``{"synthetic_captions": [...], "source": ..., ...}``, the layout ``tips.data`` reads. Rows without synthetic captions are written
 with an empty list: the training pipeline drops such samples until ``tips-caption`` has added one.
 
 Output: ``OUT/shard-000000.tar …``, ``OUT/manifest.json`` (fingerprint, per-shard counts, bytes, sha256, input rows)
@@ -25,20 +25,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tips.atomic import write_json_atomic
+from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
 
 from .shard_inputs import Record, shard_records, table_records, table_rows
 from .tario import (
     DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
     ImageError,
-    ShardFile,
     dumps_json,
-    encode_sample,
     image_member,
     read_json,
     resolve_shards,
-    sha256_file,
 )
 
 FORMAT = "tips-shards/1"

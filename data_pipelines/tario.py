@@ -1,66 +1,38 @@
-"""Tar I/O shared by the data jobs: reproducible webdataset shards, atomic files, sample reading, image checks.
+"""Tar I/O shared by the data jobs: their JSON encoding, sample reading, shard specs, image checks.
 
-A shard written here is a plain uncompressed tar, byte-for-byte what ``tarfile`` in PAX format would write, with every
-member's metadata fixed (mtime 0, uid/gid 0, uname/gname "", mode 0o444) so that the same samples always give the same
-bytes. Samples are encoded to bytes before they are written, which lets a writer know a shard's exact size in advance.
+Shards are written with :mod:`tips.io` (``ShardFile``, ``encode_sample``): fixed member metadata, so the same samples
+always give the same bytes.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import os
 import tarfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import braceexpand
 from PIL import Image, ImageOps
 
-from tips.atomic import fsync_dir
+from tips.io import expand_shards
 
-BLOCK = tarfile.BLOCKSIZE  # 512
-RECORD = tarfile.RECORDSIZE  # 10240: tar pads the archive to whole records
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # MPO is a multi-frame JPEG
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb warning threshold
 JPEG_QUALITY = 95
 
 
-# ----------------------------------------------------------------------------------------------------------- writing
+# -------------------------------------------------------------------------------------------------------------- json
 
 
 def dumps_json(obj: Any) -> bytes:
     """The one JSON encoding the data jobs use for ``json`` members (stable key order, UTF-8, compact)."""
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def encode_member(name: str, data: bytes) -> bytes:
-    """One tar member (header block(s), data, zero padding) with fixed metadata."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    return header + data + b"\0" * (-len(data) % BLOCK)
-
-
-def encode_sample(key: str, members: Iterable[tuple[str, bytes]]) -> bytes:
-    """A webdataset sample: members ``key.ext`` in the order given."""
-    return b"".join(encode_member(f"{key}.{ext}", data) for ext, data in members)
-
-
-def archive_size(payload: int) -> int:
-    """Bytes of a tar whose members take ``payload`` bytes: two end blocks, then padding to a whole record."""
-    end = payload + 2 * BLOCK
-    return end + (-end % RECORD)
 
 
 def read_json(path: str | os.PathLike) -> Any | None:
@@ -69,60 +41,6 @@ def read_json(path: str | os.PathLike) -> Any | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-class ShardFile:
-    """A tar shard being written to ``path.tmp``; ``commit()`` closes it and renames it into place atomically.
-
-    Tracks the sample count, the exact final size and the sha256 of the bytes written.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self._file = open(self.tmp, "wb")
-        self._sha = hashlib.sha256()
-        self.payload = 0
-        self.count = 0
-
-    def size_with(self, encoded: bytes) -> int:
-        """The final shard size if ``encoded`` were added now."""
-        return archive_size(self.payload + len(encoded))
-
-    def write(self, encoded: bytes) -> None:
-        """Append one encoded sample (see ``encode_sample``)."""
-        self._put(encoded)
-        self.count += 1
-
-    def _put(self, data: bytes) -> None:
-        self._file.write(data)
-        self._sha.update(data)
-        self.payload += len(data)
-
-    def commit(self) -> tuple[int, str]:
-        """Finish the archive, fsync, rename into place; returns (bytes, sha256)."""
-        size = archive_size(self.payload)
-        self._put(b"\0" * (size - self.payload))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)
-        return size, self._sha.hexdigest()
-
-    def abort(self) -> None:
-        """Drop the partial shard."""
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------- reading
@@ -183,17 +101,15 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[TarSample]:
 
 
 def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Shard paths from a folder (its ``*.tar``), a brace pattern (``a-{000..009}.tar``), a glob, a file or a list."""
+    """Shard paths from a folder (its ``*.tar``), a webdataset spec (``a-{000..009}.tar``, ``a.tar::b.tar``), a glob,
+    a file or a list."""
     if not isinstance(spec, (str, os.PathLike)):
         return [p for s in spec for p in resolve_shards(s)]
     text = os.fspath(spec)
     if os.path.isdir(text):
         paths = sorted(Path(text).glob("*.tar"))
-    elif "{" in text:
-        paths = [Path(p) for p in braceexpand.braceexpand(text)]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"shard pattern {text!r}: {len(missing)} files missing, first {missing[0]}")
+    elif "{" in text or "::" in text:
+        paths = [Path(p) for p in expand_shards(text, check_exists=True)]
     elif glob.has_magic(text):
         paths = sorted(Path(p) for p in glob.glob(text))
     else:

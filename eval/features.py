@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import tips
-from tips.transforms import to_rgb
+from tips.io import sha256_file, to_rgb
 
 from .datasets import DenseDataset
 
@@ -66,7 +66,7 @@ def resolve_layers(choice: str, depth: int) -> tuple[int, ...]:
     if choice == "quarters":
         return tuple(sorted({max(0, depth * k // 4 - 1) for k in (1, 2, 3, 4)}))
     if choice == "dpt":
-        from tips.models.dpt import dpt_layers
+        from tips.models import dpt_layers
 
         return dpt_layers(depth)
     try:
@@ -106,7 +106,7 @@ def checkpoint_identity(model_source: str | None, random_init: str | None = None
         files = [{"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
                  for p in sorted(path.iterdir()) if p.is_file()]
         config = path / "config.json"
-        digest = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+        digest = sha256_file(config) if config.is_file() else None
         return {"kind": "folder", "path": str(path.resolve()), "files": files, "config_sha256": digest}
     return {"kind": "name", "name": str(model_source)}
 

@@ -184,8 +184,7 @@ def step_flops(preset: dict, variant: str, device: str = "cpu") -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from tips.models import get_variant
-    from tips.train.builders import build_modules
-    from tips.train.config import load_config
+    from tips.train import build_modules, load_config
     from train_step import make_batch
 
     cfg = load_config([ROOT / "configs/pretrain/demo_cpu.yaml"], ["data.train=x.tar", *preset["train"], *VARIANTS[variant]])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tips
-from tips import checkpoints
+from tips.formats.detect import detect_format
 
 
 def _model(**overrides):
@@ -135,13 +135,13 @@ def test_unknown_source_lists_official_names():
 
 
 def test_detect_format_by_keys():
-    assert checkpoints.detect_format({"vision_encoder.cls_token"}) == "hf"
-    assert checkpoints.detect_format({"encoder/encoder_norm/scale"}) == "scenic_vision"
-    assert checkpoints.detect_format({"token_emb/emb_var"}) == "scenic_text"
-    assert checkpoints.detect_format({"register_tokens", "cls_token"}) == "official_vision"
-    assert checkpoints.detect_format({"token_embedding.weight"}) == "official_text"
+    assert detect_format({"vision_encoder.cls_token"}) == "hf"
+    assert detect_format({"encoder/encoder_norm/scale"}) == "scenic_vision"
+    assert detect_format({"token_emb/emb_var"}) == "scenic_text"
+    assert detect_format({"register_tokens", "cls_token"}) == "official_vision"
+    assert detect_format({"token_embedding.weight"}) == "official_text"
     with pytest.raises(ValueError, match="unrecognised"):
-        checkpoints.detect_format({"foo"})
+        detect_format({"foo"})
 
 
 def test_save_pretrained_replaces_an_existing_folder_atomically(tmp_path):

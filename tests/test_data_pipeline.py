@@ -189,11 +189,11 @@ def test_pipe_sources_are_opened_by_webdataset_and_give_the_same_samples(clean, 
 
 
 def test_remote_urls_are_not_checked_up_front_but_missing_local_shards_are(tmp_path):
-    from tips.data.sources import expand_shards
+    from tips.io import expand_shards
 
-    assert len(expand_shards("https://example.invalid/shard-{000000..000003}.tar")) == 4
+    assert len(expand_shards("https://example.invalid/shard-{000000..000003}.tar", check_exists=True)) == 4
     with pytest.raises(FileNotFoundError, match="2 of 2 shards"):
-        expand_shards(str(tmp_path / "missing-{0..1}.tar"))
+        expand_shards(str(tmp_path / "missing-{0..1}.tar"), check_exists=True)
 
 
 def test_table_source_goes_through_the_same_views_and_skips(tmp_path, tokenizer):

@@ -1,7 +1,7 @@
 """DPT heads: ``tips.load_head(...).predict(tips.load(vision), x)`` equals the official decoder on the official tower.
 
 Ground truth is tests/reference (the official image tower and a plain re-implementation of the official decoders
-and of ``load_decoder_weights``, written from DENSE_HEADS.md). Random, non-symmetric weights; files written in the
+and of ``load_decoder_weights``, written from their published description). Random, non-symmetric weights; files written in the
 Scenic zip and the legacy flat layouts; the native size and a non-square one; all three tasks; max |Δ| ≤ 1e-4.
 A second group shows that each classic conversion mistake moves the output far beyond that tolerance, so the
 parity tests would catch it.

@@ -19,7 +19,8 @@ from safetensors import safe_open
 
 import tips
 from tips.features import NoReadableImages, check_resolution, extract, load_features, main
-from tips.image_sources import expand_braces, find_images
+from tips.image_sources import find_images
+from tips.io import expand_shards
 from tips.transforms import Preprocess
 
 skdata = pytest.importorskip("skimage.data")
@@ -210,8 +211,10 @@ def test_resolution_must_be_a_multiple_of_the_patch_size():
 
 
 def test_brace_patterns_expand_like_webdataset():
-    assert expand_braces("a-{008..010}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar"]
-    assert expand_braces("{x,y}/{1..2}") == ["x/1", "x/2", "y/1", "y/2"]
+    assert expand_shards("a-{008..010}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar"]
+    assert expand_shards("{x,y}/{1..2}") == ["x/1", "x/2", "y/1", "y/2"]
+    assert expand_shards("a-{0..1}.tar::b.tar") == ["a-0.tar", "a-1.tar", "b.tar"]
+    assert expand_shards("keep-{literal}.tar") == ["keep-{literal}.tar"]
 
 
 def test_demo_quick_start(tmp_path, capsys):

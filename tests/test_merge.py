@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tips
-from tips.checkpoints import save_pretrained
+from tips import save_pretrained
 from tips.merge import MergeMismatch, main, merge
 
 

@@ -1,6 +1,6 @@
 """Parity of ``tips.load`` models with the official TIPS reference encoders (tests/reference), for every layout.
 
-The reference encoders follow the official PyTorch port (spec §2–§4); files are written in the official PyTorch
+The reference encoders follow the official PyTorch port (image and text towers, their ``.npz`` layouts); files are written in the official PyTorch
 ``.npz``, Scenic ``.npz`` and Hugging Face layouts from random, deliberately non-trivial weights (LayerScale γ ≠ 1,
 non-zero ``pos_embed[:,0]`` and ``mask_token``) and loaded by the library. All outputs must agree to 1e-4 (fp32).
 """

@@ -1,7 +1,8 @@
-"""The reference encoders in ``tests/reference`` behave as the spec (TIPS.md §2–§4) says the official ones do.
+"""The reference encoders in ``tests/reference`` behave as the official TIPS encoders are documented to.
 
-These tests check the ground truth itself, against independent formulations: timm's ViT (spec §4.6 mapping), a
-functional Flax-style forward over the Scenic layout (einsums on (D,H,dh) kernels), and direct properties.
+These tests check the ground truth itself, against independent formulations: timm's ViT (loaded through the
+official-to-timm key mapping), a functional Flax-style forward over the Scenic layout (einsums on (D,H,dh)
+kernels), and direct properties.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def test_fully_masked_image_encodes_independently_of_its_pixels() -> None:
 
 
 def _timm_from_official(model: OfficialVisionEncoder, ffn: str, hidden: int) -> torch.nn.Module:
-    """Spec §4.6: timm ViT with no_embed_class, one register, cls_token ← cls_token + pos_embed[:,0]."""
+    """The official tower as a timm ViT: no_embed_class, one register, cls_token ← cls_token + pos_embed[:,0]."""
     extra = dict(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, mlp_ratio=2 * hidden / D) if ffn == "swiglu" \
         else dict(mlp_ratio=hidden / D)
     vit = timm.create_model(

@@ -124,7 +124,7 @@ def test_swiglu_gates_first_half_with_silu():
 
 
 def test_model_parameter_counts_match_the_official_table():
-    # README counts with a 16x16 grid (spec §2.1): S/14 21.6 M, B/14 85.7 M.
+    # The official README counts parameters with a 16x16 position grid: S/14 21.6 M, B/14 85.7 M.
     for variant, millions in (("s14", 21.6), ("b14", 85.7)):
         cfg = get_variant(variant, **{"vision.pos_grid": 16}).vision
         n = sum(p.numel() for n_, p in build_vision_tower(cfg).named_parameters() if n_ != "mask_token")

@@ -1,6 +1,6 @@
 """tips: TIPS (Text-Image Pretraining with Spatial awareness) models, pretraining, features and probes."""
 
-from .models import TIPS, ImageFeatures, ModelConfig, TextConfig, VisionConfig, get_variant, l2_normalize
+from .models import TIPS, ImageFeatures, ModelConfig, TextConfig, VisionConfig, create_model, get_variant, l2_normalize
 from .tokenizers import BPETokenizer, SentencePieceTokenizer, build_tokenizer
 from .transforms import Preprocess
 from .loading import load
@@ -15,14 +15,6 @@ from .predict import predict
 from .dense_pictures import ADE20K_CLASSES
 
 __version__ = "0.1.0"
-
-
-def create_model(variant: str = "tiny", tokenizer=None, **overrides) -> TIPS:
-    """A randomly initialised TIPS model of a named variant (``"tiny"``, ``"s14"`` … ``"g14"``) with overrides."""
-    cfg = get_variant(variant, **overrides)
-    tok = build_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer)
-    return TIPS(cfg, tokenizer=tok)
-
 
 __all__ = [
     "ADE20K_CLASSES",

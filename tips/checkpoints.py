@@ -1,6 +1,13 @@
-"""Kept for existing imports: the checkpoint layouts now live in :mod:`tips.formats`, one module per layout."""
+"""Deprecated: kept only so that old ``from tips.checkpoints import …`` lines still run.
+
+The checkpoint layouts live in :mod:`tips.formats`, one module per layout; the public entry points are
+``tips.load``, ``tips.save_pretrained``, ``tips.export_official`` and ``TIPS.save_pretrained(format=...)``.
+Nothing in this repository imports this module.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 from .formats.common import (
     CONFIG_NAME,
@@ -26,3 +33,6 @@ __all__ = [
     "load_pretrained", "load_strict", "official_vision_to_ours", "ours_to_official_vision", "read_npz", "read_sidecar",
     "save_pretrained", "scenic_text_to_ours", "scenic_vision_to_ours", "sidecar_path", "split_text_temperature",
 ]  # fmt: skip
+
+warnings.warn("tips.checkpoints is deprecated: use tips.load / tips.save_pretrained / tips.export_official, or the "
+              "modules of tips.formats", DeprecationWarning, stacklevel=2)

@@ -32,6 +32,8 @@ from .image_sources import (
     find_images,
     write_demo_images,
 )
+from .loading import load
+from .models.factory import create_model
 from .models.tips import TIPS
 from .pca import save_pca_picture
 from .precision import DTYPES, add_inference_args, autocast, prepare_for_inference
@@ -192,8 +194,6 @@ def resolve_model(
     model: TIPS | str | os.PathLike | None, random_init: str | None, text=None, tokenizer=None, seed: int = 0
 ) -> tuple[TIPS, str]:
     """A ready model in eval mode and a name for the metadata; exactly one of ``model`` / ``random_init``."""
-    from . import create_model, load
-
     if (model is None) == (random_init is None):
         raise ValueError("give exactly one of --model (a checkpoint or official name) and --random-init VARIANT")
     if random_init is not None:

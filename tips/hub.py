@@ -7,7 +7,6 @@ path to place the file at.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import current_umask
+from .io.hashing import sha256_file
 
 BASE_URL = "https://storage.googleapis.com/tips_data"
 TOKENIZER_URL = f"{BASE_URL}/v1_0/checkpoints/tokenizer.model"
@@ -86,14 +86,6 @@ def offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("TIPS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cached_file(url: str) -> Path:
     """Return the local copy of ``url``, downloading it into the cache if allowed.
 
@@ -103,7 +95,7 @@ def cached_file(url: str) -> Path:
     target = cache_dir() / url.split("/checkpoints/", 1)[-1]
     digest_file = target.with_name(target.name + ".sha256")
     if target.is_file():
-        if digest_file.is_file() and digest_file.read_text().strip() != _sha256(target):
+        if digest_file.is_file() and digest_file.read_text().strip() != sha256_file(target):
             raise RuntimeError(f"cached file {target} does not match its recorded checksum; delete it and retry")
         return target
     if offline():
@@ -123,7 +115,7 @@ def cached_file(url: str) -> Path:
         raise OSError(f"download of {url} is incomplete: {size} of {expected} bytes")
     os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide a shared cache from the group
     os.replace(tmp, target)
-    digest_file.write_text(_sha256(target) + "\n")
+    digest_file.write_text(sha256_file(target) + "\n")
     return target
 
 

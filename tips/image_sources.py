@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .io.shards import expand_shards
 from .transforms import to_rgb
 
 IMAGE_EXTENSIONS = frozenset(
@@ -50,24 +51,6 @@ class ImageRef:
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def expand_braces(pattern: str) -> list[str]:
-    """Shell-style brace expansion: ``a-{000..002}.tar`` → three names (zero padding kept), ``{x,y}`` → two."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if m is None:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.groups()
-        width = len(lo) if lo.startswith("0") else 0
-        parts = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-    elif "," in body:
-        parts = body.split(",")
-    else:  # not an expansion: keep literally
-        return [head + "{" + body + "}" + t for t in expand_braces(tail)]
-    return [head + p + t for p in parts for t in expand_braces(tail)]
-
-
 def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -131,7 +114,7 @@ def find_images(sources: str | Path | Sequence[str | Path]) -> list[ImageRef]:
 
 def _resolve(source: str, prefix_folders: bool) -> list[ImageRef]:
     path = Path(source)
-    expanded = expand_braces(source) if not path.exists() else [source]
+    expanded = expand_shards(source) if not path.exists() else [source]
     if len(expanded) > 1:
         return [ref for name in expanded for ref in _resolve(name, prefix_folders)]
     if path.is_dir():

@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 
-from .checkpoints import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from .formats.common import CONFIG_NAME, WEIGHTS_NAME
+from .formats.pretrained import save_pretrained
 from .loading import load
 from .models.tips import TIPS
 

@@ -60,7 +60,7 @@ def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
 
 def make_sample(task: Task) -> dict:
     """Render one scene and encode it for its split (runs in the worker processes)."""
-    from tips.png16 import encode_png16, normals_to_uint16  # imported by main() before the workers fork
+    from tips.io import encode_png16, normals_to_uint16  # imported by main() before the workers fork
 
     split, index, seed, size, fmt, pretrain_normals = task
     image_seed = scene_seed(seed, split, index)
@@ -97,7 +97,7 @@ def is_up_to_date(out: Path, record: dict) -> bool:
 
 
 def classes_json() -> dict:
-    from tips.png16 import NORMALS_ENCODING
+    from tips.io import NORMALS_ENCODING
 
     return {
         "classes": [{"id": i, "name": name, "is_object": i > 1} for i, name in enumerate(CLASS_NAMES)],
@@ -125,7 +125,7 @@ def remove_previous(out: Path) -> None:
 
 def write_pretrain(out: Path, samples: Iterator[dict], count: int, shard_size: int) -> list[dict]:
     """Write ``count`` samples into tar shards of ``shard_size``; returns [{"name", "count"}] per shard."""
-    import webdataset as wds  # here, not at the top: it imports torch, which rendering and the no-op path avoid
+    from tips.io import write_shard  # here, not at the top: ``tips`` imports torch, which the no-op path avoids
 
     directory = out / "pretrain"
     directory.mkdir(parents=True, exist_ok=True)
@@ -133,11 +133,7 @@ def write_pretrain(out: Path, samples: Iterator[dict], count: int, shard_size: i
     for shard, start in enumerate(range(0, count, shard_size)):
         n = min(shard_size, count - start)
         name = f"shard-{shard:06d}.tar"
-        partial = directory / (name + ".partial")
-        with wds.TarWriter(str(partial), encoder=False, mtime=0) as sink:  # mtime fixed: byte-identical reruns
-            for _ in range(n):
-                sink.write(next(samples))
-        os.replace(partial, directory / name)
+        write_shard(directory / name, (next(samples) for _ in range(n)))  # fixed tar metadata: identical reruns
         shards.append({"name": name, "count": n})
     return shards
 
@@ -207,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.num_val} val images); use --force to regenerate")
         return 0
     remove_previous(out)
-    import tips.png16  # noqa: F401  (here, not at the top: ``tips`` imports torch, which the no-op path avoids)
+    import tips.io  # noqa: F401  (here, not at the top: ``tips`` imports torch, which the no-op path avoids)
 
     keep_buffers_in_heap()
     splits = {"pretrain": args.num_pretrain, "train": args.num_train, "val": args.num_val}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tips.transforms import to_rgb
+from tips.io import to_rgb
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val")
@@ -162,7 +162,7 @@ def read_label_png(path: Path, modes: tuple[str, ...] = ("L", "P")) -> np.ndarra
 
 def read_normals_png(path: Path) -> torch.Tensor:
     """uint16 RGB PNG (docs/data_format.md §2) → (3, H, W) float32 unit normals, 0 = invalid."""
-    from tips.png16 import PNG16Error, read_png16, uint16_to_normals
+    from tips.io import PNG16Error, read_png16, uint16_to_normals
 
     require_file(path, "a 16-bit RGB normals PNG (docs/data_format.md §2)")
     try:

@@ -1,8 +1,8 @@
 """DPT probe heads (``--head dpt``) for segmentation, depth and normals on frozen cached features.
 
-The backbone stays frozen: the four DPT blocks (``tips.models.dpt.dpt_layers``) are cached once like the linear
+The backbone stays frozen: the four DPT blocks (``tips.models.dpt_layers``) are cached once like the linear
 probes' features (fp16, memory-mapped: patch tokens of the four blocks side by side, and their CLS1), with the final
-LN for the ``tips`` preset and without it for ``probe3d``. The head is ``tips.models.dpt.DenseHead``; its task output
+LN for the ``tips`` preset and without it for ``probe3d``. The head is ``tips.models.DenseHead``; its task output
 is resized to the ground truth bilinearly (``tips``, as ``predict``) or bicubically (``probe3d``, as probe3d).
 Losses: cross-entropy; the depth probe's SigLoss + gradient loss on the bin expectation; the normals losses.
 The trained head is returned with the outcome so ``run_probe`` can save it (our format, and the official layout for
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import tips
-from tips.models.dpt import DenseHead, Level, build_head
+from tips.models import DenseHead, Level, build_head
 
 from ..datasets import IGNORE_INDEX, DenseDataset
 from ..features import FeatureCache, FeatureSpec

@@ -39,11 +39,9 @@ def save_head(head: tips.DenseHead, out_dir: Path, name: str) -> dict[str, str]:
     """A trained DPT head in our format (``{name}-head/``) and, for the official architecture, in the official
     Scenic layout (``{name}-head.zip``) too; probe3d's decoder has no official layout. The official layout stores no
     depth-bin range: a depth head trained on another range than [0.001, 10] m reads back with the official one."""
-    from tips.formats.dpt import export_official_head, save_pretrained_head
-
-    paths = {"head": str(save_pretrained_head(head, out_dir / f"{name}-head"))}
+    paths = {"head": str(head.save_pretrained(out_dir / f"{name}-head"))}
     if head.cfg.preset == "tips":
-        paths["head_official"] = str(export_official_head(head, out_dir, name=f"{name}-head"))
+        paths["head_official"] = str(head.save_pretrained(out_dir, format="official", name=f"{name}-head"))
     return paths
 
 

@@ -1,6 +1,6 @@
-"""Writers for the other published TIPS checkpoint layouts from an official PyTorch state dict (spec §4.4, §4.5).
+"""Writers for the other published TIPS checkpoint layouts from an official PyTorch state dict.
 
-Input state dicts map official keys (§4.2 / §4.3) to numpy arrays or tensors. Scenic files are the flattened Flax
+Input state dicts map official PyTorch keys to numpy arrays or tensors. Scenic files are the flattened Flax
 tree ('/'-joined); the Hugging Face layout is the official keys prefixed ``vision_encoder.`` / ``text_encoder.``.
 Nothing here imports ``tips``.
 """

@@ -1,6 +1,6 @@
 """An independent, plain re-implementation of the official TIPSv2 DPT decoders and their loader (test ground truth).
 
-Written from DENSE_HEADS.md §1–§2 only, in the plain style of the official PyTorch decoders: NCHW throughout,
+Written from the published description of the decoders and their file layouts only, in the plain style of the official PyTorch decoders: NCHW throughout,
 explicit concatenation of patch and CLS tokens, one module per official submodule so that the parameter names
 are the official state-dict keys (``dpt.reassemble.readout_projects.0.weight`` …, ``head.weight``).
 
@@ -171,7 +171,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _scenic_path(key: str) -> tuple[str, str]:
-    """Official PyTorch key → (Scenic module path, leaf) — the inverse of DENSE_HEADS.md §2's list."""
+    """Official PyTorch key → (Scenic module path, leaf): the inverse of the official loader's key mapping."""
     name, leaf = key.rsplit(".", 1)
     leaf = "kernel" if leaf == "weight" else leaf
     rules = [

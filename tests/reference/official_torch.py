@@ -1,6 +1,6 @@
 """An independent re-implementation of the official TIPS PyTorch reference encoders (test ground truth).
 
-Written from the specification only (TIPS.md §2, §3, §4.2, §4.3), in the plain style of the DINOv2 reference the
+Written from the published description of the towers and their ``.npz`` layouts only, in the plain style of the DINOv2 reference the
 official port follows: unfused attention, explicit token preparation, parameter names equal to the official
 state-dict keys so that :func:`save_official_npz` writes files in the official ``.npz`` layout.
 
@@ -295,7 +295,7 @@ def state_dict_numpy(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def save_official_npz(model: nn.Module, path: str | os.PathLike, temperature: float | None = None) -> str:
-    """Write the official PyTorch ``.npz`` layout (§4.2 / §4.3): flat state dict, plus a scalar ``temperature``."""
+    """Write the official PyTorch ``.npz`` layout: flat state dict, plus a scalar ``temperature``."""
     arrays = state_dict_numpy(model)
     if temperature is not None:
         arrays["temperature"] = np.asarray(temperature, dtype=np.float32)

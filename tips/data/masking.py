@@ -1,4 +1,4 @@
-"""Patch masks for the masked global crop (TIPS.md §5.8, PEERS.md §2.3).
+"""Patch masks for the masked global crop: uniformly random, or BEiT / DINOv2-style rectangles topped up at random.
 
 Every generator is a pure function of its arguments and an explicit random generator (numpy ``Generator`` or
 ``torch.Generator``), returns a (N,) bool tensor in row-major patch order with True = masked, and masks

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from webdataset.shardlists import expand_urls
 
+from ..io.shards import expand_shards
 from ..transforms import to_rgb
 from .skips import SkipCounter, SkipSample
 
@@ -56,23 +56,8 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def is_remote(url: str) -> bool:
-    """http(s), pipe: and other scheme urls are opened by webdataset and never checked up front."""
-    return url.startswith("pipe:") or "://" in url
-
-
 def is_table(spec: str) -> bool:
     return spec.lower().endswith(TABLE_SUFFIXES)
-
-
-def expand_shards(spec: str) -> list[str]:
-    """Brace pattern (``data/shard-{000000..000009}.tar``, ``::``-joined lists) → urls; local files must exist."""
-    urls = expand_urls(os.path.expanduser(spec) if not is_remote(spec) else spec)
-    missing = [u for u in urls if not is_remote(u) and not os.path.isfile(u)]
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards of {spec!r} do not exist: {missing[:5]}{more}")
-    return urls
 
 
 def read_table(path: str) -> list[dict[str, Any]]:
@@ -103,7 +88,7 @@ def load_sources(specs: list[str], weights: list[float] | None, image_root: str 
                 row.setdefault("key", f"{Path(spec).stem}/{i:08d}")
             sources.append(Source(spec, "table", rows, float(weight), root))
         else:
-            sources.append(Source(spec, "shards", expand_shards(spec), float(weight)))
+            sources.append(Source(spec, "shards", expand_shards(spec, check_exists=True), float(weight)))
     return sources
 
 

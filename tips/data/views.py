@@ -1,4 +1,4 @@
-"""The TIPS views of one image: one global crop and M local crops (TIPS.md §5.8).
+"""The TIPS views of one image: one global crop and M local crops (random resized crops with horizontal flips).
 
 All randomness comes from an explicit numpy ``Generator``, so a view is a pure function of (image, config, rng).
 Crops stay uint8 until the batch is collated (4× less worker memory than float crops).

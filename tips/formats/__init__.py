@@ -1,4 +1,4 @@
-"""Checkpoint layouts, one module each, converted to and from our model (spec §4).
+"""Checkpoint layouts, one module each, converted to and from our model.
 
 - :mod:`.official`: official PyTorch ``.npz`` (one file per tower, DINOv2-with-registers names) + our sidecar,
 - :mod:`.scenic`: Scenic/JAX ``.npz`` (flattened Flax trees),

@@ -106,7 +106,9 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) 
 
 
 def log_first_contact(vision: Mapping[str, torch.Tensor], text: Mapping[str, torch.Tensor] | None, source: str) -> None:
-    """What spec §4.7 asks us to record when a real file is first seen (logged, never asserted)."""
+    """Log what a real official file holds where the published code leaves it open: whether every LayerScale γ
+    is 1, the CLS and mask-token norms, the position grid, the vocabulary (logged, never asserted: loading stays
+    exact for any values)."""
     gammas = [v for k, v in vision.items() if k.endswith(".gamma")]
     all_one = all(bool(torch.all(g == 1)) for g in gammas)
     log.info(

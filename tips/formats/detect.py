@@ -1,4 +1,4 @@
-"""Which layout a set of checkpoint keys is (spec §4.7): detected from keys, never from file names."""
+"""Which layout a set of checkpoint keys is: detected from keys, never from file names."""
 
 from __future__ import annotations
 

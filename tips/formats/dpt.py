@@ -1,4 +1,4 @@
-"""DPT head layouts, in and out (spec DENSE_HEADS.md §2): official Scenic zips, the legacy flat PyTorch ``.npz``,
+"""DPT head layouts, in and out: official Scenic zips (flattened Flax trees), the legacy flat PyTorch ``.npz``,
 and ours (``config.json`` + ``model.safetensors``).
 
 Every layout is converted to the official PyTorch state-dict names our :class:`~tips.models.dpt.DenseHead` uses,

@@ -1,4 +1,4 @@
-"""Hugging Face transformers ``tipsv2`` folders (spec §4.5), as transformers 5 really writes and reads them.
+"""Hugging Face transformers ``tipsv2`` folders (``google/tipsv2-*`` on the hub), as transformers 5 really writes and reads them.
 
 ``Tipsv2Model.save_pretrained`` writes ``config.json`` (``model_type: tipsv2``, nested ``vision_config`` /
 ``text_config``) and one ``model.safetensors`` in the hub key layout: the official PyTorch keys prefixed

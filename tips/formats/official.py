@@ -1,6 +1,7 @@
-"""Official PyTorch ``.npz`` (spec §4.2, §4.3): one flat state dict per tower, plus our sidecar JSON for what the
-layout cannot hold. Read by :func:`load_official_npz` (also Scenic files: layout detected from keys), written
-by :func:`export_official` so the official model classes load our models with strict key matching."""
+"""Official PyTorch ``.npz``: one flat state dict per tower (DINOv2-with-registers names for the image tower),
+plus our sidecar JSON for what the layout cannot hold. Read by :func:`load_official_npz` (also Scenic files:
+layout detected from keys), written by :func:`export_official` so the official model classes load our models
+with strict key matching."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from .scenic import scenic_text_to_ours, scenic_vision_to_ours
 
 
 def official_vision_to_ours(sd: Mapping[str, torch.Tensor], tower: nn.Module, source: str = "vision file") -> StateDict:
-    """Official PyTorch vision state dict → our (timm) names, by timm's own ``checkpoint_filter_fn`` (spec §4.6:
-    ``cls_token`` + ``pos_embed[:, 0]``, ``register_tokens`` → ``reg_token``, ``pos_embed[:, 1:]``, SwiGLU
+    """Official PyTorch vision state dict → our (timm) names, by timm's own ``checkpoint_filter_fn``
+    (``cls_token`` + ``pos_embed[:, 0]``, ``register_tokens`` → ``reg_token``, ``pos_embed[:, 1:]``, SwiGLU
     ``w12``/``w3`` → ``fc1``/``fc2``), for ``tower`` built at the file's grid. timm drops ``mask_token``; we keep it.
     """
     from timm.models.vision_transformer import checkpoint_filter_fn

@@ -1,4 +1,4 @@
-"""Ours (spec §4.7): a ``save_pretrained`` folder, ``config.json`` (every architecture field, both temperatures,
+"""Ours: a ``save_pretrained`` folder, ``config.json`` (every architecture field, both temperatures,
 the tokenizer back-end) + one ``model.safetensors`` (image tower in timm names plus ``mask_token``, text tower,
 both logit scales, optional extra tensors such as heads) [+ ``tokenizer.model``]."""
 

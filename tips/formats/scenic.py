@@ -1,4 +1,4 @@
-"""Scenic/JAX ``.npz`` (spec §4.4): flattened Flax trees, '/'-joined, converted to our names."""
+"""Scenic/JAX ``.npz`` (the official JAX checkpoints): flattened Flax trees, '/'-joined, converted to our names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""timm image towers (spec §4.6): ``vit_{base,large,so400m,giant}_patch14_reg1_tipsv2`` state dicts.
+"""timm image towers: ``vit_{base,large,so400m,giant}_patch14_reg1_tipsv2`` state dicts.
 
 timm-native keys: ``cls_token`` (CLS1, its position already added), ``reg_token`` (CLS2), ``pos_embed``
 (1, G², D) without a class slot, ``blocks.{i}.mlp.fc1/fc2`` (SwiGLU packed in ``fc1``). Our image tower *is* such

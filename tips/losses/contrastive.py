@@ -1,4 +1,4 @@
-"""Image–text contrastive losses (TIPS.md §5.3, PEERS.md §8.2).
+"""Image–text contrastive losses: symmetric softmax InfoNCE over the global batch, one learned scale per caption type.
 
 Multi-device form: **local loss + gather with grad**. Each rank scores its own B rows against the columns of
 every rank (gathered with an autograd all-gather), labels offset by rank·B. The gather's backward sums each

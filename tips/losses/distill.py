@@ -1,4 +1,4 @@
-"""DINO self-distillation on the CLS token (TIPS.md §5.4, §5.6; PEERS.md §1).
+"""DINO self-distillation on the CLS token: the student's local-crop CLS1 learns the teacher's global-crop target.
 
 Teacher targets come from one of two normalisations, a one-word switch (``centering``):
 - ``"ema"``: softmax((h_t − c)/τ_t) with a centre c kept as an EMA of the teacher logits;

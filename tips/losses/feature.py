@@ -1,4 +1,5 @@
-"""Feature distillation from released weights that carry no heads (TIPS.md §5.12)."""
+"""Feature distillation from released weights that carry no heads: a cosine loss between a learned student
+projection and the frozen teacher's CLS1 and patch tokens (all patches, no mask)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Masked image modelling: the iBOT patch loss (TIPS.md §5.5) and the optional MAE pixel loss (PEERS.md §5).
+"""Masked image modelling: the iBOT patch loss (student patch tokens of the masked global crop against the
+teacher's at the same positions) and the optional MAE-style loss (normalised-pixel MSE on the masked patches).
 
 The trainer picks patches once with :func:`select_patches`, runs the iBOT heads only on those rows of the
 flattened (B·N, D) patch tokens, and passes the per-patch weights to :class:`IBOTPatchLoss`.
@@ -7,6 +8,7 @@ flattened (B·N, D) patch tokens, and passes the per-patch weights to :class:`IB
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from ._common import fp32_region
@@ -78,13 +80,11 @@ class IBOTPatchLoss(TeacherCentering):
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, 3, H, W) → (B, N, p·p·3), patches row-major, pixels within a patch in (p, p, 3) order."""
-    b, c, height, width = images.shape
+    height, width = images.shape[-2:]
     p = patch_size
     if height % p or width % p:
         raise ValueError(f"image size {(height, width)} is not a multiple of the patch size {p}")
-    h, w = height // p, width // p
-    x = images.reshape(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1)  # (B, h, w, p, p, 3)
-    return x.reshape(b, h * w, p * p * c)
+    return rearrange(images, "b c (h ph) (w pw) -> b (h w) (ph pw c)", ph=p, pw=p)
 
 
 class PixelReconstructionLoss(nn.Module):

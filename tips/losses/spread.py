@@ -1,4 +1,4 @@
-"""Spread-out regularisers on a batch of embeddings: EmbeddingGemma's GOR and DINOv2's KoLeo (PEERS.md §1.6).
+"""Spread-out regularisers on a batch of embeddings: EmbeddingGemma's GOR and DINOv2's KoLeo.
 
 Both act on one set of embeddings x (B, D) (e.g. CLS1, CLS2 or text), L2-normalised here, in fp32. Each
 returns ``(loss, stats)``: a scalar to weight and add, and detached scalars to log.

@@ -1,6 +1,6 @@
 """DPT decoder heads on the TIPS image tower: segmentation, metric depth and surface normals.
 
-Two presets (spec DENSE_HEADS.md §1, §3):
+Two presets:
 
 - ``tips``: the official TIPSv2 decoder (``pytorch/decoders.py``). Per level a "project" readout
   (patch ⊕ CLS1 → Linear(2D→D) → tanh-GELU), a 1×1 conv to (D/8, D/4, D/2, D) channels, resize ×4 / ×2 / ×1 / ×½,
@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..formats.registry import get_writer
 
 TASKS = ("segmentation", "depth", "normals")
 PRESETS = ("tips", "probe3d")
@@ -353,6 +356,11 @@ class DenseHead(nn.Module):
         param = next(vision.parameters())
         images = images.to(param.device, param.dtype)
         return self(self.features(model, images), size=(H, W))
+
+    def save_pretrained(self, out: str | os.PathLike, format: str = "pretrained", **options: Any):
+        """Write this head in a ``tips-export --head`` format: ``"pretrained"`` (our folder, read by
+        :func:`tips.load_head`) or ``"official"`` (the Scenic ``.zip``; ``name=`` its file name). Returns the path."""
+        return get_writer(format, kind="head")(self, out, **options)
 
 
 def build_head(task: str, width: int, out_channels: int | None = None, preset: str = "tips", **kw: Any) -> DenseHead:

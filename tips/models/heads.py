@@ -1,4 +1,5 @@
-"""Training-only heads: the DINO / iBOT projection head (TIPS.md §5.6) and the MAE pixel decoder (PEERS.md §5)."""
+"""Training-only heads: the DINO / iBOT projection head (MLP → L2-normalise → weight-normalised prototypes) and
+the MAE-style pixel decoder."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -50,13 +51,12 @@ class TextAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_allowed: torch.Tensor) -> torch.Tensor:
         """x (B, L, D); key_allowed (B, 1, 1, L) bool, True where a key may be attended → (B, L, D)."""
-        B, L, D = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (B, H, L, dh)
+        q, k, v = rearrange(qkv, "b l (three h d) -> three b h l d", three=3, h=self.heads)  # 3 × (B, H, L, dh)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_allowed, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+        return self.out_proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
 class TextMlp(nn.Module):

@@ -1,7 +1,8 @@
 """The one table of TIPS architectures.
 
 Every dimension of every tower lives here; configs name a variant and override fields.
-Numbers for the official variants come from the official image / text encoders (spec §2.1, §3.1).
+Numbers for the official variants come from the official image / text encoder code (``pytorch/image_encoder.py``,
+``scenic/models/vit.py``).
 """
 
 from __future__ import annotations

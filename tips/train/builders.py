@@ -187,7 +187,7 @@ def default_epoch_size(cfg: TrainConfig) -> int:
 
 
 def peak_lr(cfg: TrainConfig, world_size: int) -> float:
-    """Configured LR, else 2.5e-4·sqrt(global_batch / 1024) (1e-3 at 16k, spec §5.9)."""
+    """Configured LR, else 2.5e-4·sqrt(global_batch / 1024) (1e-3 at a global batch of 16k)."""
     if cfg.optim.lr is not None:
         return cfg.optim.lr
     return 2.5e-4 * math.sqrt(cfg.run.batch_size * world_size * cfg.run.grad_accum / 1024)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import write_json_atomic
-from ..checkpoints import save_pretrained
+from ..formats.pretrained import save_pretrained
 from ..models.tips import TIPS
 from . import checkpointing as ckpt
 from . import sharded_state

@@ -1,0 +1,53 @@
+"""tips.io: how every tips command reads and writes files, in one public place.
+
+- shard specs: :func:`expand_shards` (webdataset's brace and ``::`` expansion, as the training loader reads them);
+- reproducible tar shards: :class:`ShardFile`, :func:`write_shard`, :func:`encode_sample` (fixed metadata,
+  renamed into place when complete);
+- atomic writes that honour the umask: :func:`atomic_file`, :func:`atomic_path`, :func:`replace_dir`,
+  :func:`write_bytes_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic`;
+- digests: :func:`sha256_file`;
+- images: :func:`to_rgb` (any PIL mode → 8-bit RGB);
+- lossless 16-bit PNGs (depth, surface normals): :func:`encode_png16`, :func:`read_png16`, :func:`normals_to_uint16` ….
+"""
+
+from ..atomic import atomic_file, atomic_path, fsync_dir, replace_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..png16 import (
+    NORMALS_ENCODING,
+    PNG16Error,
+    decode_png16,
+    encode_png16,
+    normals_to_uint16,
+    read_png16,
+    uint16_to_normals,
+    write_png16,
+)
+from ..transforms import to_rgb
+from .hashing import sha256_file
+from .shards import expand_shards
+from .tar import ShardFile, archive_size, encode_member, encode_sample, write_shard
+
+__all__ = [
+    "NORMALS_ENCODING",
+    "PNG16Error",
+    "ShardFile",
+    "archive_size",
+    "atomic_file",
+    "atomic_path",
+    "decode_png16",
+    "encode_member",
+    "encode_png16",
+    "encode_sample",
+    "expand_shards",
+    "fsync_dir",
+    "normals_to_uint16",
+    "read_png16",
+    "replace_dir",
+    "sha256_file",
+    "to_rgb",
+    "uint16_to_normals",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_png16",
+    "write_shard",
+    "write_text_atomic",
+]
