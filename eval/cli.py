@@ -50,7 +50,8 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
                         "nyu-normals:ROOT | navi:ROOT")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
-    p.add_argument("--config", metavar="YAML", help="probe config (configs/probe/*.yaml); flags and KEY=VALUE win over it")
+    p.add_argument("--config", metavar="YAML",
+                   help="probe config (configs/probe/*.yaml); flags and KEY=VALUE overrides win over it")
     p.add_argument("--protocol", choices=("fast", "dinov2"))
     p.add_argument("--resolution", help="N or HxW fed to the model (fast protocol)")
     p.add_argument("--layers", help="last | last4 | quarters | 2,5,8,11")
@@ -148,8 +149,8 @@ def run_dense(task: str, argv: list[str]) -> int:
 
 
 def top_parser() -> argparse.ArgumentParser:
-    epilog = examples(DENSE_EXAMPLES["segmentation"],
-                      "tips-probe retrieval --random-init tiny_p8 --data data/scenes/probe/val --resolution 64 -o results")
+    retrieval = "tips-probe retrieval --random-init tiny_p8 --data data/scenes/probe/val --resolution 64 -o results"
+    epilog = examples(DENSE_EXAMPLES["segmentation"], retrieval)
     p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0], epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command",

@@ -25,7 +25,8 @@ from .tokenizers import Tokenizer, build_tokenizer
 
 MODEL_HELP = ("checkpoint file or folder, official vision .npz, Hugging Face folder, or an official model name "
               "(e.g. tips-v2-b14); anything tips.load reads")
-RANDOM_INIT_HELP = "a randomly initialised model of this variant (tiny, tiny_p8, s14, b14, ...): a baseline, no download"
+RANDOM_INIT_HELP = ("a randomly initialised model of this variant (tiny, tiny_p8, s14, b14, ...): a baseline, "
+                    "no download")
 TEXT_HELP = "official text-tower .npz (or Tipsv2TextModel folder) that goes with an official vision file"
 TOKENIZER_HELP = "'bpe' or a SentencePiece .model file (default: what the checkpoint carries)"
 RANDOM_TOKENIZER_HELP = ("; with --random-init default the variant's, else bpe, and the text tower takes the "
@@ -58,7 +59,8 @@ def add_model_args(
     seed_help: str = "seed of --random-init (default 0)",
 ) -> None:
     """``--model`` | ``--random-init`` (one of them, checked by :func:`model_from_args`), ``--text``,
-    ``--tokenizer``, ``--seed`` and, with ``inference``, ``--dtype`` / ``--quantize`` (:func:`tips.add_inference_args`)."""
+    ``--tokenizer``, ``--seed`` and, with ``inference``, ``--dtype`` / ``--quantize``
+    (:func:`tips.add_inference_args`)."""
     group = parser.add_argument_group("model") if isinstance(parser, argparse.ArgumentParser) else parser
     choice = group.add_mutually_exclusive_group()
     choice.add_argument("--model", metavar="CKPT", help=MODEL_HELP)

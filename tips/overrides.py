@@ -39,7 +39,9 @@ def parse_override(
         return OmegaConf.from_dotlist([f"{key}={value}"])
     except Exception as exn:  # OmegaConf / YAML parser errors
         reason = str(exn).splitlines()[0]
-        raise ValueError(f"override {override!r} is not valid ({reason}). Accepted forms: {ACCEPTED_FORMS}{hint}") from None
+        raise ValueError(
+            f"override {override!r} is not valid ({reason}). Accepted forms: {ACCEPTED_FORMS}{hint}"
+        ) from None
 
 
 def _is_text_field(base: Any, key: str) -> bool:
