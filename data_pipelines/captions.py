@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
+from tips.cli_args import add_output_arg, output_dir
 
 from .tario import (
     DEFAULT_MAX_PIXELS,
@@ -311,10 +312,21 @@ def caption_shards(
 # ------------------------------------------------------------------------------------------------------------- CLI
 
 
+EXAMPLES = """\
+examples:
+  # shards written by tips-shards, captioned with a captioner saved locally (save_pretrained folder)
+  tips-caption shards/ -o shards-captioned --model models/blip-image-captioning-base
+  # Florence-2 with its task prompt, on 8 GPUs (shard i on process i % 8)
+  accelerate launch --num_processes 8 -m data_pipelines.captions 'shards/shard-{000000..000999}.tar' \\
+      -o shards-captioned --model microsoft/Florence-2-large --prompt '<MORE_DETAILED_CAPTION>'
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-caption", description=__doc__.split("\n\n")[0].replace("``", ""))
+    p = argparse.ArgumentParser(prog="tips-caption", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", help="input shards: a folder of .tar files, a brace pattern or a glob")
-    p.add_argument("out", type=Path, help="output folder (captioned shards, done markers, report.json)")
+    add_output_arg(p, "output folder (captioned shards, done markers, report.json)", legacy_positional=True)
     p.add_argument("--model", required=True, help="local folder saved with save_pretrained, or a cached hub id")
     p.add_argument("--prompt", help="text prompt, e.g. '<MORE_DETAILED_CAPTION>' (Florence-2), 'caption en' "
                    "(PaliGemma); none for BLIP's unconditional captions")
@@ -327,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.out = output_dir(parser, args)
     try:
         report = caption_shards(
             args.shards, args.out, args.model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
@@ -343,3 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tips-caption: {len(report.missing)} shards unfinished, e.g. {report.missing[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
+from tips.cli_args import add_output_arg, output_dir
 
 from .shard_inputs import Record, shard_records, table_records, table_rows
 from .tario import (
@@ -316,9 +317,19 @@ def _parse_size(text: str) -> int:
     return int(number * base ** (" KMGT".index(unit[:1]) if unit else 0))
 
 
+EXAMPLES = """\
+examples:
+  # an image folder and a captions table (columns image, alt_text[, synthetic_caption]) into 10,000-image shards
+  tips-shards -o shards --images photos/ --captions captions.csv --max-count 10000
+  # re-shard existing shards (e.g. tips-scenes' pretraining shards) into shards of at most 100 MB
+  tips-shards -o reshard --from-shards 'data/scenes/pretrain/shard-{000000..000003}.tar' --max-size 100MB
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-shards", description=__doc__.split("\n\n")[0].replace("``", ""))
-    p.add_argument("out", type=Path, help="output folder for shard-*.tar, manifest.json and report.json")
+    p = argparse.ArgumentParser(prog="tips-shards", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_output_arg(p, "output folder for shard-*.tar, manifest.json and report.json", legacy_positional=True)
     p.add_argument("--images", type=Path, help="folder the table's image paths are relative to")
     p.add_argument("--captions", type=Path, help="captions table (.csv, .tsv or .jsonl): image, alt_text, "
                    "optional synthetic_caption / synthetic_captions (JSON list) and key")
@@ -338,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.out = output_dir(parser, args)
     if (args.captions is None) == (args.from_shards is None) or (args.captions is not None and args.images is None):
         parser.error("give either --images and --captions, or --from-shards")
     try:

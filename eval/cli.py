@@ -1,14 +1,11 @@
-"""``tips-probe {segmentation,depth,normals,zero-shot,retrieval,knn,compression}``: measure frozen TIPS features.
+"""``tips-probe {segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression}``: measure frozen
+TIPS features.
 
-    tips-probe segmentation --random-init tiny --dataset scenes:/data/scenes/probe --resolution 224 \\
-        --protocol fast --object-classes --out results/
-    tips-probe depth --model runs/demo/export --dataset scenes:/data/scenes/probe --resolution 224 \\
-        --head lin1 --spacing log --mask objects --out results/
-    tips-probe segmentation --model tips-v1-b14 --dataset ade20k:/data/ADEChallengeData2016 --protocol dinov2
-    tips-probe normals --model runs/demo/export --dataset scenes:/data/scenes/probe --resolution 224 --mask objects
-
-Dense probes: trailing ``key=value`` arguments override any config key (``optim.lr=3e-4 depth.bins=128``).
-The other subcommands forward their arguments to ``eval.zero_shot``, ``eval.retrieval``, ``eval.knn``.
+Every subcommand takes the model flags of :mod:`tips.cli_args` (``--model`` | ``--random-init``, ``--text``,
+``--tokenizer``, ``--seed``, ``--dtype``, ``--quantize``), ``-o/--out DIR``, and ``--config YAML`` followed by
+``key=value`` overrides: for the dense probes the keys of the probe config (``optim.lr=3e-4 depth.bins=128``,
+``configs/probe/*.yaml``), for the others the flags' long names (``cls=syn batch_size=16``). The global
+subcommands live in ``eval.zero_shot``, ``eval.retrieval``, ``eval.knn``, ``eval.zero_shot_seg``, ``eval.compression``.
 """
 
 from __future__ import annotations
@@ -22,35 +19,46 @@ from pathlib import Path
 import torch
 
 import tips
+from tips.cli_args import ModelArgumentError, add_model_args, add_output_arg, model_from_args
 
-from .common import add_precision_args
+from .options import examples
 
 FORWARDED = {"zero-shot": "eval.zero_shot", "retrieval": "eval.retrieval", "knn": "eval.knn",
              "zero-shot-seg": "eval.zero_shot_seg", "compression": "eval.compression"}
 DENSE = ("segmentation", "depth", "normals")
+DENSE_EXAMPLES = {
+    "segmentation": "tips-probe segmentation --random-init tiny_p8 --dataset scenes:data/scenes/probe --resolution 64 "
+                    "--object-classes -o results optim.iterations=100",
+    "depth": "tips-probe depth --random-init tiny_p8 --dataset scenes:data/scenes/probe --resolution 64 --mask objects "
+             "-o results optim.iterations=100 depth.bins=64",
+    "normals": "tips-probe normals --random-init tiny_p8 --dataset scenes:data/scenes/probe --resolution 64 "
+               "-o results optim.iterations=100",
+}
 
 
 def dense_parser(task: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"tips-probe {task}", description=f"{task} probe on frozen features")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="anything tips.load reads: save_pretrained folder, official .npz, HF folder, name")
-    src.add_argument("--random-init", metavar="VARIANT", help="a randomly initialised tips.create_model(VARIANT) (seeded)")
-    p.add_argument("--text", help="official text .npz to pair with an official vision .npz")
-    p.add_argument("--tokenizer", help="tokenizer for tips.load (not needed by dense probes)")
+    official = {"segmentation": "--dataset ade20k:ADEChallengeData2016 --protocol dinov2",
+                "depth": "--dataset nyu:nyu_depth_v2_labeled.mat --config configs/probe/nyu_lin1.yaml",
+                "normals": "--dataset nyu-normals:NYUv2 --head lin1"}[task]
+    epilog = examples(DENSE_EXAMPLES[task], "# an official model on a public benchmark",
+                      f"tips-probe {task} --model tips-v2-b14 {official} -o results")
+    p = argparse.ArgumentParser(prog=f"tips-probe {task}", description=f"{task} probe on frozen features",
+                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, seed_help="seed of the probe and of --random-init (default 0)")
     p.add_argument("--dataset", required=True,
                    help="scenes:DIR | folder:ROOT | ade20k:ROOT | voc:ROOT | nyu:MAT[?splits=FILE] | nyu-raw:ROOT | "
                         "nyu-normals:ROOT | navi:ROOT")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
-    p.add_argument("--config", help="YAML probe config (configs/probe/*.yaml)")
+    p.add_argument("--config", metavar="YAML",
+                   help="probe config (configs/probe/*.yaml); flags and KEY=VALUE overrides win over it")
     p.add_argument("--protocol", choices=("fast", "dinov2"))
     p.add_argument("--resolution", help="N or HxW fed to the model (fast protocol)")
     p.add_argument("--layers", help="last | last4 | quarters | 2,5,8,11")
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results", help="folder for the JSON, markdown and PNG")
+    add_output_arg(p, "folder for the JSON, markdown and PNG (default results)", default="results")
     p.add_argument("--cache-dir", help="feature cache (default $TIPS_CACHE/probe-features or ~/.cache/tips/...)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--workers", type=int, help="data-loading processes for feature extraction")
@@ -74,8 +82,8 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
         p.add_argument("--flip-tta", action="store_true", default=None)
         p.add_argument("--eigen-crop", choices=("auto", "on", "off"))
         p.add_argument("--depth-range", metavar="MIN,MAX", help="bins and valid range in metres (default: dataset's)")
-    add_precision_args(p)
-    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="probe-config overrides, applied last, e.g. optim.lr=3e-4 depth.bins=64")
     return p
 
 
@@ -106,13 +114,11 @@ def build_model(args: argparse.Namespace, device: str) -> tuple[tips.TIPS, dict,
     """The model, its identity for the feature cache, and a short label for file names and tables."""
     from .features import checkpoint_identity
 
+    model = model_from_args(args).model
     if args.random_init:
-        torch.manual_seed(args.seed)
-        model = tips.create_model(args.random_init)
         identity = checkpoint_identity(None, random_init=args.random_init, seed=args.seed)
         label = f"random-{args.random_init}"
     else:
-        model = tips.load(args.model, text=args.text, tokenizer=args.tokenizer)
         identity = checkpoint_identity(args.model)
         path = Path(args.model)
         label = args.model
@@ -143,7 +149,9 @@ def run_dense(task: str, argv: list[str]) -> int:
 
 
 def top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0],
+    retrieval = "tips-probe retrieval --random-init tiny_p8 --data data/scenes/probe/val --resolution 64 -o results"
+    epilog = examples(DENSE_EXAMPLES["segmentation"], retrieval)
+    p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0], epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command",
                            metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression}")
@@ -161,16 +169,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    if command in DENSE:
-        return run_dense(command, rest)
     try:
-        module = importlib.import_module(FORWARDED[command])
-    except ModuleNotFoundError as e:
-        if e.name != FORWARDED[command]:
-            raise
-        print(f"tips-probe {command}: {FORWARDED[command]} is not available ({e})", file=sys.stderr)
-        return 2
-    return int(module.main(rest) or 0)
+        if command in DENSE:
+            return run_dense(command, rest)
+        try:
+            module = importlib.import_module(FORWARDED[command])
+        except ModuleNotFoundError as e:
+            if e.name != FORWARDED[command]:
+                raise
+            print(f"tips-probe {command}: {FORWARDED[command]} is not available ({e})", file=sys.stderr)
+            return 2
+        return int(module.main(rest) or 0)
+    except ModelArgumentError as e:
+        print(f"tips-probe {command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Pieces the global tasks share: model from CLI arguments, batched image / text encoding, CLS choice,
+"""Pieces the global tasks share: their command-line flags, batched image / text encoding, CLS choice,
 ranking helpers and result writing."""
 
 from __future__ import annotations
@@ -16,69 +16,41 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import tips
+from tips.cli_args import add_model_args, add_output_arg, model_from_args
 
+from .options import add_config_args
 from .templates import render
 
 CLS_CHOICES = ("alt", "syn", "mean")
 
 
 # ----------------------------------------------------------------------------- model
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Flags every global task shares: which model, how to feed it, where results go."""
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="anything tips.load reads: a checkpoint folder, an official vision .npz, "
-                                     "a Hugging Face folder or an official model name")
-    src.add_argument("--random-init", metavar="VARIANT", help="a randomly initialised model of this variant (baseline)")
-    parser.add_argument("--text", help="official text .npz that goes with a vision .npz")
-    parser.add_argument("--tokenizer", help="'bpe' or a SentencePiece .model file (default: what the checkpoint carries)")
-    parser.add_argument("--cls", choices=CLS_CHOICES, default="alt",
-                        help="image embedding: CLS1 (alt, default), CLS2 (syn) or the mean of both normalised")
-    parser.add_argument("--resolution", type=int, default=None, help="square input side (default: the model's native one)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --random-init")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON result and the markdown table")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_precision_args(parser)
-
-
-def add_precision_args(parser: argparse.ArgumentParser) -> None:
-    """``--dtype`` (autocast of the encoders) and ``--quantize int8``: measure quality under compression."""
-    tips.add_inference_args(parser)
+def add_global_task_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every global task shares: which model (:func:`tips.cli_args.add_model_args`), how to feed it, where
+    results go, and ``--config`` + ``key=value`` overrides (:mod:`eval.options`)."""
+    add_model_args(parser)
+    run = parser.add_argument_group("run")
+    run.add_argument("--cls", choices=CLS_CHOICES, default="alt",
+                     help="image embedding: CLS1 (alt, default), CLS2 (syn) or the mean of both normalised")
+    run.add_argument("--resolution", type=int, default=None, help="square input side (default: the model's native one)")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_output_arg(run, "folder for the JSON result and the markdown table (default: print the table only)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_args(parser)
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """The model the flags name, in eval mode on ``args.device``, and a record of where it came from."""
     torch.manual_seed(args.seed)
-    if args.random_init:
-        # Official variants carry no tokenizer of their own; random weights work with any vocabulary.
-        tok = args.tokenizer or tips.get_variant(args.random_init).tokenizer or "bpe"
-        overrides = {"text.vocab_size": 49408} if tok == "bpe" else {}
-        model = tips.create_model(args.random_init, tokenizer=tok, **overrides)
-        record = {"random_init": args.random_init, "tokenizer": tok, "seed": args.seed}
-    else:
-        model = tips.load(args.model, text=args.text, tokenizer=args.tokenizer)
-        record = {"source": _describe_path(args.model), "text": _describe_path(args.text), "tokenizer": args.tokenizer}
-    record.update(precision_record(args))
-    return tips.prepare_for_inference(model, args.device, getattr(args, "quantize", None)), record
-
-
-def precision_record(args: argparse.Namespace) -> dict[str, Any]:
-    """What the results (and feature caches) must record about compression; empty at full precision."""
-    dtype, quantize = getattr(args, "dtype", "float32"), getattr(args, "quantize", None)
-    return {k: v for k, v in (("dtype", dtype), ("quantize", quantize)) if v not in (None, "float32")}
+    loaded = model_from_args(args)
+    return tips.prepare_for_inference(loaded.model, args.device, getattr(args, "quantize", None)), loaded.record
 
 
 def precision(model: nn.Module, args: argparse.Namespace):
     """The autocast context of ``--dtype`` on the model's device (a no-op at float32)."""
     return tips.autocast(model, getattr(args, "dtype", "float32"))
-
-
-def _describe_path(p: str | None) -> str | None:
-    if p is None:
-        return None
-    return str(Path(p).resolve()) if Path(p).exists() else str(p)
 
 
 def image_transform(model: nn.Module, resolution: int | None) -> Callable[[Image.Image], torch.Tensor]:

@@ -26,6 +26,7 @@ import torch
 import tips
 
 from . import common
+from .options import examples, parse_task_args
 from .global_data import read_caption_pairs, read_image_folder
 from .knn import knn_votes
 from .retrieval import recall_metrics, retrieval_ranks
@@ -125,9 +126,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+EXAMPLES = examples(
+    "tips-probe compression --random-init tiny_p8 --retrieval data/scenes/probe/val --resolution 64 "
+    "--precisions fp32,int8 -o results",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe compression", description=__doc__.split("\n\n")[0])
-    common.add_model_args(p)  # its --dtype/--quantize are refused here: --precisions sets them
+    p = argparse.ArgumentParser(prog="tips-probe compression", description=__doc__.split("\n\n")[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_global_task_args(p)  # its --dtype/--quantize are refused here: --precisions sets them
     p.add_argument("--precisions", default="fp32,bf16,int8", help=f"comma-separated subset of {','.join(PRECISIONS)}")
     p.add_argument("--dims", help="comma-separated embedding widths (default: D, D/2, D/4, D/8)")
     p.add_argument("--retrieval", help="image-caption pairs (as tips-probe retrieval --data)")
@@ -144,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_task_args(build_parser(), argv)
     if bool(args.knn_train) != bool(args.knn_val):
         raise SystemExit("tips-probe compression: give both --knn-train and --knn-val")
     if not (args.retrieval or args.knn_train or args.zero_shot or args.dense):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from tips.cli_args import add_output_arg
+
 from . import cli as probe_cli
 from .demo_report import markdown_table, picture_page, summarise, write_results
 
@@ -108,9 +110,20 @@ def read_result(folder: Path, task: str) -> dict:
     return json.loads(files[-1].read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tips-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="tips-demo", help="folder for data, run and results (default ./tips-demo)")
+EXAMPLES = """\
+examples:
+  # the whole system on the embedded default in ./tips-demo (no download)
+  tips-demo
+  # a shorter pretraining (20 steps) into another folder
+  tips-demo -o /tmp/tips-demo --steps 20
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tips-demo", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_output_arg(p, "folder for data, run and results (default ./tips-demo)", default="tips-demo",
+                   aliases=("--workdir",))
     p.add_argument("--steps", type=int, help="override the recipe's training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-pretrain", type=int, default=2048)
@@ -119,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=128, help="probe input size (the recipe pretrains at 64)")
     p.add_argument("--probe-iterations", type=int, default=PROBE_ITERATIONS,
                    help=f"training iterations of each dense probe (default {PROBE_ITERATIONS})")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not RECIPE.is_file():
         raise SystemExit(f"tips-demo: recipe {RECIPE} not found; run tips-demo from a checkout installed with pip install -e .")
-    work = Path(args.workdir).resolve()
+    work = args.out.resolve()
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     data, run_dir, results_dir = work / "scenes", work / "run", work / "results"

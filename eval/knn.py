@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import common
+from .options import examples, parse_task_args
 from .global_data import ImageFolder, read_image_folder
 
 
@@ -49,18 +50,26 @@ def evaluate_knn(model: nn.Module, train: ImageFolder, val: ImageFolder, cls: st
     }
 
 
+EXAMPLES = examples(
+    "# any two class-per-folder image sets with the same class folders (here Imagenette's)",
+    "tips-probe knn --model tips-v2-b14 --train imagenette2/train --val imagenette2/val -o results k=10",
+    scenes=False,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe knn", description="DINO-style weighted kNN (weights exp(cos / T)) of a val image folder against a train image folder.")
+    p = argparse.ArgumentParser(prog="tips-probe knn", description="DINO-style weighted kNN (weights exp(cos / T)) of a val image folder against a train image folder.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=Path, required=True, help="TRAIN/<class_folder>/<images>")
     p.add_argument("--val", type=Path, required=True, help="VAL/<class_folder>/<images> (same class folders)")
     p.add_argument("--k", type=int, default=20, help="neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default 0.07)")
-    common.add_model_args(p)
+    common.add_global_task_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_task_args(build_parser(), argv)
     train = read_image_folder(args.train, find_names=False)
     val = read_image_folder(args.val, folders=train.folders, find_names=False)
     model, checkpoint = common.load_model(args)

@@ -1,7 +1,7 @@
 """Results of a probe run: one JSON file, a markdown table (printed and saved) and a picture.
 
 The picture shows, for a few validation images, the input, the ground truth, the prediction and the PCA of the
-patch features (first three components as RGB, fitted jointly over the shown images).
+patch features (:func:`tips.pca_rgb`: first three components as RGB, fitted jointly over the shown images).
 """
 
 from __future__ import annotations
@@ -42,23 +42,14 @@ def colourize(seg: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return out
 
 
-def pca_rgb(features: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Per image (h, w, C) features → (h, w, 3) in [0, 1]: the first three principal components of all the
-    images' patches together, each stretched between its 1st and 99th percentile."""
-    flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in features]).astype(np.float64)
-    flat -= flat.mean(0)
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    proj = flat @ vt[:3].T
-    if proj.shape[1] < 3:
-        proj = np.pad(proj, ((0, 0), (0, 3 - proj.shape[1])))
-    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
-    proj = np.clip((proj - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
-    out, start = [], 0
-    for f in features:
-        n = f.shape[0] * f.shape[1]
-        out.append(proj[start: start + n].reshape(f.shape[0], f.shape[1], 3))
-        start += n
-    return out
+def pca_maps(features: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per image (h, w, C) features → (h, w, 3) in [0, 1]: :func:`tips.pca_rgb`, the colours ``tips-extract --pca``
+    draws for the same features."""
+    import torch
+
+    from tips import pca_rgb
+
+    return [m.numpy() for m in pca_rgb([torch.as_tensor(np.asarray(f, dtype=np.float32)) for f in features])]
 
 
 def save_picture(
@@ -76,7 +67,7 @@ def save_picture(
     height = 3 * rows + 0.8
     fig, axes = plt.subplots(rows, 4, figsize=(12, height), squeeze=False)
     fig.subplots_adjust(top=1 - 0.5 / height, bottom=0.5 / height, hspace=0.08, wspace=0.05)
-    pcas = pca_rgb([v.features for v in vis]) if vis else []
+    pcas = pca_maps([v.features for v in vis]) if vis else []
     if task == "segmentation":
         colours = palette(len(class_names or []))
     elif task == "depth":

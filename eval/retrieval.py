@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import common
+from .options import examples, parse_task_args
 from .global_data import CaptionPairs, read_caption_pairs
 
 
@@ -65,15 +66,22 @@ def evaluate_retrieval(model: nn.Module, pairs: CaptionPairs, cls: str = "alt", 
     }
 
 
+EXAMPLES = examples(
+    "tips-probe retrieval --random-init tiny_p8 --data data/scenes/probe/val --resolution 64 -o results "
+    "cls=syn",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe retrieval", description="Image-to-text and text-to-image retrieval (R@1/5/10, mean and median rank) from image-caption pairs.")
+    p = argparse.ArgumentParser(prog="tips-probe retrieval", description="Image-to-text and text-to-image retrieval (R@1/5/10, mean and median rank) from image-caption pairs.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True,
                    help="captions .jsonl/.csv/.tsv (image + caption[s]) or a probe split folder with captions.jsonl")
     p.add_argument("--caption-field", default=None,
                    help="key/column of the caption(s): default caption|captions, or for the probe format "
                         "alt_text with --cls alt/mean and synthetic_captions with --cls syn")
     p.add_argument("--image-root", type=Path, default=None, help="where relative image paths start (default: the file's folder)")
-    common.add_model_args(p)
+    common.add_global_task_args(p)
     return p
 
 
@@ -90,7 +98,7 @@ def _default_field(data: Path, cls: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_task_args(build_parser(), argv)
     field = args.caption_field or _default_field(args.data, args.cls)
     pairs = read_caption_pairs(args.data, field, args.image_root)
     model, checkpoint = common.load_model(args)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import common
+from .options import examples, parse_task_args
 from .global_data import ImageFolder, read_image_folder, read_scene_objects
 from .templates import get_templates
 
@@ -65,8 +66,15 @@ def evaluate_zero_shot(model: nn.Module, data: ImageFolder, templates: Sequence[
     return metrics
 
 
+EXAMPLES = examples(
+    "tips-probe zero-shot --random-init tiny_p8 --data scenes:data/scenes/probe --resolution 64 "
+    "--templates simple -o results",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe zero-shot", description="Zero-shot classification of a class-per-folder image set with prompt templates.")
+    p = argparse.ArgumentParser(prog="tips-probe zero-shot", description="Zero-shot classification of a class-per-folder image set with prompt templates.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True,
                    help="ROOT/<class_folder>/<images>, or scenes:DIR (a probe split folder with classes.json): each "
                         "image labelled by the object class covering most of its segmentation map")
@@ -74,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=Path, default=None,
                    help="class-name mapping (.json or .txt); default ROOT/classes.json|txt, else folder names")
     p.add_argument("--templates", default="openai", help="openai (80, default), simple, tcl, or a file of templates")
-    common.add_model_args(p)
+    common.add_global_task_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_task_args(build_parser(), argv)
     templates = get_templates(args.templates)
     if args.data.startswith("scenes:"):
         if args.classes:

@@ -22,6 +22,7 @@ import tips
 from tips.io import to_rgb
 
 from . import common
+from .options import examples, parse_task_args
 from .global_data import read_seg_folder
 from .templates import TCL_TEMPLATES, get_templates
 
@@ -162,19 +163,25 @@ def _load_sample(image: Path, seg: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+EXAMPLES = examples(
+    "tips-probe zero-shot-seg --random-init tiny_p8 --data data/scenes/probe --resolution 64 -o results",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe zero-shot-seg", description="Zero-shot segmentation with the value-embedding readout of the last block (mIoU on a probe split).")
+    p = argparse.ArgumentParser(prog="tips-probe zero-shot-seg", description="Zero-shot segmentation with the value-embedding readout of the last block (mIoU on a probe split).",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="probe folder: ROOT/classes.json, ROOT/{split}/{key}.png + .seg.png")
     p.add_argument("--split", default="val")
     p.add_argument("--templates", default="tcl", help="tcl (9, default), openai, simple, or a file of templates")
     p.add_argument("--mode", choices=("resize", "slide"), default="resize")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default 3/4 of the resolution)")
-    common.add_model_args(p)
+    common.add_global_task_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_task_args(build_parser(), argv)
     data = read_seg_folder(args.data, args.split)
     templates = get_templates(args.templates)
     model, checkpoint = common.load_model(args)

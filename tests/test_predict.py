@@ -101,3 +101,18 @@ def test_python_predict_accepts_tensors_and_pil_images(image_dir, model):
     assert out.shape == (2, 3, RES, RES)
     x = Preprocess(RES, model.patch_size)(photo)[None]
     assert torch.allclose(tips.predict(model, head, x)[0], out[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("flags", [("--quantize", "int8"), ("--dtype", "bfloat16")])
+def test_reduced_precision_flags_change_the_computation_but_not_the_answer(image_dir, tmp_path, flags):
+    torch.manual_seed(3)
+    head = build_head("normals", 192, fusion=32).eval()
+    save_pretrained_head(head, tmp_path / "head")
+    assert _run("normals", image_dir, tmp_path / "full", "--head", str(tmp_path / "head")) == 0
+    assert _run("normals", image_dir, tmp_path / "low", "--head", str(tmp_path / "head"), *flags) == 0
+    full = load_file(str(tmp_path / "full/coffee.png.normals.safetensors"))["normals"]
+    low = load_file(str(tmp_path / "low/coffee.png.normals.safetensors"))["normals"]
+    assert not torch.equal(full, low)
+    # The error is small beside how much the prediction varies over the image (random heads vary little).
+    error, spread = (low - full).abs().mean(), (full - full.mean(dim=(1, 2), keepdim=True)).abs().mean()
+    assert error < 0.2 * spread, (error, spread)

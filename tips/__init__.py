@@ -13,6 +13,7 @@ from .precision import add_inference_args, autocast, prepare_for_inference
 from .quantize import quantize
 from .predict import predict
 from .dense_pictures import ADE20K_CLASSES
+from .pca import pca_picture, pca_rgb
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,8 @@ __all__ = [
     "load_features",
     "load",
     "load_head",
+    "pca_picture",
+    "pca_rgb",
     "prepare_for_inference",
     "predict",
     "save_pretrained",

@@ -13,8 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_args import TEXT_HELP, TOKENIZER_HELP, add_output_arg
 from .formats import registry
 from .loading import load
+
+EXAMPLES = """\
+examples:
+  # a model saved with save_pretrained (here a random tiny one) as the official .npz files
+  python -c "import tips; tips.save_pretrained(tips.create_model('tiny'), 'out/tiny')"
+  tips-export out/tiny --format official -o out/tiny-official
+  # an official model as a transformers folder, and a dense head in the official format
+  tips-export tips-v2-b14 --format transformers -o out/tipsv2-b14-hf
+  tips-export --head tips-v2-b14-depth --format official -o out/depth-head
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tips-export",
         description="Write a TIPS model (or, with --head, a dense head) in another checkpoint format. Model formats: "
         f"{', '.join(registry.formats('model'))}; head formats: {', '.join(registry.formats('head')) or 'none yet'}.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", nargs="?", help="model: our folder, official/Scenic vision .npz, transformers folder, "
                    "timm state dict, or an official name")  # fmt: skip
     p.add_argument("--head", help="export this dense head instead of a model (needs a head writer for --format)")
     p.add_argument("--model", help="with --head: the backbone the head belongs to (when the format stores both)")
-    p.add_argument("--text", help="text-tower .npz that goes with an official vision .npz")
-    p.add_argument("--tokenizer", help="'bpe' or a SentencePiece .model path")
-    p.add_argument("-o", "--out", "--output", dest="out", required=True, help="output folder")
+    p.add_argument("--text", metavar="NPZ", help=TEXT_HELP)
+    p.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    add_output_arg(p, "output folder of the exported files", required=True, aliases=("--output",))
     p.add_argument("--name", help="file stem where the format uses one (official: <name>_vision.npz; timm: <name>.safetensors)")
     p.add_argument("--format", default="official", help="one of the registered formats (default: official)")
     p.add_argument("--image-size", type=int, help="onnx: fixed input side of the image graph (default: the model's)")

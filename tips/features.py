@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path, write_text_atomic
+from .cli_args import LoadedModel, add_model_args, add_output_arg, build_model, model_from_args, resolve_device
 from .image_sources import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -32,8 +33,6 @@ from .image_sources import (
     find_images,
     write_demo_images,
 )
-from .loading import load
-from .models.factory import create_model
 from .models.tips import TIPS
 from .pca import save_pca_picture
 from .precision import DTYPES, add_inference_args, autocast, prepare_for_inference
@@ -190,26 +189,6 @@ def check_resolution(resolution: int, patch_size: int) -> None:
     raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch_size}; nearest valid: {nearest}")
 
 
-def resolve_model(
-    model: TIPS | str | os.PathLike | None, random_init: str | None, text=None, tokenizer=None, seed: int = 0
-) -> tuple[TIPS, str]:
-    """A ready model in eval mode and a name for the metadata; exactly one of ``model`` / ``random_init``."""
-    if (model is None) == (random_init is None):
-        raise ValueError("give exactly one of --model (a checkpoint or official name) and --random-init VARIANT")
-    if random_init is not None:
-        torch.manual_seed(seed)
-        return create_model(random_init, tokenizer=tokenizer).eval(), f"random-init:{random_init}:seed={seed}"
-    if isinstance(model, TIPS):
-        return model.eval(), f"{model.cfg.variant} (in memory)"
-    return load(model, text=text, tokenizer=tokenizer), str(model)
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def encode_batch(
     model: TIPS, images: torch.Tensor, dtype: torch.dtype, with_patches: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -286,7 +265,7 @@ def run_batches(loader: Iterable[list[Decoded]], total: int, batch_size: int,
 def extract(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
-    model: TIPS | str | os.PathLike | None = None,
+    model: TIPS | LoadedModel | str | os.PathLike | None = None,
     *,
     random_init: str | None = None,
     text: str | os.PathLike | None = None,
@@ -311,7 +290,8 @@ def extract(
     """Encode every image of ``source`` into ``output`` (a folder); returns what was written.
 
     source: folder (recursive), glob, list file, image file, or webdataset ``.tar`` shards (brace patterns).
-    model: a TIPS model, or anything ``tips.load`` reads; or ``random_init="tiny"`` (seeded with ``seed``).
+    model: a TIPS model, anything ``tips.load`` reads, or a :class:`tips.cli_args.LoadedModel`; or
+        ``random_init="tiny"`` (seeded with ``seed``; ``tokenizer`` as in :func:`tips.cli_args.build_model`).
     resolution: square side (default: the model's native size), or with ``keep_aspect`` the shorter side.
         Square mode keeps the input order. Keep-aspect batches images of equal output size together, so rows
         follow encoding order; ``ids`` always names each row.
@@ -326,10 +306,11 @@ def extract(
     refs = find_images(source)
     if not refs:
         raise ValueError(f"no images found in {source}")
-    net, model_name = resolve_model(model, random_init, text, tokenizer, seed)
+    loaded = model if isinstance(model, LoadedModel) else build_model(model, random_init, text, tokenizer, seed)
+    net, model_name = loaded.model, loaded.name
     resolution = resolution or net.preprocess.size
     prompts = _check_options(net, resolution, pool_patches, texts)
-    dev = next(net.parameters()).device if device is None and isinstance(model, TIPS) else _device(device)
+    dev = next(net.parameters()).device if device is None and isinstance(model, TIPS) else resolve_device(device)
     dtype, save_dtype = (DTYPES[d] if isinstance(d, str) else d for d in (dtype, save_dtype))
     prepare_for_inference(net, dev, quantize)
     out_dir = Path(output)
@@ -406,16 +387,25 @@ def demo(out_dir: str | os.PathLike, device: str | None = None, progress: bool =
                    batch_size=8, device=device, progress=progress)
 
 
+EXAMPLES = """\
+examples:
+  # offline quick start: demo images, a random tiny model, features + pca.png + text embeddings in out/demo
+  tips-extract --demo -o out/demo
+  # any image source into safetensors, with patch tokens and a PCA picture of the first 4 images
+  tips-extract out/demo/images -o out/features --random-init tiny --patch-tokens --pca 4
+  # an official model (downloaded once into the cache), webdataset shards, 10,000 images per output file
+  tips-extract 'shards/train-{000000..000009}.tar' -o out/features --model tips-v2-b14 --shard-size 10000
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-extract", description="Encode images with a TIPS model into safetensors.")
+    p = argparse.ArgumentParser(prog="tips-extract", description="Encode images with a TIPS model into safetensors.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="*", help="folder, glob, list file, image, or webdataset shards (a-{000..009}.tar)")
-    p.add_argument("-o", "--output", help="output folder")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", help="checkpoint file/folder or official name (anything tips.load reads)")
-    m.add_argument("--text", help="official text-tower .npz (for --texts with official vision files)")
-    m.add_argument("--tokenizer", help="'bpe' or a SentencePiece .model path")
-    m.add_argument("--random-init", metavar="VARIANT", help="randomly initialised model of this variant (e.g. tiny)")
-    m.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    add_output_arg(p, "output folder (features.safetensors, ids.json, skipped.json, ...)", aliases=("--output",))
+    p.add_argument("--demo", nargs="?", const="", metavar="DIR",
+                   help="generate demo images into DIR/images (DIR default: --out) and extract them into DIR")
+    add_model_args(p, inference=False)
     r = p.add_argument_group("input")
     r.add_argument("--resolution", type=int, help="square side, or shorter side with --keep-aspect (default: model's)")
     r.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio (sides rounded to the patch)")
@@ -433,7 +423,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     add_inference_args(x)
     x.add_argument("--no-progress", action="store_true")
-    p.add_argument("--demo", metavar="OUT", help="generate demo images into OUT/images and extract them into OUT")
     return p
 
 
@@ -442,18 +431,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.demo:
-            result = demo(args.demo, device=args.device, progress=not args.no_progress)
+        if args.demo is not None:
+            if not (args.demo or args.out):
+                parser.error("--demo needs a folder: --demo DIR or --demo -o DIR")
+            result = demo(args.demo or args.out, device=args.device, progress=not args.no_progress)
         else:
-            if not args.source or not args.output:
-                parser.error("give a SOURCE and --output (or --demo OUT)")
+            if not args.source or not args.out:
+                parser.error("give a SOURCE and -o/--out DIR (or --demo -o DIR)")
             result = extract(
-                args.source, args.output, args.model, random_init=args.random_init, text=args.text,
-                tokenizer=args.tokenizer, seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect,
-                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, dtype=args.dtype,
-                save_dtype=args.save_dtype, patch_tokens=args.patch_tokens, pool_patches=args.pool_patches,
-                shard_size=args.shard_size, max_pixels=args.max_pixels, texts=args.texts, pca=args.pca,
-                progress=not args.no_progress, quantize=args.quantize,
+                args.source, args.out, model_from_args(args), resolution=args.resolution,
+                keep_aspect=args.keep_aspect, batch_size=args.batch_size, num_workers=args.num_workers,
+                device=args.device, dtype=args.dtype, save_dtype=args.save_dtype, patch_tokens=args.patch_tokens,
+                pool_patches=args.pool_patches, shard_size=args.shard_size, max_pixels=args.max_pixels,
+                texts=args.texts, pca=args.pca, progress=not args.no_progress, quantize=args.quantize,
             )
     except (ValueError, KeyError, FileNotFoundError, NoReadableImages) as e:
         print(f"tips-extract: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from .formats.common import CONFIG_NAME, WEIGHTS_NAME
 from .formats.pretrained import save_pretrained
+from .cli_args import add_output_arg
 from .loading import load
 from .models.tips import TIPS
 
@@ -135,13 +136,23 @@ def merge(
     return ref, heads
 
 
+EXAMPLES = """\
+examples:
+  # two models of one architecture (here random tiny ones), averaged 3:1
+  python -c "import tips; [tips.save_pretrained(tips.create_model('tiny'), f'out/{n}') for n in 'ab']"
+  tips-merge out/a out/b --weights 3 1 -o out/merged
+  # training checkpoints with their self-distillation heads
+  tips-merge runs/a/checkpoints/step-00010000 runs/b/checkpoints/step-00010000 --with-heads -o out/merged
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-merge", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="tips-merge", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="save_pretrained or training checkpoint folders")
     p.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per CKPT (normalised; default equal)")
     p.add_argument("--with-heads", action="store_true", help="also average the heads.* tensors of training exports")
-    p.add_argument("-o", "--out", required=True, help="output save_pretrained folder")
+    add_output_arg(p, "output save_pretrained folder", required=True)
     return p
 
 

@@ -3,6 +3,9 @@
     tips-predict depth IMAGES... --model tips-v2-b14 --head tips-v2-b14-depth -o OUT
     tips-predict normals photos/ --random-init tiny --random-head -o OUT     # offline demo, random weights
 
+``--model`` / ``--random-init`` / ``--tokenizer`` / ``--dtype`` / ``--quantize`` mean what they mean in
+``tips-extract`` and ``tips-probe`` (:mod:`tips.cli_args`).
+
 Image sources and bad-file handling are ``tips-extract``'s (named, counted, skipped; the run completes). Images are
 resized to the model's native square (or, with ``--keep-aspect``, the shorter side to the resolution and the other
 rounded to the patch size). Output folder, per image ``ID`` (its path relative to the source):
@@ -33,11 +36,13 @@ from safetensors.torch import save_file
 
 from . import dense_pictures as pics
 from .atomic import atomic_file, atomic_path, write_text_atomic
-from .features import NoReadableImages, _device, check_resolution, resolve_model, run_batches
+from .cli_args import LoadedModel, add_model_args, add_output_arg, build_model, model_from_args, resolve_device
+from .features import NoReadableImages, check_resolution, run_batches
 from .formats.dpt import load_head
 from .image_sources import DEFAULT_MAX_PIXELS, Decoded, ImageDataset, collate_decoded, find_images
 from .models.dpt import DenseHead, build_head
 from .models.tips import TIPS
+from .precision import autocast, prepare_for_inference
 from .transforms import Preprocess
 
 TASKS = ("depth", "normals", "segmentation")
@@ -92,8 +97,10 @@ def output_stem(out_dir: Path, image_id: str) -> Path:
 class PredictionWriter:
     """Per batch: predict, then write each image's picture and raw output; keeps pictures for the contact sheet."""
 
-    def __init__(self, model: TIPS, head: DenseHead, out_dir: Path, logits: bool, sheet: int) -> None:
+    def __init__(self, model: TIPS, head: DenseHead, out_dir: Path, logits: bool, sheet: int,
+                 dtype: str | torch.dtype = "float32") -> None:
         self.model, self.head, self.out_dir, self.logits, self.sheet = model, head, out_dir, logits, sheet
+        self.dtype = dtype
         self.names = pics.class_names(head.cfg.out_channels) if head.task == "segmentation" else []
         self.device = next(model.parameters()).device
         self.ids: list[str] = []
@@ -102,7 +109,8 @@ class PredictionWriter:
 
     def __call__(self, items: list[Decoded]) -> None:
         x = torch.stack([it.image for it in items]).to(self.device)
-        out = self.head.predict(self.model, x).float().cpu()
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            out = self.head.predict(self.model, x).float().cpu()
         for item, pred in zip(items, out):
             self._write(item.id, item.image, pred)
 
@@ -140,26 +148,32 @@ class PredictionWriter:
 
 
 def run(
-    task: str, source, output, model=None, head=None, *, random_init: str | None = None, random_head: bool = False,
-    seed: int = 0, resolution: int | None = None, keep_aspect: bool = False, batch_size: int = 8,
-    num_workers: int = 0, device=None, max_pixels: int | None = DEFAULT_MAX_PIXELS, logits: bool = True,
-    sheet: int = 16, progress: bool = True,
+    task: str, source, output, model: TIPS | LoadedModel | str | os.PathLike | None = None, head=None, *,
+    random_init: str | None = None, random_head: bool = False, seed: int = 0, resolution: int | None = None,
+    keep_aspect: bool = False, batch_size: int = 8, num_workers: int = 0, device=None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, logits: bool = True, sheet: int = 16, progress: bool = True,
+    dtype: str | torch.dtype = "float32", quantize: str | None = None,
 ) -> PredictResult:
-    """``tips-predict``: every readable image of ``source`` through ``model`` and ``head`` into ``output``."""
+    """``tips-predict``: every readable image of ``source`` through ``model`` and ``head`` into ``output``.
+
+    model: as in :func:`tips.extract`; dtype: autocast of backbone and head; quantize: ``"int8"`` linear layers of
+    the backbone (:func:`tips.quantize`, in place on a given model).
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     refs = find_images(source)
     if not refs:
         raise ValueError(f"no images found in {source}")
-    net, _ = resolve_model(model, random_init, seed=seed)
+    net = (model if isinstance(model, LoadedModel) else build_model(model, random_init, seed=seed)).model
     dense = _resolve_head(head, random_head, task, net, seed)
     resolution = resolution or net.image_size
     check_resolution(resolution, net.patch_size)
-    dev = _device(device)
-    net.to(dev), dense.to(dev)
+    dev = resolve_device(device)
+    prepare_for_inference(net, dev, quantize)
+    dense.to(dev)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = PredictionWriter(net, dense, out_dir, logits, sheet)
+    writer = PredictionWriter(net, dense, out_dir, logits, sheet, dtype)
     dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, keep_aspect), max_pixels)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_decoded)
@@ -191,18 +205,28 @@ def _resolve_head(head, random_head: bool, task: str, net: TIPS, seed: int) -> D
     return dense
 
 
+EXAMPLES = """\
+examples:
+  # offline, random weights (shows the outputs, not real depth): demo images, then depth pictures in out/depth
+  tips-extract --demo -o out/demo
+  tips-predict depth out/demo/images --random-init tiny --random-head -o out/depth
+  # official model and head (downloaded once into the cache)
+  tips-predict segmentation photos/ --model tips-v2-b14 --head tips-v2-b14-segmentation -o out/segmentation
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-predict", description="Dense predictions (depth, normals, segmentation) "
-                                "with a DPT head on any image source.")
+                                "with a DPT head on any image source.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS)
     p.add_argument("source", nargs="+", help="images: folders, globs, list files, image files, webdataset shards")
-    p.add_argument("-o", "--out", "--output", dest="out", required=True, help="output folder")
+    add_output_arg(p, "output folder (per image a picture and the raw prediction, contact_sheet.png)",
+                   required=True, aliases=("--output",))
     m = p.add_argument_group("model and head")
-    m.add_argument("--model", help="checkpoint or official name (anything tips.load reads)")
+    add_model_args(m, seed_help="seed of --random-init and --random-head (default 0)")
     m.add_argument("--head", help="DPT head: Scenic zip, flat .npz, our folder, or official name (tips-v2-b14-depth)")
-    m.add_argument("--random-init", metavar="VARIANT", help="randomly initialised model of this variant (e.g. tiny)")
     m.add_argument("--random-head", action="store_true", help="randomly initialised official-preset head (demo)")
-    m.add_argument("--seed", type=int, default=0, help="seed for --random-init / --random-head")
     r = p.add_argument_group("input")
     r.add_argument("--resolution", type=int, help="square side, or shorter side with --keep-aspect (default: model's)")
     r.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio (sides rounded to the patch)")
@@ -222,10 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(
-            args.task, args.source, args.out, args.model, args.head, random_init=args.random_init,
-            random_head=args.random_head, seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect,
-            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-            max_pixels=args.max_pixels, logits=not args.no_logits, sheet=args.sheet, progress=not args.no_progress,
+            args.task, args.source, args.out, model_from_args(args), args.head, random_head=args.random_head,
+            seed=args.seed, resolution=args.resolution, keep_aspect=args.keep_aspect, batch_size=args.batch_size,
+            num_workers=args.num_workers, device=args.device, max_pixels=args.max_pixels, logits=not args.no_logits,
+            sheet=args.sheet, progress=not args.no_progress, dtype=args.dtype, quantize=args.quantize,
         )
     except (ValueError, KeyError, FileNotFoundError, NoReadableImages) as e:
         print(f"tips-predict: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

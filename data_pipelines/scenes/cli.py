@@ -174,9 +174,22 @@ def sample_map(workers: int) -> Iterator[Callable[[Callable, list], Iterator]]:
         yield lambda fn, items: pool.imap(fn, items, chunksize=8)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tips-scenes", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+EXAMPLES = """\
+examples:
+  # the demo's dataset: 2,048 pretraining scenes in 4 shards and a 256/64 probe split at 128 px
+  tips-scenes -o data/scenes --num-pretrain 2048 --num-train 256 --num-val 64 --size 128 --shard-size 512
+  # a probe split only, small and fast (no pretraining shards)
+  tips-scenes -o data/scenes-probe --num-pretrain 0 --num-train 64 --num-val 16 --size 64
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -o/--out written out here rather than with tips.cli_args: importing tips loads torch, which the no-op
+    # (up-to-date) path of this command avoids.
+    parser = argparse.ArgumentParser(prog="tips-scenes", description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
+                        help="output folder (pretrain/ shards, probe/ split, manifest.json)")
     parser.add_argument("--num-pretrain", type=int, default=5000, help="images in the pretraining shards")
     parser.add_argument("--num-train", type=int, default=500, help="images in the probe train split")
     parser.add_argument("--num-val", type=int, default=100, help="images in the probe val split")
@@ -188,6 +201,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also store normals.png (uint16 RGB, as in the probe split) in the pretraining shards")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     parser.add_argument("--force", action="store_true", help="regenerate even if the output is up to date")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.num_pretrain, args.num_train, args.num_val) < 0 or args.size < 8 or args.shard_size < 1:
         parser.error("counts must be ≥ 0, --size ≥ 8 and --shard-size ≥ 1")

@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from tips.overrides import parse_override
+
 TASKS = ("segmentation", "depth", "normals")
 PROTOCOLS = ("fast", "dinov2")
 
@@ -164,11 +166,13 @@ def load_probe_config(
     """Preset of the resulting (task, protocol, head) ← YAML file ← dotted overrides (later wins).
 
     ``top``: values from command-line flags given as dotted keys, e.g. ``{"optim.iterations": 50}``; they sit
-    between the file and the free-form overrides. Unknown keys raise an error naming them.
+    between the file and the free-form ``key=value`` overrides (:func:`tips.overrides.parse_override`, as in
+    ``tips-train``). Unknown keys raise an error naming them.
     """
+    base = OmegaConf.structured(ProbeConfig)
     layers = [OmegaConf.load(path)] if path is not None else []
     layers.append(OmegaConf.from_dotlist([f"{k}={v}" for k, v in top.items() if v is not None]))
-    layers.append(OmegaConf.from_dotlist(overrides or []))
+    layers += [parse_override(o, base) for o in overrides or []]  # errors name the override
     probe = OmegaConf.merge(OmegaConf.structured(ProbeConfig), *layers)
     head = {"segmentation": probe.seg.head, "depth": probe.depth.head, "normals": probe.normals.head}[probe.task]
     chosen = preset(probe.task, probe.protocol, head, probe.dpt.preset)

@@ -31,7 +31,6 @@ def write_tokenizer_files(folder: Path, model_file: Path, length: int) -> str:
     kind = proto.trainer_spec.model_type  # 1 unigram, 2 bpe, 3 word, 4 char
     if kind not in (1, 2):
         raise ValueError(f"{model_file}: SentencePiece model type {kind} is neither unigram (1) nor BPE (2)")
-    unk_id = proto.trainer_spec.unk_id
     tokenizer = _unigram(proto) if kind == 1 else _bpe(folder, proto)
     tokenizer.save(str(folder / "tokenizer.json"))
     config = {

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 
 from ..data.masking import MaskConfig
 from ..data.views import ViewConfig
+from ..overrides import parse_override
 from .plan import make_plan
 
 log = logging.getLogger(__name__)
@@ -169,58 +169,17 @@ _MOVED = {f"data.{k}": f"data.views.{k}" for k in
           ("global_size", "global_scale", "local_size", "local_scale", "num_local", "color_jitter")}
 _MOVED.update({"data.mask_ratio": "data.mask.mask_ratio", "data.mask_shape": "data.mask.mask_shape"})
 _LIST_KEYS = ("data.train",)  # lists of shard patterns, whose brace expressions are not YAML
+SHARD_LIST_HINT = "; shard lists as data.train=path/shard-{000..009}.tar or data.train=[a-{000..009}.tar, b.tar]"
 
 
 def _parse_override(override: str, base=None):
-    """One ``key=value`` override → a config fragment; errors name the override and the accepted forms.
-
-    A value for a text field stays text (YAML would read ``run.mixed_precision=no`` as the boolean False).
-    """
+    """One ``key=value`` override → a config fragment (:func:`tips.overrides.parse_override`), with the keys of
+    earlier releases renamed and ``data.train`` read as a list of shard patterns."""
     key, sep, value = override.partition("=")
-    if not sep or not key:
-        raise ValueError(f"override {override!r}: expected key=value, e.g. run.steps=100")
-    if key in _MOVED:
+    if sep and key in _MOVED:
         log.warning("override %s: the key is now %s (the old name still works)", key, _MOVED[key])
-        key = _MOVED[key]
-    if key in _LIST_KEYS:
-        value = json.dumps(split_pattern_list(value))
-    elif base is not None and _is_text_field(base, key) and not value.startswith(("'", '"')):
-        value = json.dumps(value)
-    try:
-        return OmegaConf.from_dotlist([f"{key}={value}"])
-    except Exception as exn:  # OmegaConf / YAML parser errors
-        reason = str(exn).splitlines()[0]
-        raise ValueError(
-            f"override {override!r} is not valid ({reason}). Accepted forms: key=3, key=0.5, key=text, "
-            "key=[1, 2], key={a: 1, b: 2}; shard lists as data.train=path/shard-{000..009}.tar or "
-            "data.train=[a-{000..009}.tar, b.tar]"
-        ) from None
-
-
-def _is_text_field(base, key: str) -> bool:
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(base, parent) if parent else base
-    try:
-        return node is not None and OmegaConf.get_type(node, leaf) is str
-    except Exception:  # not a structured field (e.g. inside model.overrides): YAML decides
-        return False
-
-
-def split_pattern_list(value: str) -> list[str]:
-    """``a-{0..9}.tar`` or ``[a-{0..9}.tar, "b.tar"]`` → the list of patterns (commas inside braces stay)."""
-    text = value.strip()
-    if not (text.startswith("[") and text.endswith("]")):
-        return [text] if text else []
-    items, depth, current = [], 0, ""
-    for char in text[1:-1]:
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    items.append(current)
-    return [item.strip().strip("'\"") for item in items if item.strip()]
+        override = f"{_MOVED[key]}={value}"
+    return parse_override(override, base, _LIST_KEYS, SHARD_LIST_HINT)
 
 
 def validate(cfg: TrainConfig) -> None:
