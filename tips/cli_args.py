@@ -111,7 +111,7 @@ def build_model(
 
 def variant_tokenizer(variant: str) -> str:
     """The tokenizer a random ``variant`` gets without ``--tokenizer``: the variant's own, else ``"bpe"``."""
-    from . import get_variant
+    from .models.variants import get_variant
 
     return get_variant(variant).tokenizer or "bpe"
 
