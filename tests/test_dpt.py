@@ -246,11 +246,11 @@ def test_tips_export_head_command_writes_both_formats(tmp_path) -> None:
 # ----------------------------------------------------------------------------------------------- peers, presets
 def test_decoder_matches_transformers_tipsv2_dpt_on_random_weights() -> None:
     """transformers' port (its neck + decoder, no depth ReLU) on the same weights and the same tokens, its module
-    names mapped by the library (tips.formats.hf_dpt.module_names_to_ours)."""
+    names mapped by the library (tips.formats.hf_modules.dpt_module_names_to_ours)."""
     from transformers import Tipsv2DptConfig
     from transformers.models.tipsv2_dpt.modeling_tipsv2_dpt import Tipsv2DptDecoder, Tipsv2DptNeck
 
-    from tips.formats.hf_dpt import module_names_to_ours
+    from tips.formats.hf_modules import dpt_module_names_to_ours
 
     cfg = Tipsv2DptConfig(
         backbone_config={"model_type": "tipsv2_vision_model", "hidden_size": WIDTH, "num_hidden_layers": 4,
@@ -261,7 +261,7 @@ def test_decoder_matches_transformers_tipsv2_dpt_on_random_weights() -> None:
     for p in [*neck.parameters(), *dec.parameters()]:  # ~unit-variance activations through the fusion width 256
         p.data.normal_(0, 1 / p[0].numel() ** 0.5 if p.ndim > 1 else 0.2)
     sd = {**{f"neck.{k}": v for k, v in neck.state_dict().items()}, **{f"decoder.{k}": v for k, v in dec.state_dict().items()}}
-    head = fmt.load_state_strict(build_head("segmentation", WIDTH, 7), module_names_to_ours(sd), "transformers")
+    head = fmt.load_state_strict(build_head("segmentation", WIDTH, 7), dpt_module_names_to_ours(sd), "transformers")
     h, w = 3, 5
     levels = [(torch.randn(2, WIDTH), torch.randn(2, h, w, WIDTH)) for _ in range(4)]
     hidden = [torch.cat([c[:, None], torch.zeros(2, 1, WIDTH), p.reshape(2, h * w, WIDTH)], 1) for c, p in levels]

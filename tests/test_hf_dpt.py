@@ -24,6 +24,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import tips
 
@@ -161,6 +162,17 @@ def test_dense_prediction_folder_gives_each_head_by_task(tmp_path) -> None:
             head = tips.load_head(tmp_path / "hf" / "model.safetensors", task=task)
             raw = head.decode(head.features(model, x))
             assert _max_diff(head.outputs(raw) if task == "depth" else raw, want) <= ATOL
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_folder_saved_with_transformers_module_names_loads_the_same(tmp_path, swiglu) -> None:
+    """``save_pretrained(save_original_format=False)`` writes transformers' module names (q/k/v split, neck.*)."""
+    hf = _randomise(Tipsv2DptForSemanticSegmentation(_dpt_config(swiglu, **TASK_FIELDS["segmentation"])))
+    hf.save_pretrained(tmp_path / "hf", save_original_format=False)
+    assert "neck.fusion_stage.layers.0.projection.weight" in load_file(str(tmp_path / "hf" / "model.safetensors"))
+    head, model = tips.load_head(tmp_path / "hf"), tips.load(tmp_path / "hf")
+    assert model.cfg.vision.ffn == ("swiglu" if swiglu else "mlp")
+    _assert_head_matches(head, model, hf, "segmentation", Tipsv2DptImageProcessor())
 
 
 def test_config_that_disagrees_with_the_weights_names_field_key_shapes_and_file(tmp_path) -> None:

@@ -129,7 +129,11 @@ def _vision_official_names(sd: Mapping[str, torch.Tensor]) -> StateDict:
 def _split(sd: Mapping[str, torch.Tensor], model_type: str | None, source: str) -> tuple[StateDict | None, StateDict | None, float | None]:
     """→ (official-named vision dict or None, text dict or None, the stored ``temperature`` or None)."""
     sd = dict(sd)
-    if model_type == DPT_MODEL_TYPE or any(k.startswith(DPT_HEAD_PREFIXES) for k in sd):
+    if model_type == DPT_MODEL_TYPE and any(k.startswith("backbone.") for k in sd):  # save_original_format=False
+        from .hf_modules import vision_module_names_to_official
+
+        sd = {VISION_PREFIX + k: v for k, v in vision_module_names_to_official(sd, "backbone.", source).items()}
+    elif model_type == DPT_MODEL_TYPE or any(k.startswith(DPT_HEAD_PREFIXES) for k in sd):
         sd = {k: v for k, v in sd.items() if not k.startswith(DPT_HEAD_PREFIXES)}  # the heads: tips.load_head
     tau_t = sd.pop("temperature", None)
     if any(k.startswith((VISION_PREFIX, TEXT_PREFIX)) for k in sd):

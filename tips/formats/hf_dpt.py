@@ -9,7 +9,7 @@ PyTorch decoder names without their ``dpt.`` (``depth_head.reassemble.readout_pr
 ``depth_head.fusion_blocks.1.residual_unit.conv1.weight`` …), its per-pixel Linear as
 ``<task>_head.<task>_head.weight``. transformers renames these to its module names (``neck.reassemble_stage.…``,
 ``neck.fusion_stage.…``, ``decoder.head.…``) when it loads; ``save_pretrained(save_original_format=False)`` writes
-those names, whose heads we read too (:func:`module_names_to_ours`).
+those names, which we read too (:mod:`.hf_modules`).
 
 Read: ``tips.load_head(folder)`` → :class:`~tips.models.dpt.DenseHead` (``task=`` picks one head of a
 ``…ForDensePrediction`` folder); ``tips.load(folder)`` → the image tower. Write, with the backbone the head reads::
@@ -54,6 +54,7 @@ from ..models.variants import ModelConfig
 from .common import CONFIG_NAME, WEIGHTS_NAME, StateDict
 from .dpt import infer_config, load_state_strict
 from .hf import DPT_MODEL_TYPE, EXTRA_FIELD, VISION_PREFIX
+from .hf_modules import dpt_module_names_to_ours
 
 CLASSES = {
     "depth": "Tipsv2DptForDepthEstimation",
@@ -65,19 +66,6 @@ FACTORS = [4, 2, 1, 0.5]
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 DEFAULTS = {"neck_hidden_sizes": [96, 192, 384, 768], "fusion_hidden_size": 256, "num_depth_bins": 256,
             "min_depth": 0.001, "max_depth": 10.0, "out_indices": [3, 6, 9, 12]}  # Tipsv2DptConfig's  # fmt: skip
-
-# transformers' module names (``…ForDensePrediction`` prefixes them ``<task>_``) → ours
-_MODULE_RENAMES = [
-    (r"neck\.reassemble_stage\.readout_projects\.(\d+)\.layers\.0\.", r"dpt.reassemble.readout_projects.\1."),
-    (r"neck\.reassemble_stage\.layers\.(\d+)\.projection\.", r"dpt.reassemble.out_projections.\1."),
-    (r"neck\.reassemble_stage\.layers\.(\d+)\.resize\.", r"dpt.reassemble.resize_layers.\1."),
-    (r"neck\.convs\.(\d+)\.", r"dpt.convs.\1."),
-    (r"neck\.fusion_stage\.layers\.(\d+)\.projection\.", r"dpt.fusion_blocks.\1.out_conv."),
-    (r"neck\.fusion_stage\.layers\.(\d+)\.residual_layer1\.convolution([12])\.", r"dpt.fusion_blocks.\1.residual_unit.conv\2."),
-    (r"neck\.fusion_stage\.layers\.(\d+)\.residual_layer2\.convolution([12])\.", r"dpt.fusion_blocks.\1.main_unit.conv\2."),
-    (r"decoder\.project\.", "dpt.project."),
-    (r"decoder\.head\.", "head."),
-]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- key layouts
@@ -101,24 +89,6 @@ def ours_to_hub(sd: Mapping[str, Any], task: str) -> StateDict:
     return out
 
 
-def module_names_to_ours(sd: Mapping[str, Any], prefix: str = "", source: str = "state dict") -> StateDict:
-    """transformers' module names (``Tipsv2DptNeck`` as ``neck.``, ``Tipsv2DptDecoder`` as ``decoder.``, each
-    preceded by ``prefix``, e.g. ``"depth_"`` in a ``…ForDensePrediction``) → our names; other keys are skipped,
-    a neck / decoder key with no counterpart raises naming it."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        if not key.startswith((prefix + "neck.", prefix + "decoder.")):
-            continue
-        name = key[len(prefix):]
-        for pattern, repl in _MODULE_RENAMES:
-            if re.match(pattern, name):
-                out[re.sub(pattern, repl, name, count=1)] = value
-                break
-        else:
-            raise KeyError(f"{source}: {key!r} is not a module of transformers' Tipsv2DptNeck / Tipsv2DptDecoder")
-    return out
-
-
 def heads_in(sd: Mapping[str, Any], architecture: str | None) -> dict[str, str]:
     """{task: how its keys are named} for the heads a file holds: ``"hub"`` (``<task>_head.``) or the module-name
     prefix (``""`` for a single-task class, whose task is the architecture's, or ``"<task>_"``)."""
@@ -139,8 +109,7 @@ def backbone_layers(backbone: Mapping[str, Any], source: str) -> tuple[int, ...]
     """``out_indices`` (else ``out_features`` ``stageK``) → the 0-based blocks the head reads (stage k = block k − 1)."""
     stages = backbone.get("out_indices")
     if stages is None and backbone.get("out_features"):
-        stages = [int(re.fullmatch(r"stage(\d+)", s).group(1)) if re.fullmatch(r"stage(\d+)", s) else 0
-                  for s in backbone["out_features"]]  # fmt: skip
+        stages = [int(m.group(1)) if (m := re.fullmatch(r"stage(\d+)", s)) else 0 for s in backbone["out_features"]]
     stages = list(stages if stages is not None else DEFAULTS["out_indices"])
     depth = int(backbone.get("num_hidden_layers", 12))
     _need(len(stages) == 4 and all(1 <= int(s) <= depth for s in stages), source, "backbone_config.out_indices", stages,
@@ -236,7 +205,7 @@ def load_transformers_head(folder: str | Path, task: str | None = None) -> Dense
         ours = hub_to_ours(sd, task)
         file_key = dict(zip(ours, ours_to_hub(ours, task)))
     else:
-        ours = module_names_to_ours(sd, found[task], source)
+        ours = dpt_module_names_to_ours(sd, found[task], source)
         file_key = {}
     dcfg = dpt_config_from_hf(cfg, task, source)
     check_against_shapes(dcfg, ours, file_key, source)
