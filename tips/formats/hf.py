@@ -8,6 +8,8 @@ SwiGLU as ``mlp.w12`` (SiLU branch first) / ``mlp.w3``. ``Tipsv2VisionModel`` / 
 same keys without a prefix. Older configs without sub-configs (flat keys) are read from the shapes alone.
 
 Our extras (``temperature_syn``, our full config) go in config.json's ``"tips"`` field, which transformers keeps.
+A ``tipsv2_dpt`` folder's image tower (``vision_encoder.`` beside the heads, sub-config ``backbone_config``) loads
+the same way; its heads are :mod:`.hf_dpt`'s.
 """
 
 from __future__ import annotations
