@@ -106,7 +106,8 @@ def _need(ok: bool, source: str, field: str, value: Any, why: str) -> None:
 
 
 def backbone_layers(backbone: Mapping[str, Any], source: str) -> tuple[int, ...]:
-    """``out_indices`` (else ``out_features`` ``stageK``) → the 0-based blocks the head reads (stage k = block k − 1)."""
+    """``out_indices`` (else ``out_features`` ``stageK``) → the 0-based blocks the head reads: stage k is the
+    output of block k − 1."""
     stages = backbone.get("out_indices")
     if stages is None and backbone.get("out_features"):
         stages = [int(m.group(1)) if (m := re.fullmatch(r"stage(\d+)", s)) else 0 for s in backbone["out_features"]]
@@ -219,7 +220,8 @@ def _refuse_unrepresentable(head: DenseHead) -> None:
         raise ValueError(f"only the official ('tips') DPT preset has a transformers class; this head is {cfg.preset!r}")
     if cfg.task == "depth":
         if cfg.out_channels < 2:
-            raise ValueError("transformers' Tipsv2Dpt depth head classifies bins; a 1-channel regression head has no counterpart")
+            raise ValueError("transformers' Tipsv2Dpt depth head classifies bins; a 1-channel regression head has "
+                             "no counterpart")
         if abs(cfg.shift - cfg.min_depth) > 1e-12:
             raise ValueError(f"transformers adds min_depth ({cfg.min_depth}) to ReLU(logits); this head adds "
                              f"{cfg.shift}: not representable")  # fmt: skip
@@ -249,13 +251,16 @@ def hf_dpt_config(head: DenseHead, model: TIPS) -> Any:
     elif cfg.task == "segmentation":
         from ..dense_pictures import ADE20K_CLASSES
 
-        names = ADE20K_CLASSES if cfg.out_channels == len(ADE20K_CLASSES) else [f"class_{i}" for i in range(cfg.out_channels)]
+        n = cfg.out_channels
+        names = ADE20K_CLASSES if n == len(ADE20K_CLASSES) else [f"class_{i}" for i in range(n)]
         kw.update(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     extra = {"model": ModelConfig(vision=vision, variant=model.cfg.variant).to_dict(), "dpt": cfg.to_dict()}
     return Tipsv2DptConfig(**kw, **{EXTRA_FIELD: extra})
 
 
-def export_transformers_dpt(head: DenseHead, out: str | Path, model: TIPS | None = None, name: str | None = None) -> dict[str, Path]:
+def export_transformers_dpt(
+    head: DenseHead, out: str | Path, model: TIPS | None = None, name: str | None = None
+) -> dict[str, Path]:
     """Write ``out`` as a ``tipsv2_dpt`` folder: ``config.json``, ``model.safetensors`` (``model``'s image tower
     and the head, hub layout), ``preprocessor_config.json`` (resize to the native size, bilinear, [0, 1]); swapped
     in whole. ``Tipsv2DptFor<Task>.from_pretrained(out)`` loads it offline."""
@@ -266,7 +271,8 @@ def export_transformers_dpt(head: DenseHead, out: str | Path, model: TIPS | None
     from .hf import hub_vision_state_dict, native_image_processor
 
     if model is None:
-        raise ValueError("a tipsv2_dpt folder stores the backbone with the head: pass the model (tips-export --model M)")
+        raise ValueError("a tipsv2_dpt folder stores the backbone with the head: pass the model "
+                         "(tips-export --model M)")
     if name is not None:
         raise ValueError("--name does not apply to --format transformers (a folder with fixed file names)")
     config = hf_dpt_config(head, model)
