@@ -198,3 +198,4 @@ def test_image_tower_alone_exports_as_a_tipsv2_vision_model(tmp_path):
         tokens = vision(pixel_values=x).last_hidden_state
         f = model.encode_image(x)
     assert torch.allclose(tokens[:, 0], f.cls_alt, atol=1e-4) and torch.allclose(tokens[:, 1], f.cls_syn, atol=1e-4)
+    assert torch.allclose(tokens[:, 2:], f.patch_tokens.flatten(1, 2), atol=1e-4)
