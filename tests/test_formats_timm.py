@@ -71,6 +71,25 @@ def test_timm_state_dict_of_a_registered_architecture_loads_with_tips_load(tmp_p
         assert torch.allclose(net.forward_features(x), _tokens(ours, x), atol=1e-4)
 
 
+def test_timm_swiglu_state_dict_loads_with_tips_load(tmp_path):
+    """timm's giant architecture (SwiGLU packed in fc1), shrunk; layer scale and both prefix tokens random."""
+    torch.manual_seed(0)
+    net = timm.create_model("vit_giant_patch14_reg1_tipsv2", pretrained=False, img_size=56, embed_dim=64, depth=2,
+                            num_heads=2, mlp_ratio=2.0).eval()  # fmt: skip
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(".gamma") or name in ("reg_token", "cls_token", "pos_embed"):
+                p.normal_(1.0 if name.endswith(".gamma") else 0.0, 0.3)
+    save_file(net.state_dict(), str(tmp_path / "giant.safetensors"))
+    ours = tips.load(tmp_path / "giant.safetensors", heads=2)
+    assert (ours.cfg.vision.ffn, ours.cfg.vision.mlp_hidden) == ("swiglu", 64)
+    x = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        tokens, f = net.forward_features(x), ours.encode_image(x)
+    assert torch.allclose(tokens[:, 0], f.cls_alt, atol=1e-5) and torch.allclose(tokens[:, 1], f.cls_syn, atol=1e-5)
+    assert torch.allclose(tokens[:, 2:], f.patch_tokens.flatten(1, 2), atol=1e-5)
+
+
 def test_tiny_timm_state_dict_needs_its_head_count(tmp_path):
     torch.manual_seed(0)
     net = timm.create_model("vit_base_patch14_reg1_tipsv2", pretrained=False, img_size=42, embed_dim=64, depth=2,

@@ -74,9 +74,10 @@ def test_tipsv2_model_folder_loads_with_tips_load(tmp_path, swiglu):
     assert ours.temperature == pytest.approx(0.0123, abs=1e-7)
 
 
-def test_vision_and_text_model_folders_load_together(tmp_path):
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_vision_and_text_model_folders_load_together(tmp_path, swiglu):
     torch.manual_seed(0)
-    vision = Tipsv2VisionModel(Tipsv2VisionConfig(**_vision_cfg(False))).eval()
+    vision = Tipsv2VisionModel(Tipsv2VisionConfig(**_vision_cfg(swiglu))).eval()
     text = Tipsv2TextModel(Tipsv2TextConfig(**TEXT_CFG)).eval()
     _randomise(vision)
     vision.save_pretrained(tmp_path / "v")
@@ -84,7 +85,7 @@ def test_vision_and_text_model_folders_load_together(tmp_path):
     with pytest.raises(ValueError, match="only a text tower"):
         tips.load(tmp_path / "t")
     alone = tips.load(tmp_path / "v")
-    assert alone.text is None
+    assert alone.text is None and alone.cfg.vision.ffn == ("swiglu" if swiglu else "mlp")
     ours = tips.load(tmp_path / "v", text=tmp_path / "t")
     x = torch.rand(1, 3, 56, 28)
     ids, mask = _text_inputs()
@@ -197,3 +198,4 @@ def test_image_tower_alone_exports_as_a_tipsv2_vision_model(tmp_path):
         tokens = vision(pixel_values=x).last_hidden_state
         f = model.encode_image(x)
     assert torch.allclose(tokens[:, 0], f.cls_alt, atol=1e-4) and torch.allclose(tokens[:, 1], f.cls_syn, atol=1e-4)
+    assert torch.allclose(tokens[:, 2:], f.patch_tokens.flatten(1, 2), atol=1e-4)

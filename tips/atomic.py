@@ -96,6 +96,21 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     fsync_dir(final.parent)
 
 
+@contextmanager
+def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """A fresh folder beside ``final`` to write into; swapped in whole (:func:`replace_dir`) if the block succeeds,
+    removed if it raises, so ``final`` is never left half-written."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)

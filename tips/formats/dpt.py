@@ -1,5 +1,5 @@
 """DPT head layouts, in and out: official Scenic zips (flattened Flax trees), the legacy flat PyTorch ``.npz``,
-and ours (``config.json`` + ``model.safetensors``).
+and ours (``config.json`` + ``model.safetensors``). Transformers' ``tipsv2_dpt`` folders are :mod:`.hf_dpt`'s.
 
 Every layout is converted to the official PyTorch state-dict names our :class:`~tips.models.dpt.DenseHead` uses,
 then loaded strictly: missing or unexpected keys and shape mismatches raise an error naming the key and both
@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_file, atomic_path, replace_dir, write_json_atomic
+from ..atomic import atomic_file, atomic_path, staged_dir, write_json_atomic
 from ..models.dpt import DenseHead, DPTConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -302,17 +300,11 @@ def save_pretrained_head(head: DenseHead, out: str | os.PathLike, model=None, na
     if name is not None:
         raise ValueError("--name does not apply to --format pretrained (a folder with fixed file names)")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with staged_dir(out) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         with atomic_path(tmp / WEIGHTS_NAME) as p:
             save_file(tensors, str(p), metadata={"format": FORMAT})
         write_json_atomic(tmp / CONFIG_NAME, {"format": FORMAT, "version": FORMAT_VERSION, "dpt": head.cfg.to_dict()})
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -321,10 +313,13 @@ def load_head(path: str | os.PathLike, task: str | None = None) -> DenseHead:
     """Load a DPT head in eval mode from any layout.
 
     path: an official Scenic zip (``tips_v2_b14_depth_dpt.zip``), a legacy flat ``.npz``, our folder (or its
-        ``model.safetensors``), or an official name such as ``"tips-v2-b14-depth"`` (fetched on request, see
-        :mod:`tips.hub`). task: "segmentation" / "depth" / "normals" to check what the file holds.
+        ``model.safetensors``), a transformers ``tipsv2_dpt`` folder (:mod:`tips.formats.hf_dpt`), or an
+        official name such as ``"tips-v2-b14-depth"`` (fetched on request, see :mod:`tips.hub`).
+    task: "segmentation" / "depth" / "normals" to check what the file holds (or to pick one head of a file
+        holding several).
     """
     from .. import hub
+    from .hf_dpt import is_transformers_dpt, load_transformers_head
 
     p = Path(path)
     if not p.exists():
@@ -337,9 +332,15 @@ def load_head(path: str | os.PathLike, task: str | None = None) -> DenseHead:
     if p.is_dir():
         if is_pretrained_head(p):
             return load_pretrained_head(p, task)
-        raise FileNotFoundError(f"{p}: folder holds no DPT head ({CONFIG_NAME} with format {FORMAT!r})")
+        if is_transformers_dpt(p):
+            return load_transformers_head(p, task)
+        raise FileNotFoundError(f"{p}: folder holds no DPT head ({CONFIG_NAME} with format {FORMAT!r}, or a "
+                                "transformers tipsv2_dpt folder)")
     if p.suffix == ".safetensors" and is_pretrained_head(p.parent):
         return load_pretrained_head(p.parent, task)
+    if p.suffix == ".safetensors" and is_transformers_dpt(p.parent):
+        return load_transformers_head(p.parent, task)
     if p.suffix in (".zip", ".npz"):
         return load_official_head(p, task)
-    raise ValueError(f"{p}: unsupported head file {p.suffix!r} (expected a Scenic .zip, a flat .npz or our folder)")
+    raise ValueError(f"{p}: unsupported head file {p.suffix!r} (expected a Scenic .zip, a flat .npz, our folder "
+                     "or a transformers tipsv2_dpt folder)")

@@ -8,6 +8,8 @@ SwiGLU as ``mlp.w12`` (SiLU branch first) / ``mlp.w3``. ``Tipsv2VisionModel`` / 
 same keys without a prefix. Older configs without sub-configs (flat keys) are read from the shapes alone.
 
 Our extras (``temperature_syn``, our full config) go in config.json's ``"tips"`` field, which transformers keeps.
+A ``tipsv2_dpt`` folder's image tower (``vision_encoder.`` beside the heads, sub-config ``backbone_config``) loads
+the same way; its heads are :mod:`.hf_dpt`'s.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from .common import (
 from .official import official_vision_to_ours
 
 VISION_PREFIX, TEXT_PREFIX = "vision_encoder.", "text_encoder."
+DPT_MODEL_TYPE = "tipsv2_dpt"
+DPT_HEAD_PREFIXES = ("depth_head.", "normals_head.", "segmentation_head.")  # beside vision_encoder. in tipsv2_dpt files
 EXTRA_FIELD = "tips"  # our fields inside config.json
 _GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
 
@@ -127,6 +131,12 @@ def _vision_official_names(sd: Mapping[str, torch.Tensor]) -> StateDict:
 def _split(sd: Mapping[str, torch.Tensor], model_type: str | None, source: str) -> tuple[StateDict | None, StateDict | None, float | None]:
     """→ (official-named vision dict or None, text dict or None, the stored ``temperature`` or None)."""
     sd = dict(sd)
+    if model_type == DPT_MODEL_TYPE and any(k.startswith("backbone.") for k in sd):  # save_original_format=False
+        from .hf_modules import vision_module_names_to_official
+
+        sd = {VISION_PREFIX + k: v for k, v in vision_module_names_to_official(sd, "backbone.", source).items()}
+    elif model_type == DPT_MODEL_TYPE or any(k.startswith(DPT_HEAD_PREFIXES) for k in sd):
+        sd = {k: v for k, v in sd.items() if not k.startswith(DPT_HEAD_PREFIXES)}  # the heads: tips.load_head
     tau_t = sd.pop("temperature", None)
     if any(k.startswith((VISION_PREFIX, TEXT_PREFIX)) for k in sd):
         vision = {k[len(VISION_PREFIX):]: v for k, v in sd.items() if k.startswith(VISION_PREFIX)}
@@ -165,6 +175,8 @@ def _sub_configs(cfg: Mapping[str, Any]) -> tuple[dict | None, dict | None]:
         return dict(cfg), None
     if model_type == "tipsv2_text_model":
         return None, dict(cfg)
+    if model_type == DPT_MODEL_TYPE:
+        return cfg.get("backbone_config"), None
     return cfg.get("vision_config"), cfg.get("text_config")
 
 
@@ -228,15 +240,21 @@ def mlp_ratio_for(width: int, hidden: int, swiglu: bool, source: str = "model") 
     return ratio if int(width * ratio) == nominal else (nominal + 0.5) / width
 
 
-def hf_config_dicts(model: TIPS) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Our configs → transformers ``vision_config`` / ``text_config`` dicts; refuses what transformers lacks."""
-    v, t = model.cfg.vision, model.cfg.text
-    vision = dict(
+def hf_vision_config(model: TIPS) -> dict[str, Any]:
+    """Our image-tower config → a transformers ``Tipsv2VisionConfig`` dict (also a ``tipsv2_dpt`` backbone_config)."""
+    v = model.cfg.vision
+    return dict(
         hidden_size=v.width, num_hidden_layers=v.depth, num_attention_heads=v.heads,
         mlp_ratio=mlp_ratio_for(v.width, v.mlp_hidden, v.ffn == "swiglu"), use_swiglu_ffn=v.ffn == "swiglu",
         hidden_act="gelu" if v.gelu == "erf" else "gelu_pytorch_tanh", layer_norm_eps=v.ln_eps,
         image_size=model.image_size, patch_size=v.patch_size, num_register_tokens=1, qkv_bias=True,
     )  # fmt: skip
+
+
+def hf_config_dicts(model: TIPS) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Our configs → transformers ``vision_config`` / ``text_config`` dicts; refuses what transformers lacks."""
+    v, t = model.cfg.vision, model.cfg.text
+    vision = hf_vision_config(model)
     if t is None:
         return vision, None
     if t.width != v.width:
@@ -250,19 +268,37 @@ def hf_config_dicts(model: TIPS) -> tuple[dict[str, Any], dict[str, Any] | None]
     return vision, text
 
 
-def hub_state_dict(model: TIPS) -> StateDict:
-    """Our weights in the hub key layout (official keys, prefixed when both towers are present)."""
+def hub_vision_state_dict(model: TIPS, prefix: str = "") -> StateDict:
+    """Our image tower in the hub key layout (official keys), each key prefixed with ``prefix``."""
     from .official import ours_to_official_vision
 
     vision = ours_to_official_vision({k: v.detach().cpu() for k, v in model.vision.state_dict().items()},
                                      model.cfg.vision.ffn == "swiglu")  # fmt: skip
+    return {prefix + k: v.contiguous() for k, v in vision.items()}
+
+
+def hub_state_dict(model: TIPS) -> StateDict:
+    """Our weights in the hub key layout (official keys, prefixed when both towers are present)."""
     if model.text is None:
-        return {k: v.contiguous() for k, v in vision.items()}
-    out = {VISION_PREFIX + k: v.contiguous() for k, v in vision.items()}
+        return hub_vision_state_dict(model)
+    out = hub_vision_state_dict(model, VISION_PREFIX)
     out.update({TEXT_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.text.state_dict().items()})
     if model.temperature is not None:
         out["temperature"] = torch.tensor(model.temperature, dtype=torch.float32)
     return out
+
+
+def extra_field(model: TIPS) -> dict[str, Any]:
+    """What config.json's ``"tips"`` field holds: our full model config, the second temperature, the tokenizer kind."""
+    return {"model": model.cfg.to_dict(), "temperature_syn": model.temperature_syn,
+            "tokenizer": None if model.tokenizer is None else model.tokenizer.kind}  # fmt: skip
+
+
+def native_image_processor(cls: type, model: TIPS) -> Any:
+    """A transformers image processor giving our preprocessing: resize to the native size (bilinear), [0, 1]."""
+    size = model.image_size
+    return cls(size={"height": size, "width": size}, do_resize=True, resample=2, do_rescale=True,
+               rescale_factor=1 / 255, do_normalize=False)  # fmt: skip
 
 
 def export_transformers(model: TIPS, out_dir: str | Path) -> dict[str, Path]:
@@ -275,44 +311,37 @@ def export_transformers(model: TIPS, out_dir: str | Path) -> dict[str, Path]:
     ``processor_config.json``]. The folder is written beside ``out_dir`` and swapped in atomically.
     """
     import shutil
-    import tempfile
     import warnings
 
     from safetensors.torch import save_file
     from transformers import Tipsv2Config, Tipsv2ImageProcessor, Tipsv2VisionConfig
 
-    from ..atomic import replace_dir
+    from ..atomic import staged_dir
     from .common import TOKENIZER_NAME
 
     out = Path(out_dir)
     vision_cfg, text_cfg = hf_config_dicts(model)
-    extra = {"model": model.cfg.to_dict(), "temperature_syn": model.temperature_syn,
-             "tokenizer": None if model.tokenizer is None else model.tokenizer.kind}  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     if text_cfg is None:
-        config = Tipsv2VisionConfig(**vision_cfg, architectures=["Tipsv2VisionModel"], **{EXTRA_FIELD: extra})
+        config = Tipsv2VisionConfig(**vision_cfg, architectures=["Tipsv2VisionModel"], **{EXTRA_FIELD: extra_field(model)})
     else:
         tau = model.temperature if model.temperature is not None else Tipsv2Config().temperature_init_value
         config = Tipsv2Config(vision_config=vision_cfg, text_config=text_cfg, temperature_init_value=tau,
-                              architectures=["Tipsv2Model"], **{EXTRA_FIELD: extra})  # fmt: skip
-    config.save_pretrained(tmp)
-    save_file(hub_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    size = model.image_size
-    image_processor = Tipsv2ImageProcessor(size={"height": size, "width": size}, do_resize=True, resample=2,
-                                           do_rescale=True, rescale_factor=1 / 255, do_normalize=False)  # fmt: skip
-    image_processor.save_pretrained(tmp)
-    tok = model.tokenizer
-    if tok is not None and tok.kind == "sentencepiece" and model.text is not None:
-        shutil.copyfile(tok.model_file, tmp / TOKENIZER_NAME)
-        _write_tokenizer_and_processor(tmp, image_processor, tok.model_file, tok.length)
-    elif model.text is not None:
-        why = ("its tokenizer is our byte-level BPE (open_clip's vocabulary), which transformers' Tipsv2Tokenizer "
-               "cannot express (it reads a SentencePiece tokenizer.model)") if tok is not None else "it has no tokenizer"  # fmt: skip
-        warnings.warn(f"{out}: no tokenizer files written because {why}; AutoProcessor/AutoTokenizer will not load "
-                      "from this folder. Tokenize with tips (model.tokenize) and pass input_ids/attention_mask, "
-                      "or attach a SentencePiece model (tips.load(..., tokenizer='tokenizer.model')).", stacklevel=2)  # fmt: skip
-    replace_dir(tmp, out)
+                              architectures=["Tipsv2Model"], **{EXTRA_FIELD: extra_field(model)})  # fmt: skip
+    with staged_dir(out) as tmp:
+        config.save_pretrained(tmp)
+        save_file(hub_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        image_processor = native_image_processor(Tipsv2ImageProcessor, model)
+        image_processor.save_pretrained(tmp)
+        tok = model.tokenizer
+        if tok is not None and tok.kind == "sentencepiece" and model.text is not None:
+            shutil.copyfile(tok.model_file, tmp / TOKENIZER_NAME)
+            _write_tokenizer_and_processor(tmp, image_processor, tok.model_file, tok.length)
+        elif model.text is not None:
+            why = ("its tokenizer is our byte-level BPE (open_clip's vocabulary), which transformers' Tipsv2Tokenizer "
+                   "cannot express (it reads a SentencePiece tokenizer.model)") if tok is not None else "it has no tokenizer"  # fmt: skip
+            warnings.warn(f"{out}: no tokenizer files written because {why}; AutoProcessor/AutoTokenizer will not load "
+                          "from this folder. Tokenize with tips (model.tokenize) and pass input_ids/attention_mask, "
+                          "or attach a SentencePiece model (tips.load(..., tokenizer='tokenizer.model')).", stacklevel=2)  # fmt: skip
     return {"folder": out, "config": out / CONFIG_NAME, "weights": out / WEIGHTS_NAME}
 
 

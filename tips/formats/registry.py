@@ -23,6 +23,7 @@ MODEL_WRITERS: dict[str, str] = {
 HEAD_WRITERS: dict[str, str] = {
     "official": "tips.formats.dpt:export_official_head",
     "pretrained": "tips.formats.dpt:save_pretrained_head",
+    "transformers": "tips.formats.hf_dpt:export_transformers_dpt",
 }
 
 

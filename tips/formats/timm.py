@@ -6,6 +6,11 @@ a timm model plus ``mask_token``; the file we write keeps ``mask_token``, which 
 drops on load, so one file serves both. Read back by :func:`load_timm` (``.safetensors``, or ``.pth``/``.bin``
 through ``torch.load(weights_only=True)``); a file from ``timm.create_model(...).state_dict()`` has no mask
 token and gets a zero one.
+
+timm's forward equals ours at the native size only. At any other size (a non-square input included) timm resamples
+the position table bicubically (``dynamic_img_size=True``, and its pretrained loader for another ``img_size``),
+where TIPS resamples bilinearly with antialiasing, so the tokens differ (max |Δ| ≈ 3e-2 on a tiny random tower at
+42×70); run those sizes through tips.
 """
 
 from __future__ import annotations
