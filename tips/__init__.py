@@ -8,7 +8,7 @@ from .formats.pretrained import save_pretrained
 from .formats.official import export_official
 from .features import extract, load_features
 from .models.dpt import DenseHead, DPTConfig
-from .formats.dpt import load_head
+from .formats.heads import load_head
 from .precision import add_inference_args, autocast, prepare_for_inference
 from .quantize import quantize
 from .predict import predict

@@ -38,7 +38,7 @@ from . import dense_pictures as pics
 from .atomic import atomic_file, atomic_path, write_text_atomic
 from .cli_args import LoadedModel, add_model_args, add_output_arg, build_model, model_from_args, resolve_device
 from .features import NoReadableImages, check_resolution, run_batches
-from .formats.dpt import load_head
+from .formats.heads import load_head
 from .image_sources import DEFAULT_MAX_PIXELS, Decoded, ImageDataset, collate_decoded, find_images
 from .models.dpt import DenseHead, build_head
 from .models.tips import TIPS
