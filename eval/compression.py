@@ -29,7 +29,7 @@ from . import common
 from .options import examples, parse_task_args
 from .global_data import read_caption_pairs, read_image_folder
 from .knn import knn_votes
-from .retrieval import recall_metrics, retrieval_ranks
+from .retrieval import default_caption_field, recall_metrics, retrieval_ranks
 from .templates import get_templates
 
 PRECISIONS = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "int8": ("float32", "int8")}
@@ -50,7 +50,8 @@ def global_metrics(model: tips.TIPS, args: argparse.Namespace, dims: Sequence[in
     transform = common.image_transform(model, args.resolution)
     out: dict[int, dict[str, float]] = {d: {} for d in dims}
     if args.retrieval:
-        pairs = read_caption_pairs(args.retrieval)
+        # The probe format's caption kind follows the CLS, as in tips-probe retrieval (CLS2 ↔ synthetic captions).
+        pairs = read_caption_pairs(args.retrieval, default_caption_field(Path(args.retrieval), args.cls))
         feats, _ = common.encode_images(model, pairs.dataset(transform), args.batch_size, args.workers, progress)
         images = common.select_cls(feats, args.cls)
         texts = common.encode_texts(model, pairs.captions, progress=progress)

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_field(data: Path, cls: str) -> str | None:
+def default_caption_field(data: Path, cls: str) -> str | None:
     """For the probe format, match the caption kind to the CLS trained on it (CLS1 ↔ alt-text, CLS2 ↔ synthetic)."""
     path = data / "captions.jsonl" if data.is_dir() else data
     if path.suffix != ".jsonl" or not path.is_file():
@@ -99,7 +99,7 @@ def _default_field(data: Path, cls: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_task_args(build_parser(), argv)
-    field = args.caption_field or _default_field(args.data, args.cls)
+    field = args.caption_field or default_caption_field(args.data, args.cls)
     pairs = read_caption_pairs(args.data, field, args.image_root)
     model, checkpoint = common.load_model(args)
     with common.precision(model, args):

@@ -54,3 +54,19 @@ def test_probe_global_tasks_take_dtype_and_quantize(data, tmp_path):
         assert probe_main(argv) == 0
         protocol = json.loads((tmp_path / "knn.json").read_text())["protocol"]
         assert protocol["checkpoint"][flags[0].lstrip("-")] == flags[1]
+
+
+def test_compression_retrieval_at_full_width_equals_tips_probe_retrieval(data, tmp_path):
+    """Same model, same CLS, same captions: the compression report's fp32 full-width row is tips-probe retrieval's
+    result (the probe format's caption kind follows --cls in both: CLS2 ↔ synthetic captions)."""
+    common = ["--random-init", "tiny", "--resolution", "56", "--workers", "0", "--no-progress", "--device", "cpu",
+              "--cls", "syn"]
+    val = str(data / "scenes" / "probe" / "val")
+    assert probe_main(["compression", *common, "--precisions", "fp32", "--dims", "192", "--retrieval", val,
+                       "--out", str(tmp_path / "c")]) == 0
+    assert probe_main(["retrieval", *common, "--data", val, "--out", str(tmp_path / "r")]) == 0
+    row = json.loads((tmp_path / "c" / "compression.json").read_text())["rows"][0]
+    result = json.loads(next((tmp_path / "r").glob("retrieval*.json")).read_text())["metrics"]
+    assert row["retrieval i2t R@1"] == pytest.approx(result["image_to_text"]["R@1"])
+    assert row["retrieval t2i R@1"] == pytest.approx(result["text_to_image"]["R@1"])
+    assert result["num_captions"] > result["num_images"]  # synthetic captions: several per image, not one alt-text

@@ -355,8 +355,8 @@ def test_probe_captions_format_selects_the_caption_field(tmp_path):
     assert alt.captions == ["alt 0", "alt 1", "alt 2"] and alt.caption_image == [0, 1, 2]
     syn = read_caption_pairs(tmp_path / "captions.jsonl", "synthetic_captions")
     assert len(syn.images) == 3 and syn.caption_image == [0, 0, 1, 1, 2, 2]
-    assert retrieval._default_field(tmp_path, "syn") == "synthetic_captions"
-    assert retrieval._default_field(tmp_path, "alt") == "alt_text"
+    assert retrieval.default_caption_field(tmp_path, "syn") == "synthetic_captions"
+    assert retrieval.default_caption_field(tmp_path, "alt") == "alt_text"
     with pytest.raises(FileNotFoundError, match="missing.png"):
         (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "missing.png", "caption": "x"}) + "\n")
         read_caption_pairs(tmp_path / "bad.jsonl")
