@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import tips
-from tips.transforms import to_rgb
+from tips.io import to_rgb
 
 from .datasets import DenseDataset
 
