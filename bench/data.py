@@ -25,7 +25,7 @@ import webdataset as wds
 from PIL import Image
 
 from tips.data import DataConfig, build_train_loader
-from tips.data.sources import decode_image
+from tips.io import decode_rgb
 from tips.tokenizers import build_tokenizer
 
 
@@ -64,7 +64,8 @@ class _DecodeCrop:
         self.crop = T.RandomResizedCrop(224, scale=(0.32, 1.0), antialias=True)
 
     def __call__(self, sample: dict) -> torch.Tensor:
-        return self.crop(decode_image(sample["jpg"], 89_478_485)).float().div_(255.0)
+        rgb = np.asarray(decode_rgb(sample["jpg"], max_pixels=89_478_485))  # full size, (H, W, 3) uint8
+        return self.crop(torch.from_numpy(rgb.copy()).permute(2, 0, 1)).float().div_(255.0)
 
 
 def baseline_loader(pattern: str, batch_size: int, workers: int, buffer: int) -> wds.WebLoader:

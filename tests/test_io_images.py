@@ -56,7 +56,8 @@ def test_limits_of_concurrent_threads_do_not_leak_into_each_other():
             if passed != should_pass:
                 wrong.append(f"max_pixels={max_pixels}: passed={passed}")
 
-    threads = [threading.Thread(target=decode_many, args=(limit, ok)) for limit, ok in [(100, False), (10**6, True)] * 3]
+    jobs = [(100, False), (10**6, True)] * 3
+    threads = [threading.Thread(target=decode_many, args=job) for job in jobs]
     for t in threads:
         t.start()
     for t in threads:

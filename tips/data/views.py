@@ -1,7 +1,8 @@
 """The TIPS views of one image: one global crop and M local crops (TIPS.md §5.8).
 
 All randomness comes from an explicit numpy ``Generator``, so a view is a pure function of (image, config, rng).
-Crops stay uint8 until the batch is collated (4× less worker memory than float crops).
+Crops stay uint8 through the collate and the host → device copy (4× fewer bytes than float crops); the trainer
+converts them to float on the device (``Batch.for_model``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from torchvision.transforms import InterpolationMode
 
 
 @dataclass
@@ -89,13 +90,17 @@ def _color_jitter(crop: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator)
 
 
 def random_view(
-    image: torch.Tensor, size: int, scale: tuple[float, float], cfg: ViewConfig, rng: np.random.Generator
+    image: np.ndarray, size: int, scale: tuple[float, float], cfg: ViewConfig, rng: np.random.Generator
 ) -> torch.Tensor:
-    """(3, H, W) uint8 image → (3, size, size) uint8: random resized crop (bilinear, antialias), h-flip, jitter."""
-    top, left, h, w = sample_crop_box(image.shape[-2], image.shape[-1], scale, cfg.ratio, rng)
-    crop = TF.resized_crop(
-        image, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
-    )
+    """(H, W, 3) uint8 image → (3, size, size) uint8 in channels-last memory: random resized crop (bilinear,
+    antialias), h-flip, jitter."""
+    top, left, h, w = sample_crop_box(image.shape[0], image.shape[1], scale, cfg.ratio, rng)
+    # One copy of the box into a (1, h, w, 3) tensor seen as (1, 3, h, w): channels-last strides, the batch one
+    # included, are what torch's uint8 antialiased resize needs for its fast path (kept for the output).
+    region = torch.empty((1, h, w, 3), dtype=torch.uint8)
+    region.numpy()[0] = image[top : top + h, left : left + w]
+    crop = F.interpolate(region.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
     if rng.random() < cfg.hflip_p:
         crop = crop.flip(-1)
     if cfg.color_jitter:
@@ -104,18 +109,39 @@ def random_view(
 
 
 def make_views(
-    image: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator
+    image: np.ndarray, cfg: ViewConfig, rng: np.random.Generator,
+    global_out: torch.Tensor | None = None, local_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, H, W) uint8 image → global crop (3, S, S) and local crops (M, 3, s, s), both uint8."""
-    global_crop = random_view(image, cfg.global_size, cfg.global_scale, cfg, rng)
-    locals_ = [random_view(image, cfg.local_size, cfg.local_scale, cfg, rng) for _ in range(cfg.num_local)]
-    if locals_:
-        local_crops = torch.stack(locals_)
-    else:
-        local_crops = torch.empty((0, 3, cfg.local_size, cfg.local_size), dtype=torch.uint8)
-    return global_crop, local_crops
+    """(H, W, 3) uint8 image → global crop (S, S, 3) and local crops (M, s, s, 3), uint8, channels last.
+
+    global_out, local_out: where to write them (e.g. this sample's rows of the batch), else new tensors.
+    ``.permute(2, 0, 1)`` / ``.permute(0, 3, 1, 2)`` gives the (3, S, S) / (M, 3, s, s) views.
+    """
+    S, s, M = cfg.global_size, cfg.local_size, cfg.num_local
+    global_out = torch.empty((S, S, 3), dtype=torch.uint8) if global_out is None else global_out
+    local_out = torch.empty((M, s, s, 3), dtype=torch.uint8) if local_out is None else local_out
+    global_out.copy_(random_view(image, S, cfg.global_scale, cfg, rng).permute(1, 2, 0))
+    for m in range(M):
+        local_out[m].copy_(random_view(image, s, cfg.local_scale, cfg, rng).permute(1, 2, 0))
+    return global_out, local_out
 
 
-def to_float(crops: torch.Tensor) -> torch.Tensor:
-    """uint8 crops of any shape → float32 in [0, 1]."""
-    return crops.float().div_(255.0)
+def draft_size(width: int, height: int, cfg: ViewConfig) -> tuple[int, int] | None:
+    """The smallest decoded (width, height) of a ``width`` x ``height`` image that the crops of ``cfg`` need, or
+    None when nothing smaller will do (a ``tips.io.decode_rgb`` draft request).
+
+    Rule: decoding at reduced scale must never make a crop upsample where a full decode would not. The smallest
+    box :func:`sample_crop_box` can draw on an image of area A has a shorter side of at least
+    sqrt(scale_min · A · aspect_min) - 0.5 pixels (area fraction ≥ scale_min, aspect within ``ratio``, sides
+    rounded), so every view of output size S keeps at least S pixels across while A ≥ (S + 0.5)² / (scale_min ·
+    aspect_min). The decoded area is kept at least the largest such bound over the views.
+    """
+    aspect_min = min(cfg.ratio[0], 1 / cfg.ratio[1])
+    views = [(cfg.global_size, cfg.global_scale[0])]
+    if cfg.num_local:
+        views.append((cfg.local_size, cfg.local_scale[0]))
+    needed_area = max((size + 0.5) ** 2 / (scale_min * aspect_min) for size, scale_min in views)
+    shrink = math.sqrt(needed_area / (width * height))  # linear factor the decode may keep
+    if shrink > 0.5:  # the first DCT reduction halves both sides
+        return None
+    return math.ceil(width * shrink), math.ceil(height * shrink)
