@@ -48,17 +48,21 @@ def sample_crop_box(
     height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
 ) -> Box:
     """torchvision's RandomResizedCrop box rule with an explicit generator: up to 10 tries of (area fraction,
-    log-uniform aspect) that fit, else the largest centre crop whose aspect lies within ``ratio``."""
+    log-uniform aspect) that fit, else the largest centre crop whose aspect lies within ``ratio``.
+
+    The numbers of all 10 tries come from one draw of the generator (one call instead of up to 40: the call, not
+    the numbers, is what costs in a worker's inner loop)."""
     area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    draws = rng.random(40).tolist()
+    for i in range(0, 40, 4):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[i])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * draws[i + 1])
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
+            top = min(int(draws[i + 2] * (height - h + 1)), height - h)
+            left = min(int(draws[i + 3] * (width - w + 1)), width - w)
             return top, left, h, w
     in_ratio = width / height
     if in_ratio < ratio[0]:
@@ -97,8 +101,7 @@ def random_view(
     top, left, h, w = sample_crop_box(image.shape[0], image.shape[1], scale, cfg.ratio, rng)
     # One copy of the box into a (1, h, w, 3) tensor seen as (1, 3, h, w): channels-last strides, the batch one
     # included, are what torch's uint8 antialiased resize needs for its fast path (kept for the output).
-    region = torch.empty((1, h, w, 3), dtype=torch.uint8)
-    region.numpy()[0] = image[top : top + h, left : left + w]
+    region = torch.from_numpy(np.array(image[top : top + h, left : left + w])).view(1, h, w, 3)
     crop = F.interpolate(region.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
                          antialias=True)[0]
     if rng.random() < cfg.hflip_p:
