@@ -155,6 +155,22 @@ def test_block_masks_in_the_pipeline_have_the_exact_count(clean, tokenizer):
     assert batch.patch_mask.shape == (4, 64) and (batch.patch_mask.sum(1) == 48).all()
 
 
+def test_crop_boxes_follow_the_random_resized_crop_rule():
+    from tips.data.views import sample_crop_boxes
+
+    rng = np.random.default_rng(0)
+    boxes = np.array(sample_crop_boxes(300, 400, (0.05, 0.32), (3 / 4, 4 / 3), rng, 5000))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 300).all() and (left + w <= 400).all()
+    area = h * w / (300 * 400)
+    assert 0.045 < area.min() and area.max() < 0.33 and abs(np.median(area) - 0.185) < 0.01
+    aspect = w / h
+    assert 0.72 < aspect.min() and aspect.max() < 1.39 and abs(np.median(np.log(aspect))) < 0.02
+    assert len(set(top.tolist())) > 200 and len(set(left.tolist())) > 300  # positions spread over the image
+    # An area range that never fits falls back to the largest centre crop within the aspect range.
+    assert sample_crop_boxes(100, 400, (2.0, 3.0), (3 / 4, 4 / 3), rng, 3) == [(0, 133, 100, 133)] * 3
+
+
 def test_draft_decoding_never_leaves_a_crop_fewer_pixels_across_than_its_output():
     """JPEGs decode at reduced scale only while the smallest box any view can draw keeps its output size."""
     from tips.data.sources import decode_image
