@@ -23,15 +23,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
+from tips.io import DEFAULT_MAX_PIXELS, ImageDecodeError, ShardFile, decode_rgb, encode_sample, sha256_file, write_json_atomic
 from tips.cli_args import add_output_arg, output_dir
 
 from .tario import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
     ShardReadError,
     TarSample,
-    decode_image,
     dumps_json,
     iter_tar_samples,
     read_json,
@@ -172,23 +169,38 @@ def _is_done(out: Path, shard: Path, settings: dict[str, Any]) -> bool:
     )
 
 
+class _SampleProblem(Exception):
+    """A sample whose members cannot be captioned (no image, bad json); image failures are ImageDecodeError."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def _caption_meta(sample: TarSample) -> dict:
+    """The sample's json object, with a ``synthetic_captions`` list; raises _SampleProblem."""
+    if sample.image_ext() is None:
+        raise _SampleProblem("no_image", f"no image member in {list(sample.members)}")
+    try:
+        meta = json.loads(sample.members["json"]) if "json" in sample.members else {}
+    except ValueError as e:
+        raise _SampleProblem("bad_json", str(e)) from None
+    if not isinstance(meta, dict) or not isinstance(meta.setdefault("synthetic_captions", []), list):
+        raise _SampleProblem("bad_json", "member 'json' is not an object with a synthetic_captions list")
+    return meta
+
+
 def _caption_batch(batch: list[TarSample], captioner: Callable[[], Captioner], max_pixels: int) -> list[dict]:
     """Append a caption to each sample's json in place; returns the failures."""
     failures, images, targets = [], [], []
     for sample in batch:
-        ext = sample.image_ext()
         try:
-            if ext is None:
-                raise ImageError("no_image", f"no image member in {list(sample.members)}")
-            meta = json.loads(sample.members["json"]) if "json" in sample.members else {}
-            if not isinstance(meta, dict) or not isinstance(meta.setdefault("synthetic_captions", []), list):
-                raise ImageError("bad_json", "member 'json' is not an object with a synthetic_captions list")
-            images.append(decode_image(sample.members[ext], max_pixels).convert("RGB"))
-            targets.append((sample, meta))
-        except ValueError as e:
-            failures.append({"key": sample.key, "reason": "bad_json", "detail": str(e)})
-        except ImageError as e:
+            meta = _caption_meta(sample)
+            images.append(decode_rgb(sample.members[sample.image_ext()], max_pixels=max_pixels))
+        except (_SampleProblem, ImageDecodeError) as e:
             failures.append({"key": sample.key, "reason": e.reason, "detail": e.detail})
+            continue
+        targets.append((sample, meta))
     captions = captioner()(images) if images else []
     for (sample, meta), caption in zip(targets, captions):
         if not caption:

@@ -25,14 +25,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tips.io import ShardFile, encode_sample, sha256_file, write_json_atomic
+from tips.io import DEFAULT_MAX_PIXELS, ImageDecodeError, ShardFile, encode_sample, sha256_file, write_json_atomic
 from tips.cli_args import add_output_arg, output_dir
 
 from .shard_inputs import Record, shard_records, table_records, table_rows
 from .tario import (
-    DEFAULT_MAX_PIXELS,
     JPEG_QUALITY,
-    ImageError,
     dumps_json,
     image_member,
     read_json,
@@ -192,7 +190,7 @@ class _ShardRun:
                 problem = ("missing_file", "no such file in the image folder")
             except OSError as e:
                 problem = ("unreadable_file", f"{type(e).__name__}: {e}")
-            except ImageError as e:
+            except ImageDecodeError as e:
                 problem = (e.reason, e.detail)
         if problem is not None:
             self.report.skips.append(Skip(record.row, record.key, record.file, *problem))

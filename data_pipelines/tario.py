@@ -11,7 +11,6 @@ import io
 import json
 import os
 import tarfile
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,10 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from tips.io import expand_shards
+from tips.io import ImageDecodeError, decode_image, expand_shards
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # MPO is a multi-frame JPEG
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb warning threshold
 JPEG_QUALITY = 95
 
 
@@ -122,37 +120,6 @@ def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
 # ------------------------------------------------------------------------------------------------------------ images
 
 
-class ImageError(Exception):
-    """An image that cannot be used; ``reason`` is a short code for reports."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Fully decode ``data`` with PIL, refusing images above ``max_pixels`` before any pixel is decoded.
-
-    PIL's own bomb guard (twice ``Image.MAX_IMAGE_PIXELS``) stays active too. Raises ``ImageError``.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError("too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
-            image.load()
-    except Image.DecompressionBombError as e:
-        raise ImageError("too_many_pixels", str(e)) from e
-    except ImageError:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error… on damaged files
-        raise ImageError("unreadable_image", f"{type(e).__name__}: {e}") from e
-    return image
-
-
 def _reencode(image: Image.Image, resize: int | None) -> tuple[str, bytes]:
     """Resized images become JPEG (quality 95, EXIF orientation applied); other formats become lossless PNG."""
     buf = io.BytesIO()
@@ -169,10 +136,11 @@ def _reencode(image: Image.Image, resize: int | None) -> tuple[str, bytes]:
 
 def image_member(data: bytes, resize: int | None, max_pixels: int) -> tuple[str, bytes]:
     """(extension, bytes) to store for an image, verified by a full decode; the original bytes when possible.
+    Raises ``tips.io.ImageDecodeError`` (reasons ``bad_image``, ``too_large``).
 
     Images whose shorter side is already at most ``resize`` keep their bytes: no upscaling, no second JPEG loss.
     """
-    image = decode_image(data, max_pixels)
+    image = decode_image(data, max_pixels=max_pixels)
     ext = FORMAT_EXTENSIONS.get(image.format or "")
     must_resize = resize is not None and min(image.size) > resize
     if ext is not None and not must_resize:
@@ -180,4 +148,4 @@ def image_member(data: bytes, resize: int | None, max_pixels: int) -> tuple[str,
     try:
         return _reencode(image, resize if must_resize else None)
     except (OSError, ValueError) as e:
-        raise ImageError("unreadable_image", f"cannot re-encode: {e}") from e
+        raise ImageDecodeError("bad_image", f"cannot re-encode: {e}") from e

@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from tips.io import decode_rgb
+
 RELATIVE_MARGIN = 0.05  # scores without an error bar: a difference under 5 % of the random tower's value is none
 RESULTS_FORMAT = 1
 
@@ -151,7 +153,7 @@ def picture_page(pictures: dict[tuple[str, str], Path], out: Path) -> Path:
     random tower's, each labelled."""
     tasks = list(dict.fromkeys(task for task, _ in pictures))
     labels = ("trained", "random")
-    images = {k: Image.open(v).convert("RGB") for k, v in pictures.items()}
+    images = {k: decode_rgb(Path(v).read_bytes(), max_pixels=None) for k, v in pictures.items()}
     col_w = max(im.width for im in images.values())
     row_h = {t: max(images[(t, lb)].height for lb in labels if (t, lb) in images) for t in tasks}
     header = 40

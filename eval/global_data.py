@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tips.io import to_rgb
+from tips.io import ImageDecodeError, decode_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 CLASS_FILES = ("classes.json", "classes.txt")
@@ -45,9 +45,8 @@ class ImageList(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path = self.paths[i]
         try:
-            with Image.open(path) as im:
-                image = to_rgb(im)
-        except (OSError, ValueError) as e:
+            image = decode_rgb(path.read_bytes(), max_pixels=None)  # dataset files are trusted: PIL's own limit
+        except (OSError, ImageDecodeError) as e:
             raise ValueError(f"{path}: cannot read image ({e})") from e
         return self.transform(image), self.labels[i]
 

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import tips
-from tips.io import to_rgb
+from tips.io import decode_rgb
 
 from . import common
 from .options import examples, parse_task_args
@@ -156,8 +156,8 @@ def evaluate_zero_shot_seg(model: nn.Module, samples: Iterable[tuple[torch.Tenso
 
 # ----------------------------------------------------------------------------- command
 def _load_sample(image: Path, seg: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with Image.open(image) as im:
-        x = torch.from_numpy(np.asarray(to_rgb(im), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    rgb = np.array(decode_rgb(image.read_bytes(), max_pixels=None))  # (H, W, 3) uint8
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     with Image.open(seg) as s:
         y = torch.from_numpy(np.asarray(s, dtype=np.uint8).astype(np.int64))
     return x, y

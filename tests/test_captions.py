@@ -81,8 +81,8 @@ def test_every_readable_image_gains_one_caption_and_the_corrupt_one_is_counted(
     report = _run(shards, tmp_path, tiny_blip)
     assert (report.samples, report.captioned) == (6, 5)
     assert [(f["shard"], f["key"], f["reason"]) for f in report.failures] == [
-        ("shard-000001.tar", "corrupt", "unreadable_image")]
-    assert json.loads((tmp_path / "report.json").read_text())["failed_by_reason"] == {"unreadable_image": 1}
+        ("shard-000001.tar", "corrupt", "bad_image")]
+    assert json.loads((tmp_path / "report.json").read_text())["failed_by_reason"] == {"bad_image": 1}
     for shard in sorted(shards.glob("*.tar")):
         before = list(iter_tar_samples(shard))
         after = list(iter_tar_samples(tmp_path / shard.name))

@@ -124,9 +124,15 @@ def test_batch_has_the_documented_shapes_types_and_exact_mask_count(dirty, token
     loader = build_train_loader(_config(dirty[0]), tokenizer)
     batch = next(iter(loader))
     B = 4
-    assert batch.global_crop.shape == (B, 3, 32, 32) and batch.global_crop.dtype == torch.float32
-    assert batch.local_crops.shape == (B, 2, 3, 16, 16) and batch.local_crops.dtype == torch.float32
-    assert 0.0 <= batch.global_crop.min() and batch.global_crop.max() <= 1.0
+    # Crops stay uint8 until Batch.for_model, which makes them float32 in [0, 1] on the device.
+    assert batch.global_crop.shape == (B, 3, 32, 32) and batch.global_crop.dtype == torch.uint8
+    assert batch.local_crops.shape == (B, 2, 3, 16, 16) and batch.local_crops.dtype == torch.uint8
+    model_input = batch.for_model("cpu")
+    for name in ("global_crop", "local_crops"):
+        crops, floats = getattr(batch, name), getattr(model_input, name)
+        assert floats.dtype == torch.float32 and floats.is_contiguous() and floats.shape == crops.shape
+        assert torch.equal(floats, crops.float() / 255) and 0.0 <= floats.min() and floats.max() <= 1.0
+    assert torch.equal(model_input.patch_mask, batch.patch_mask) and model_input.keys == batch.keys
     assert batch.patch_mask.shape == (B, 16) and batch.patch_mask.dtype == torch.bool
     assert (batch.patch_mask.sum(1) == round(0.75 * 16)).all()
     # Captions are trimmed in the collate to one common length, a multiple of 8 that keeps every real token.
@@ -147,6 +153,42 @@ def test_block_masks_in_the_pipeline_have_the_exact_count(clean, tokenizer):
                   mask=MaskConfig(mask_shape="block", mask_ratio=0.75))
     batch = next(iter(build_train_loader(cfg, tokenizer)))
     assert batch.patch_mask.shape == (4, 64) and (batch.patch_mask.sum(1) == 48).all()
+
+
+def test_crop_boxes_follow_the_random_resized_crop_rule():
+    from tips.data.views import sample_crop_boxes
+
+    rng = np.random.default_rng(0)
+    boxes = np.array(sample_crop_boxes(300, 400, (0.05, 0.32), (3 / 4, 4 / 3), rng, 5000))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 300).all() and (left + w <= 400).all()
+    area = h * w / (300 * 400)
+    assert 0.045 < area.min() and area.max() < 0.33 and abs(np.median(area) - 0.185) < 0.01
+    aspect = w / h
+    assert 0.72 < aspect.min() and aspect.max() < 1.39 and abs(np.median(np.log(aspect))) < 0.02
+    assert len(set(top.tolist())) > 200 and len(set(left.tolist())) > 300  # positions spread over the image
+    # An area range that never fits falls back to the largest centre crop within the aspect range.
+    assert sample_crop_boxes(100, 400, (2.0, 3.0), (3 / 4, 4 / 3), rng, 3) == [(0, 133, 100, 133)] * 3
+
+
+def test_draft_decoding_never_leaves_a_crop_fewer_pixels_across_than_its_output():
+    """JPEGs decode at reduced scale only while the smallest box any view can draw keeps its output size."""
+    from tips.data.sources import decode_image
+    from tips.data.views import draft_size, sample_crop_box
+
+    cfg = ViewConfig()  # 224 global (area ≥ 0.32) + 6 × 98 local (area ≥ 0.05)
+    assert draft_size(480, 360, cfg) is None
+    rng = np.random.default_rng(0)
+    for width, height, reduced in [(2400, 1800, True), (3000, 1000, True), (1100, 1000, True), (1000, 1000, False)]:
+        photo = Image.fromarray(PHOTOS[0]).resize((width, height))
+        buf = io.BytesIO()
+        photo.save(buf, "JPEG", quality=80)
+        image = decode_image(buf.getvalue(), 10**9, lambda w, h: draft_size(w, h, cfg))
+        w, h = image.size
+        assert (w < width) == reduced, (width, height, image.size)
+        for size, scale in [(cfg.global_size, cfg.global_scale), (cfg.local_size, cfg.local_scale)]:
+            sides = [min(sample_crop_box(h, w, scale, cfg.ratio, rng)[2:]) for _ in range(1000)]
+            assert min(sides) >= size, (width, height, image.size, size, min(sides))
 
 
 # ---------------------------------------------------------------- exact passes and skips

@@ -87,13 +87,13 @@ def test_every_good_sample_is_written_once_and_each_broken_row_is_reported(photo
     written = json.loads((tmp_path / "report.json").read_text())
     skips = {s["row"]: (s["reason"], s["file"]) for s in written["skips"]}
     assert skips == {
-        3: ("unreadable_image", "corrupt.jpg"),
+        3: ("bad_image", "corrupt.jpg"),
         4: ("missing_file", "missing.jpg"),
         5: ("no_alt_text", "rocket.jpg"),
         9: ("not_utf8", "chelsea.jpg"),
     }
     assert "'alt_text'" in next(s["detail"] for s in written["skips"] if s["row"] == 9)
-    assert written["skipped_by_reason"] == {"missing_file": 1, "no_alt_text": 1, "not_utf8": 1, "unreadable_image": 1}
+    assert written["skipped_by_reason"] == {"missing_file": 1, "no_alt_text": 1, "not_utf8": 1, "bad_image": 1}
     assert written["without_synthetic_captions"] == 3 and written["complete"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert [s["count"] for s in manifest["shards"]] == [2, 2, 2]
@@ -227,12 +227,13 @@ def test_cli_fails_on_skip_and_notes_missing_synthetic_captions(photos: Path, tm
 
 
 def test_image_checks_refuse_bombs_and_turn_other_formats_into_png(photos: Path) -> None:
-    from data_pipelines.tario import ImageError, image_member
+    from data_pipelines.tario import image_member
+    from tips.io import ImageDecodeError
 
     data = (photos / "astronaut.jpg").read_bytes()
-    with pytest.raises(ImageError) as error:
+    with pytest.raises(ImageDecodeError) as error:
         image_member(data, None, max_pixels=512 * 511)
-    assert error.value.reason == "too_many_pixels"
+    assert error.value.reason == "too_large"
     gif = io.BytesIO()
     Image.open(io.BytesIO(data)).convert("P").save(gif, "GIF")
     ext, png = image_member(gif.getvalue(), None, max_pixels=10**8)

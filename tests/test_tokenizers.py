@@ -66,3 +66,15 @@ def test_build_tokenizer_names_the_missing_file(tmp_path):
     assert build_tokenizer(None) is None
     with pytest.raises(FileNotFoundError, match="missing.model"):
         build_tokenizer(tmp_path / "missing.model")
+
+
+def test_bpe_fast_cleaning_gives_open_clip_tokens_for_plain_and_unusual_text():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    reference = SimpleTokenizer()
+    tok = BPETokenizer()
+    assert tok._bpe.clean_fn == tok._clean  # the fast path is on
+    texts = ["A photo of a Cat,  on the   mat.", "tabs\tand\nnewlines", "fish &amp; chips &lt;b&gt;",
+             "caf\u00e9 na\u00efve \u2019quoted\u2019", "bell\x07 and \x1b[31mred\x1b[0m", "\u00c3\u00a9 mojibake", ""]
+    for text in texts:
+        assert tok.encode(text) == reference.encode(text.lower()), text

@@ -8,32 +8,24 @@ folder), a single image, or webdataset shards (``shards-{000..009}.tar``). Every
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import io
 import re
 import tarfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_rgb
 from .io.shards import expand_shards
-from .transforms import to_rgb
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 # Webdataset member extensions that hold the image of a sample, in order of preference.
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-DEFAULT_MAX_PIXELS: int | None = Image.MAX_IMAGE_PIXELS  # PIL's own decompression-bomb limit (~89.5 M)
-
-
-class UnreadableImage(Exception):
-    """An image that cannot be decoded; the message is the reason shown to the user."""
 
 
 @dataclass(frozen=True)
@@ -135,63 +127,34 @@ def _resolve(source: str, prefix_folders: bool) -> list[ImageRef]:
 
 
 # ----------------------------------------------------------------------------------------------- decoding
-@contextlib.contextmanager
-def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
-    """PIL's decompression-bomb limit set to ``max_pixels`` (None = off) with its warning raised as an error."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
 def read_bytes(ref: ImageRef) -> bytes:
-    """The encoded bytes of an image, from disk or from inside its shard."""
-    with open(ref.path, "rb") as f:
-        if not ref.in_shard:
-            return f.read()
-        f.seek(ref.offset)
-        data = f.read(ref.size)
+    """The encoded bytes of an image, from disk or from inside its shard; raises ImageDecodeError."""
+    try:
+        with open(ref.path, "rb") as f:
+            if not ref.in_shard:
+                return f.read()
+            f.seek(ref.offset)
+            data = f.read(ref.size)
+    except FileNotFoundError:
+        raise ImageDecodeError("missing_image", "file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("missing_image", "is a directory") from None
     if len(data) != ref.size:
-        raise UnreadableImage(f"shard {ref.path} ends inside the member (read {len(data)} of {ref.size} bytes)")
+        raise ImageDecodeError("missing_image", f"shard {ref.path} ends inside the member (read {len(data)} of "
+                               f"{ref.size} bytes)")
     return data
 
 
 def decode_image(ref: ImageRef, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode to 8-bit RGB (EXIF orientation, first frame, alpha on white; see ``to_rgb``) or raise UnreadableImage.
-
-    max_pixels: images with more pixels are refused before their pixels are decoded (None or 0 = no limit).
+    """Decode to 8-bit RGB (see ``tips.io.decode_rgb``) or raise ImageDecodeError, whose message names the limit
+    to raise for a too-large image. max_pixels: larger images are refused from their header (None or 0 = no limit).
     """
-    max_pixels = max_pixels or None
     try:
-        data = read_bytes(ref)
-    except FileNotFoundError:
-        raise UnreadableImage("file not found") from None
-    except IsADirectoryError:
-        raise UnreadableImage("is a directory") from None
-    try:
-        with _pixel_limit(None):  # only the header is read here; the size is checked below with a clear message
-            image = Image.open(io.BytesIO(data))
-        w, h = image.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise UnreadableImage(_too_large(w, h, max_pixels))
-        with _pixel_limit(max_pixels):  # PIL re-checks frames it seeks to
-            return to_rgb(image)
-    except UnreadableImage:
+        return decode_rgb(read_bytes(ref), max_pixels=max_pixels or None)
+    except ImageDecodeError as e:
+        if e.reason == "too_large":
+            raise ImageDecodeError(e.reason, f"{e.detail} (--max-pixels; decompression-bomb guard)") from None
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnreadableImage(f"image larger than --max-pixels {max_pixels} (decompression-bomb guard)") from None
-    except UnidentifiedImageError:
-        raise UnreadableImage("not an image (unrecognised file format)") from None
-    except Exception as e:  # decoders raise many types (OSError, SyntaxError, struct.error, ...) on bad data
-        raise UnreadableImage(f"{type(e).__name__}: {e}") from None
-
-
-def _too_large(w: int, h: int, max_pixels: int) -> str:
-    return f"{w}x{h} = {w * h} pixels exceeds --max-pixels {max_pixels} (decompression-bomb guard)"
 
 
 @dataclass
@@ -224,7 +187,7 @@ class ImageDataset(torch.utils.data.Dataset):
         ref = self.refs[index]
         try:
             image = decode_image(ref, self.max_pixels)
-        except UnreadableImage as e:
+        except ImageDecodeError as e:
             return Decoded(index, ref.id, None, str(e))
         return Decoded(index, ref.id, self.preprocess(image))
 

@@ -5,37 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .io.images import to_rgb
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image → 8-bit RGB: first frame of animations, EXIF orientation applied, alpha composited on white.
-
-    Handles palette images with transparency, CMYK, 16-bit and 32-bit integer / float grayscale, LA, RGBA.
-    """
-    if getattr(image, "is_animated", False):
-        image.seek(0)
-    image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        elif mode == "F" and arr.min() >= 0 and arr.max() <= 1:
-            lo, hi = 0.0, 1.0
-        elif arr.min() >= 0 and arr.max() <= 255:
-            lo, hi = 0.0, 255.0
-        else:  # unknown range: stretch to the image's own min..max
-            lo, hi = float(arr.min()), float(arr.max())
-        arr = np.clip((arr - lo) / max(hi - lo, 1e-12), 0, 1)
-        return Image.fromarray((arr * 255 + 0.5).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+__all__ = ["Preprocess", "pil_to_tensor", "round_to_multiple", "to_rgb"]
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

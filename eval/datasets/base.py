@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tips.io import to_rgb
+from tips.io import ImageDecodeError, decode_rgb
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val")
@@ -138,13 +138,10 @@ def require_dir(path: Path, expected: str) -> Path:
 
 def read_rgb(path: Path) -> Image.Image:
     """Any readable image file → RGB PIL image (decoded now, so errors name the file)."""
+    data = require_file(path, "an image file").read_bytes()
     try:
-        with Image.open(require_file(path, "an image file")) as im:
-            im.load()
-            return to_rgb(im)
-    except (OSError, ValueError) as e:
-        if isinstance(e, DatasetFormatError):
-            raise
+        return decode_rgb(data, max_pixels=None)  # dataset files are trusted: PIL's own limit only
+    except ImageDecodeError as e:
         raise DatasetFormatError(path, f"not a readable image ({e})") from e
 
 

@@ -14,8 +14,10 @@ _TENSOR_FIELDS = ("global_crop", "local_crops", "patch_mask", "alt_ids", "alt_pa
 class Batch:
     """B image–text samples, each with its TIPS views, mask and both captions.
 
-    global_crop: (B, 3, H, W) float32 in [0, 1] (no mean/std normalisation).
-    local_crops: (B, M, 3, h, w) float32 in [0, 1].
+    global_crop: (B, 3, H, W) uint8 as the loader collates it (channels-last memory), float32 in [0, 1] (no
+        mean/std normalisation) after :meth:`for_model`, which the trainer calls; a batch built with float crops
+        keeps them.
+    local_crops: (B, M, 3, h, w), uint8 / float32 like ``global_crop``.
     patch_mask: (B, N) bool, True = masked, N = (H/p)·(W/p) patches of the global crop in row-major order.
     alt_ids, alt_padding: (B, L_alt) int64 / bool, the web alt-text; padding True where padded.
     syn_ids, syn_padding: (B, L_syn) int64 / bool, one synthetic caption drawn for this step (each kind trimmed
@@ -52,6 +54,13 @@ class Batch:
         """A copy with every tensor on ``device`` (keys and stats are shared)."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
+    def for_model(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """What the model consumes: a copy on ``device`` with uint8 crops turned into contiguous float32 in [0, 1]
+        there, so the host → device copy moves a quarter of the bytes and the host never converts."""
+        moved = self.to(device, non_blocking=non_blocking)
+        crops = {name: _unit_float(getattr(moved, name)) for name in ("global_crop", "local_crops")}
+        return replace(moved, **crops)
+
     def pin_memory(self) -> "Batch":
         """A copy in pinned host memory; called by the DataLoader's pin thread when ``pin_memory=True``."""
         return self._map(lambda t: t.pin_memory())
@@ -70,6 +79,13 @@ class Batch:
             elif f.name != "stats" and a != b:
                 return False
         return True
+
+
+def _unit_float(crops: torch.Tensor) -> torch.Tensor:
+    """uint8 crops → float32 in [0, 1] (contiguous); float crops unchanged."""
+    if crops.dtype != torch.uint8:
+        return crops
+    return crops.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
 
 def trim_padding(

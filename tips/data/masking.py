@@ -73,11 +73,12 @@ def random_mask(num_patches: int, num_masked: int, rng: RNG) -> torch.Tensor:
     """(N,) bool with exactly ``num_masked`` Trues at uniformly random positions (argsort of uniform noise)."""
     if isinstance(rng, torch.Generator):
         order = torch.rand(num_patches, generator=rng).argsort()
-    else:
-        order = torch.from_numpy(rng.random(num_patches).argsort())
-    mask = torch.zeros(num_patches, dtype=torch.bool)
-    mask[order[:num_masked]] = True
-    return mask
+        mask = torch.zeros(num_patches, dtype=torch.bool)
+        mask[order[:num_masked]] = True
+        return mask
+    flat = np.zeros(num_patches, dtype=bool)  # numpy indexing: a third of torch's cost per call in the workers
+    flat[rng.random(num_patches).argsort()[:num_masked]] = True
+    return torch.from_numpy(flat)
 
 
 def _place_block(mask: np.ndarray, budget: int, cfg: MaskConfig, rng: np.random.Generator) -> int:

@@ -24,6 +24,7 @@ Epochs
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing as mp
 from collections import deque
@@ -33,6 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..tokenizers import build_tokenizer
@@ -50,7 +52,7 @@ from .sources import (
     resampled_records,
     weighted_mix,
 )
-from .views import ViewConfig, make_views, to_float
+from .views import ViewConfig, draft_size, make_views
 
 # Seed purposes, so that no two random streams share a seed.
 _ORDER, _BUFFER, _MIX, _RESAMPLE, _SAMPLE = range(1, 6)
@@ -68,6 +70,9 @@ class DataConfig:
     epoch_size: samples per rank per virtual epoch; None = one exact pass (single rank, no resampling).
     shuffle_buffer, shuffle_initial: sample shuffle buffer (compressed samples) per worker and its warm-up.
     max_image_pixels: larger images (by header) are skipped as ``too_large``.
+
+    JPEGs are decoded at reduced scale (1/2, 1/4, 1/8) when the smallest crop the views can draw still keeps its
+    output size in pixels (``views.draft_size``); that is deterministic, so resume stays exact.
     """
 
     sources: list[str] = field(default_factory=list)
@@ -203,49 +208,62 @@ class TipsStream(IterableDataset):
     def _batches(self, records: Iterator[Record], epoch: int, worker: int, skip: int, limit: int | None,
                  skips: SkipCounter) -> Iterator[Batch | tuple[int, int]]:
         """Group decoded samples into batches; the first ``skip`` batches are decoded but not augmented."""
-        size = self.cfg.batch_size
+        size, views = self.cfg.batch_size, self.cfg.views
+        draft = functools.partial(draft_size, cfg=views)
         group: list[tuple] = []
+        crops = self._new_crops()
         j = 0  # index of the next good sample in this worker's epoch
         for record in records:
             try:
-                image = decode_image(record.image, self.cfg.max_image_pixels)
+                image = decode_image(record.image, self.cfg.max_image_pixels, draft)
             except SkipSample as exn:
                 skips.add(exn.reason, f"{record.key}: {exn}")
                 continue
             b = j // size
             if b >= skip and not self.dry:
                 rng = np.random.default_rng([self.cfg.seed, _SAMPLE, epoch, self.rank, worker, j])
-                group.append(self._sample(record, image, rng))
+                row = len(group)
+                group.append(self._sample(record, image, rng, crops[0][row], crops[1][row]))
             j += 1
             if j % size == 0:
                 if b < skip:
                     skips.pop_delta()  # already reported by the run being resumed
                 elif not self.dry:
-                    yield self._collate(group, worker, skips)
+                    yield self._collate(group, crops, worker, skips)
+                    crops = self._new_crops()
                 group = []
                 if limit is not None and j // size >= limit:
                     break
         if self.dry:
             yield worker, -(-j // size)
         elif group and limit is None:  # exact pass: keep the short last batch
-            yield self._collate(group, worker, skips)
+            yield self._collate(group, crops, worker, skips)
 
-    def _sample(self, record: Record, image: torch.Tensor, rng: np.random.Generator) -> tuple:
-        """Views, mask and one synthetic caption of one sample, all drawn from ``rng``."""
-        global_crop, local_crops = make_views(image, self.cfg.views, rng)
+    def _new_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch's crops, uint8 channels last: global (B, S, S, 3), local (B, M, s, s, 3)."""
+        v, B = self.cfg.views, self.cfg.batch_size
+        return (torch.empty((B, v.global_size, v.global_size, 3), dtype=torch.uint8),
+                torch.empty((B, v.num_local, v.local_size, v.local_size, 3), dtype=torch.uint8))
+
+    def _sample(self, record: Record, image: Image.Image, rng: np.random.Generator, global_out: torch.Tensor,
+                local_out: torch.Tensor) -> tuple:
+        """Views (written to ``global_out`` / ``local_out``), mask and one synthetic caption, all drawn from ``rng``."""
+        make_views(np.asarray(image), self.cfg.views, rng, global_out, local_out)  # (H, W, 3) read-only view
         mask = make_mask(self.cfg.mask, self.cfg.grid, self.cfg.grid, rng)
         captions = record.synthetic_captions
         caption = captions[int(rng.integers(len(captions)))] if len(captions) > 1 else captions[0]
-        return record.key, global_crop, local_crops, mask, record.alt_text, caption
+        return record.key, mask, record.alt_text, caption
 
-    def _collate(self, group: list[tuple], worker: int, skips: SkipCounter) -> Batch:
-        keys, global_crops, local_crops, masks, alt_texts, syn_texts = zip(*group)
+    def _collate(self, group: list[tuple], crops: tuple[torch.Tensor, torch.Tensor], worker: int,
+                 skips: SkipCounter) -> Batch:
+        keys, masks, alt_texts, syn_texts = zip(*group)
+        n = len(keys)
         # Each kind trimmed to its own length: alt-texts are a few words, synthetic captions fill the context.
         [(alt_ids, alt_padding)] = trim_padding([self.tokenizer(list(alt_texts))])
         [(syn_ids, syn_padding)] = trim_padding([self.tokenizer(list(syn_texts))])
         return Batch(
-            global_crop=to_float(torch.stack(global_crops)),  # (B, 3, H, W)
-            local_crops=to_float(torch.stack(local_crops)),  # (B, M, 3, h, w)
+            global_crop=crops[0][:n].permute(0, 3, 1, 2),  # (B, 3, H, W) uint8, channels-last memory
+            local_crops=crops[1][:n].permute(0, 1, 4, 2, 3),  # (B, M, 3, h, w) uint8
             patch_mask=torch.stack(masks),  # (B, N)
             alt_ids=alt_ids, alt_padding=alt_padding, syn_ids=syn_ids, syn_padding=syn_padding,
             keys=list(keys), stats=skips.pop_delta(), worker=worker,

@@ -8,7 +8,6 @@ Decoding happens later, after the shuffle buffer, so the buffer holds compressed
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import random
@@ -18,12 +17,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import torch
 import webdataset as wds
 from PIL import Image
 
+from ..io.images import Draft, ImageDecodeError, decode_rgb
 from ..io.shards import expand_shards
-from ..transforms import to_rgb
 from .skips import SkipCounter, SkipSample
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -178,25 +176,17 @@ def _records(samples: Iterable[dict[str, Any]], source: Source, skips: SkipCount
             skips.add(skip.reason, str(skip))
 
 
-def decode_image(image: bytes | str, max_pixels: int) -> torch.Tensor:
-    """Compressed bytes or a path → (3, H, W) uint8 RGB; raises SkipSample (checks the header size first)."""
+def decode_image(image: bytes | str, max_pixels: int, draft: Draft | None = None) -> Image.Image:
+    """Compressed bytes or a path → 8-bit RGB PIL image (``tips.io.decode_rgb``); raises SkipSample with the
+    decoder's reason (``bad_image``, ``too_large``: checked from the header) or ``missing_image``."""
     try:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
     except OSError as exn:
         raise SkipSample("missing_image", str(exn)) from None
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            if pil.width * pil.height > max_pixels:
-                raise SkipSample("too_large", f"{pil.width}x{pil.height} > {max_pixels} pixels")
-            rgb = to_rgb(pil)
-            arr = np.asarray(rgb, dtype=np.uint8)
-    except SkipSample:
-        raise
-    except Image.DecompressionBombError as exn:
-        raise SkipSample("too_large", str(exn)) from None
-    except Exception as exn:  # PIL raises many types for corrupt data
-        raise SkipSample("bad_image", f"{type(exn).__name__}: {exn}") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        return decode_rgb(data, max_pixels=max_pixels, draft=draft)
+    except ImageDecodeError as exn:
+        raise SkipSample(exn.reason, exn.detail) from None
 
 
 # ---------------------------------------------------------------- streams

@@ -1,7 +1,8 @@
 """The TIPS views of one image: one global crop and M local crops (random resized crops with horizontal flips).
 
 All randomness comes from an explicit numpy ``Generator``, so a view is a pure function of (image, config, rng).
-Crops stay uint8 until the batch is collated (4× less worker memory than float crops).
+Crops stay uint8 through the collate and the host → device copy (4× fewer bytes than float crops); the trainer
+converts them to float on the device (``Batch.for_model``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from torchvision.transforms import InterpolationMode
 
 
 @dataclass
@@ -43,34 +44,49 @@ class ViewConfig:
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
+def sample_crop_boxes(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator,
+    n: int,
+) -> list[Box]:
+    """``n`` boxes by torchvision's RandomResizedCrop rule with an explicit generator: up to 10 tries of (area
+    fraction, log-uniform aspect) that fit, else the largest centre crop whose aspect lies within ``ratio``.
+
+    All tries of all boxes come from one draw and are computed as arrays: in a worker's inner loop the number of
+    generator and Python calls, not the arithmetic, is what costs."""
+    u = rng.random((n, 10, 4))  # per try: area fraction, aspect, top, left
+    target_area = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = np.rint(np.sqrt(target_area * aspect)).astype(np.int64)  # (n, 10)
+    h = np.rint(np.sqrt(target_area / aspect)).astype(np.int64)
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    rows, first = np.arange(n), fits.argmax(axis=1)  # the first try that fits
+    h, w, u = h[rows, first], w[rows, first], u[rows, first]
+    top = np.minimum((u[:, 2] * (height - h + 1)).astype(np.int64), height - h)
+    left = np.minimum((u[:, 3] * (width - w + 1)).astype(np.int64), width - w)
+    boxes = list(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist()))
+    if fits.any(axis=1).all():
+        return boxes
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        cw, ch = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = height, int(round(height * ratio[1]))
+    else:
+        cw, ch = width, height
+    centre = ((height - ch) // 2, (width - cw) // 2, ch, cw)
+    return [box if ok else centre for box, ok in zip(boxes, fits.any(axis=1).tolist())]
+
+
 def sample_crop_box(
     height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
 ) -> Box:
-    """torchvision's RandomResizedCrop box rule with an explicit generator: up to 10 tries of (area fraction,
-    log-uniform aspect) that fit, else the largest centre crop whose aspect lies within ``ratio``."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    """One box of :func:`sample_crop_boxes` (top, left, height, width)."""
+    return sample_crop_boxes(height, width, scale, ratio, rng, 1)[0]
 
 
 def _color_jitter(crop: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator) -> torch.Tensor:
-    """ColorJitter (random order, p = jitter_p) then RandomGrayscale (p = grayscale_p) on a (3, h, w) uint8 crop."""
+    """ColorJitter (random order, p = jitter_p) then RandomGrayscale (p = grayscale_p) on (..., 3, h, w) uint8 crops."""
     if rng.random() < cfg.jitter_p:
         b, c, s, hue = cfg.jitter_strength
         ops = [
@@ -88,34 +104,63 @@ def _color_jitter(crop: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator)
     return crop
 
 
-def random_view(
-    image: torch.Tensor, size: int, scale: tuple[float, float], cfg: ViewConfig, rng: np.random.Generator
-) -> torch.Tensor:
-    """(3, H, W) uint8 image → (3, size, size) uint8: random resized crop (bilinear, antialias), h-flip, jitter."""
-    top, left, h, w = sample_crop_box(image.shape[-2], image.shape[-1], scale, cfg.ratio, rng)
-    crop = TF.resized_crop(
-        image, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True
-    )
-    if rng.random() < cfg.hflip_p:
-        crop = crop.flip(-1)
-    if cfg.color_jitter:
-        crop = _color_jitter(crop, cfg, rng)
-    return crop
+def resized_crop(image: np.ndarray, box: Box, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 image, box → (1, 3, size, size) uint8 in channels-last memory (bilinear, antialias)."""
+    top, left, h, w = box
+    # One copy of the box, as (1, h, w, 3) seen as (1, 3, h, w): channels-last strides, the batch one included,
+    # are what torch's uint8 antialiased resize needs for its fast path (kept for the output). Few tensor calls:
+    # with 7 views per sample their fixed cost is a large part of a worker's time.
+    region = torch.from_numpy(np.array(image[top : top + h, left : left + w]).reshape(1, h, w, 3))
+    return F.interpolate(region.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)
 
 
 def make_views(
-    image: torch.Tensor, cfg: ViewConfig, rng: np.random.Generator
+    image: np.ndarray, cfg: ViewConfig, rng: np.random.Generator,
+    global_out: torch.Tensor | None = None, local_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, H, W) uint8 image → global crop (3, S, S) and local crops (M, 3, s, s), both uint8."""
-    global_crop = random_view(image, cfg.global_size, cfg.global_scale, cfg, rng)
-    locals_ = [random_view(image, cfg.local_size, cfg.local_scale, cfg, rng) for _ in range(cfg.num_local)]
-    if locals_:
-        local_crops = torch.stack(locals_)
-    else:
-        local_crops = torch.empty((0, 3, cfg.local_size, cfg.local_size), dtype=torch.uint8)
-    return global_crop, local_crops
+    """(H, W, 3) uint8 image → global crop (S, S, 3) and local crops (M, s, s, 3), uint8, channels last: random
+    resized crops, h-flips, jitter. Draws, in order: the global box, the M local boxes, the 1 + M flips, then
+    each view's jitter.
+
+    global_out, local_out: where to write them (e.g. this sample's rows of the batch), else new tensors.
+    ``.permute(2, 0, 1)`` / ``.permute(0, 3, 1, 2)`` gives the (3, S, S) / (M, 3, s, s) views.
+    """
+    S, s, M = cfg.global_size, cfg.local_size, cfg.num_local
+    global_out = torch.empty((S, S, 3), dtype=torch.uint8) if global_out is None else global_out
+    local_out = torch.empty((M, s, s, 3), dtype=torch.uint8) if local_out is None else local_out
+    height, width = image.shape[:2]
+    boxes = sample_crop_boxes(height, width, cfg.global_scale, cfg.ratio, rng, 1)
+    if M:
+        boxes += sample_crop_boxes(height, width, cfg.local_scale, cfg.ratio, rng, M)
+    flips = (rng.random(1 + M) < cfg.hflip_p).tolist()
+    targets = [global_out[None].permute(0, 3, 1, 2)] + list(local_out.permute(0, 3, 1, 2).split(1))
+    for i, (box, flip, target) in enumerate(zip(boxes, flips, targets)):
+        crop = resized_crop(image, box, S if i == 0 else s)  # (1, 3, size, size)
+        if flip:
+            crop = crop.flip(-1)
+        if cfg.color_jitter:
+            crop = _color_jitter(crop, cfg, rng)
+        target.copy_(crop)
+    return global_out, local_out
 
 
-def to_float(crops: torch.Tensor) -> torch.Tensor:
-    """uint8 crops of any shape → float32 in [0, 1]."""
-    return crops.float().div_(255.0)
+def draft_size(width: int, height: int, cfg: ViewConfig) -> tuple[int, int] | None:
+    """The smallest decoded (width, height) of a ``width`` x ``height`` image that the crops of ``cfg`` need, or
+    None when nothing smaller will do (a ``tips.io.decode_rgb`` draft request).
+
+    Rule: decoding at reduced scale must never make a crop upsample where a full decode would not. The smallest
+    box :func:`sample_crop_box` can draw on an image of area A has a shorter side of at least
+    sqrt(scale_min · A · aspect_min) - 0.5 pixels (area fraction ≥ scale_min, aspect within ``ratio``, sides
+    rounded), so every view of output size S keeps at least S pixels across while A ≥ (S + 0.5)² / (scale_min ·
+    aspect_min). The decoded area is kept at least the largest such bound over the views.
+    """
+    aspect_min = min(cfg.ratio[0], 1 / cfg.ratio[1])
+    views = [(cfg.global_size, cfg.global_scale[0])]
+    if cfg.num_local:
+        views.append((cfg.local_size, cfg.local_scale[0]))
+    needed_area = max((size + 0.5) ** 2 / (scale_min * aspect_min) for size, scale_min in views)
+    shrink = math.sqrt(needed_area / (width * height))  # linear factor the decode may keep
+    if shrink > 0.5:  # the first DCT reduction halves both sides
+        return None
+    return math.ceil(width * shrink), math.ceil(height * shrink)

@@ -6,7 +6,8 @@
 - atomic writes that honour the umask: :func:`atomic_file`, :func:`atomic_path`, :func:`replace_dir`,
   :func:`write_bytes_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic`;
 - digests: :func:`sha256_file`;
-- images: :func:`to_rgb` (any PIL mode → 8-bit RGB);
+- images: :func:`decode_rgb` / :func:`decode_image` (bytes or a file → 8-bit RGB, the pixel limit checked per call
+  from the header; one :class:`ImageDecodeError` with a reason), :func:`to_rgb` (any PIL mode → 8-bit RGB);
 - lossless 16-bit PNGs (depth, surface normals): :func:`encode_png16`, :func:`read_png16`, :func:`normals_to_uint16` ….
 """
 
@@ -21,12 +22,16 @@ from ..png16 import (
     uint16_to_normals,
     write_png16,
 )
-from ..transforms import to_rgb
+from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, decode_rgb, to_rgb
 from .hashing import sha256_file
 from .shards import expand_shards
 from .tar import ShardFile, archive_size, encode_member, encode_sample, write_shard
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "decode_image",
+    "decode_rgb",
     "NORMALS_ENCODING",
     "PNG16Error",
     "ShardFile",

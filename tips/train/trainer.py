@@ -206,7 +206,7 @@ class Trainer(RunState):
     def _next_batch(self, batches: Iterator[Batch]) -> Batch:
         t0 = time.perf_counter()
         batch = with_patch_selection(next(batches), self.plan)  # on the host: T is data-dependent
-        batch = batch.to(self.accelerator.device, non_blocking=True)
+        batch = batch.for_model(self.accelerator.device, non_blocking=True)  # uint8 crops become float there
         self._text_len = batch.alt_ids.shape[1]
         self._window["data"] += time.perf_counter() - t0
         return batch

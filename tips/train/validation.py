@@ -32,7 +32,7 @@ def validate(
     model.eval()
     feats: dict[str, list[torch.Tensor]] = {k: [] for k in ("cls_alt", "cls_syn", "alt", "syn")}
     for batch in batches:
-        batch = batch.to(device)
+        batch = batch.for_model(device)
         with autocast():
             out = model.encode_image(batch.global_crop)
             feats["cls_alt"].append(out.cls_alt.float())
