@@ -87,6 +87,26 @@ def test_tips_extract_dtype_and_quantize_flags_write_features_close_to_fp32(tmp_
             assert cosine(getattr(outs[name], key), getattr(outs["fp32"], key)) > 0.99, (name, key)
 
 
+def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_fp32_cpu_runs(tmp_path, monkeypatch):
+    from tips import precision
+
+    amx, avx2 = tmp_path / "amx", tmp_path / "avx2"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n\n"
+                   "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n")
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: avx512_bf16_fake\n")
+    assert precision.cpu_has_native_bf16(amx) and not precision.cpu_has_native_bf16(avx2)
+    assert not precision.cpu_has_native_bf16(tmp_path / "missing")
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert "--dtype bfloat16" in precision.bf16_hint(cpu, "float32", None)
+    assert precision.bf16_hint(cpu, "bfloat16", None) is None
+    assert precision.bf16_hint(cpu, "float32", "int8") is None
+    assert precision.bf16_hint(torch.device("meta"), "float32", None) is None
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.bf16_hint(cpu, "float32", None) is None
+
+
 def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path):
     from tips.export import main as export_main
     from tips.formats.onnx import example_text, session

@@ -35,7 +35,7 @@ from .image_sources import (
 )
 from .models.tips import TIPS
 from .pca import save_pca_picture
-from .precision import DTYPES, add_inference_args, autocast, prepare_for_inference
+from .precision import DTYPES, add_inference_args, autocast, bf16_hint, prepare_for_inference
 from .transforms import Preprocess
 
 FORMAT = "tips-features"
@@ -449,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tips-extract: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     print(result.summary())
+    hint = bf16_hint(resolve_device(args.device), args.dtype, args.quantize)
+    if hint:
+        print(f"tips-extract: {hint}", file=sys.stderr)
     return 0
 
 

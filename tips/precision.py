@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
 from torch import nn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo names of the bf16 instructions
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -46,6 +49,33 @@ def autocast(model_or_device: nn.Module | str | torch.device, dtype: str | torch
     return torch.autocast(device.type, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX-BF16 in the ``flags`` of ``cpuinfo``).
+
+    False where that cannot be read (other systems than Linux): the hint below is then never given.
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def bf16_hint(device: torch.device, dtype: str | torch.dtype | None, quantize: str | None) -> str | None:
+    """A one-line hint that ``--dtype bfloat16`` is the fast path, for an fp32 CPU run on a CPU with native bf16.
+
+    fp32 stays the default everywhere so that features do not depend on the machine that computed them.
+    """
+    if device.type != "cpu" or quantize is not None or resolve_dtype(dtype) not in (None, torch.float32):
+        return None
+    if not cpu_has_native_bf16():
+        return None
+    return ("hint: this CPU computes bf16 natively (AVX-512 BF16 / AMX); --dtype bfloat16 encodes about 3.6-4x "
+            "faster on such CPUs at cosine 0.9999 to fp32 (docs/deploy.md)")
+
+
 def add_inference_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--dtype`` and ``--quantize``, the same flags in every command that encodes (``tips-extract``, ``tips-predict``).
 
@@ -54,7 +84,8 @@ def add_inference_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     from .quantize import MODES
 
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="compute dtype (autocast; bfloat16 is faster only on CPUs with native bf16 and on CUDA)")
+                        help="compute dtype (autocast; bfloat16 is the fast path on CPUs with native bf16 (AVX-512 BF16, "
+                             "AMX) and on CUDA, and slower on AVX2-only CPUs)")
     parser.add_argument("--quantize", choices=MODES, help="int8 linear layers, dynamic activations (CPU: fbgemm)")
 
 

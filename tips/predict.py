@@ -42,7 +42,7 @@ from .formats.heads import load_head
 from .image_sources import DEFAULT_MAX_PIXELS, Decoded, ImageDataset, collate_decoded, find_images
 from .models.dpt import DenseHead, build_head
 from .models.tips import TIPS
-from .precision import autocast, prepare_for_inference
+from .precision import autocast, bf16_hint, prepare_for_inference
 from .transforms import Preprocess
 
 TASKS = ("depth", "normals", "segmentation")
@@ -255,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tips-predict: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     print(result.summary())
+    hint = bf16_hint(resolve_device(args.device), args.dtype, args.quantize)
+    if hint:
+        print(f"tips-predict: {hint}", file=sys.stderr)
     return 0
 
 
