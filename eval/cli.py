@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import tips
+from tips.allocator import tune_cpu_allocator
 from tips.cli_args import ModelArgumentError, add_model_args, add_output_arg, model_from_args
 
 from .options import examples
@@ -163,6 +164,7 @@ def top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = top_parser()
     if not argv or argv[0] not in (*DENSE, *FORWARDED):

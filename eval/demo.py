@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tips.allocator import tune_cpu_allocator
 from tips.cli_args import add_output_arg
 
 from . import cli as probe_cli
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
     args = build_parser().parse_args(argv)
     if not RECIPE.is_file():
         raise SystemExit(f"tips-demo: recipe {RECIPE} not found; run tips-demo from a checkout installed with pip install -e .")

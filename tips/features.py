@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .allocator import tune_cpu_allocator
 from .atomic import atomic_path, write_text_atomic
 from .cli_args import LoadedModel, add_model_args, add_output_arg, build_model, model_from_args, resolve_device
 from .image_sources import (
@@ -428,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``tips-extract``; returns 0 on success, 1 with a message on stderr on failure."""
+    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from .allocator import tune_cpu_allocator
 from . import dense_pictures as pics
 from .atomic import atomic_file, atomic_path, write_text_atomic
 from .cli_args import LoadedModel, add_model_args, add_output_arg, build_model, model_from_args, resolve_device
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``tips-predict``; returns 0 on success, 1 with a message on stderr on failure."""
+    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
     args = build_parser().parse_args(argv)
     try:
         result = run(

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from ..allocator import tune_cpu_allocator
 from ..cli_args import add_output_arg
 from .config import load_config
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
