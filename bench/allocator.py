@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import tips
+from data_pipelines.scenes import main as scenes_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,9 +36,9 @@ def run_probe(args: argparse.Namespace, scenes: Path, model: Path, cache: Path, 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own usage, peak memory included
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
     return {"wall": wall, "user": usage.ru_utime, "sys": usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024}
 
 
@@ -47,10 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--fusion", type=int, default=64, help="DPT decoder width")
     args = p.parse_args(argv)
-
-    sys.path.insert(0, str(REPO))
-    import tips
-    from data_pipelines.scenes import main as scenes_main
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -164,7 +164,7 @@ def top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
+    tune_cpu_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = top_parser()
     if not argv or argv[0] not in (*DENSE, *FORWARDED):

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
+    tune_cpu_allocator()
     args = build_parser().parse_args(argv)
     if not RECIPE.is_file():
         raise SystemExit(f"tips-demo: recipe {RECIPE} not found; run tips-demo from a checkout installed with pip install -e .")

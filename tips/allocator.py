@@ -44,14 +44,14 @@ def tune_cpu_allocator() -> bool:
         return _tuned
     _tuned = False
     if user_chose_allocator() or not _is_glibc():
-        return False
+        return _tuned
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # both are C ints: larger values would wrap
         _tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
             libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        _tuned = False
+    except (OSError, AttributeError):  # a libc without mallopt
+        pass
     return _tuned
 
 

@@ -36,7 +36,7 @@ from .image_sources import (
 )
 from .models.tips import TIPS
 from .pca import save_pca_picture
-from .precision import DTYPES, add_inference_args, autocast, bf16_hint, prepare_for_inference
+from .precision import DTYPES, add_inference_args, autocast, prepare_for_inference, print_bf16_hint
 from .transforms import Preprocess
 
 FORMAT = "tips-features"
@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``tips-extract``; returns 0 on success, 1 with a message on stderr on failure."""
-    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
+    tune_cpu_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -451,9 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tips-extract: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     print(result.summary())
-    hint = bf16_hint(resolve_device(args.device), args.dtype, args.quantize)
-    if hint:
-        print(f"tips-extract: {hint}", file=sys.stderr)
+    print_bf16_hint("tips-extract", args)
     return 0
 
 

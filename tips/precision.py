@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import sys
 from pathlib import Path
 
 import torch
@@ -74,6 +75,15 @@ def bf16_hint(device: torch.device, dtype: str | torch.dtype | None, quantize: s
         return None
     return ("hint: this CPU computes bf16 natively (AVX-512 BF16 / AMX); --dtype bfloat16 encodes about 3.6-4x "
             "faster on such CPUs at cosine 0.9999 to fp32 (docs/deploy.md)")
+
+
+def print_bf16_hint(prog: str, args: argparse.Namespace) -> None:
+    """After an inference command: print :func:`bf16_hint` for its ``--device`` / ``--dtype`` / ``--quantize``."""
+    from .cli_args import resolve_device
+
+    hint = bf16_hint(resolve_device(args.device), args.dtype, args.quantize)
+    if hint:
+        print(f"{prog}: {hint}", file=sys.stderr)
 
 
 def add_inference_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from .allocator import tune_cpu_allocator
 from . import dense_pictures as pics
+from .allocator import tune_cpu_allocator
 from .atomic import atomic_file, atomic_path, write_text_atomic
 from .cli_args import LoadedModel, add_model_args, add_output_arg, build_model, model_from_args, resolve_device
 from .features import NoReadableImages, check_resolution, run_batches
@@ -43,7 +43,7 @@ from .formats.heads import load_head
 from .image_sources import DEFAULT_MAX_PIXELS, Decoded, ImageDataset, collate_decoded, find_images
 from .models.dpt import DenseHead, build_head
 from .models.tips import TIPS
-from .precision import autocast, bf16_hint, prepare_for_inference
+from .precision import autocast, prepare_for_inference, print_bf16_hint
 from .transforms import Preprocess
 
 TASKS = ("depth", "normals", "segmentation")
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``tips-predict``; returns 0 on success, 1 with a message on stderr on failure."""
-    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
+    tune_cpu_allocator()
     args = build_parser().parse_args(argv)
     try:
         result = run(
@@ -257,9 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tips-predict: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     print(result.summary())
-    hint = bf16_hint(resolve_device(args.device), args.dtype, args.quantize)
-    if hint:
-        print(f"tips-predict: {hint}", file=sys.stderr)
+    print_bf16_hint("tips-predict", args)
     return 0
 
 

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_cpu_allocator()  # large CPU tensors reuse heap pages instead of fresh mmaps (tips/allocator.py)
+    tune_cpu_allocator()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
