@@ -451,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tips-extract: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     print(result.summary())
-    print_bf16_hint("tips-extract", args)
+    print_bf16_hint("tips-extract", resolve_device(args.device), args)
     return 0
 
 

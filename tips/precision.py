@@ -77,11 +77,9 @@ def bf16_hint(device: torch.device, dtype: str | torch.dtype | None, quantize: s
             "faster on such CPUs at cosine 0.9999 to fp32 (docs/deploy.md)")
 
 
-def print_bf16_hint(prog: str, args: argparse.Namespace) -> None:
-    """After an inference command: print :func:`bf16_hint` for its ``--device`` / ``--dtype`` / ``--quantize``."""
-    from .cli_args import resolve_device
-
-    hint = bf16_hint(resolve_device(args.device), args.dtype, args.quantize)
+def print_bf16_hint(prog: str, device: torch.device, args: argparse.Namespace) -> None:
+    """After an inference command on ``device``: print :func:`bf16_hint` for its ``--dtype`` / ``--quantize``."""
+    hint = bf16_hint(device, args.dtype, args.quantize)
     if hint:
         print(f"{prog}: {hint}", file=sys.stderr)
 

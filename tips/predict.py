@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tips-predict: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     print(result.summary())
-    print_bf16_hint("tips-predict", args)
+    print_bf16_hint("tips-predict", resolve_device(args.device), args)
     return 0
 
 
