@@ -5,7 +5,7 @@
 
 Both runs are the same ``tips-probe depth --head dpt`` command on the same cached features of a small
 ``tips-scenes`` probe split generated into a temporary folder; each runs in its own process, one with
-``TIPS_MALLOC=default`` (glibc as it comes) and one with ``tips.allocator``'s settings. Printed: wall, user and
+``TIPS_MALLOC=default`` (glibc as it comes) and one with ``tips.cli.allocator``'s settings. Printed: wall, user and
 system seconds of each (system time is where the fresh ``mmap`` pages are paid for), peak memory, and the ratio.
 """
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import tips
-from data_pipelines.scenes import main as scenes_main
+from tips_pipelines.scenes import main as scenes_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def run_probe(args: argparse.Namespace, scenes: Path, model: Path, cache: Path, 
     """Wall, user and system seconds and peak memory of one probe run in a fresh process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env |= {"TIPS_MALLOC": malloc, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "eval.cli", "depth", "--model", str(model), "--dataset", f"scenes:{scenes}",
+    cmd = [sys.executable, "-m", "tips_eval.cli", "depth", "--model", str(model), "--dataset", f"scenes:{scenes}",
            "--resolution", str(args.size), "--protocol", "fast", "--head", "dpt", "--workers", "0", "--no-progress",
            "--iterations", str(args.iterations), "--cache-dir", str(cache), "-o", str(out), f"dpt.fusion={args.fusion}"]
     start = time.perf_counter()
@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         scenes_main(["--out", str(tmp / "scenes"), "--num-train", str(args.num_train), "--num-val", "8",
                      "--num-pretrain", "0", "--size", str(args.size), "--seed", "0", "--workers", "1"])
-        tips.save_pretrained(tips.create_model(args.variant), tmp / "model")
+        tips.save(tips.create_model(args.variant), tmp / "model")
         # The first run also fills the feature cache; a throw-away 1-iteration run keeps that out of both timings.
         args_warm = argparse.Namespace(**{**vars(args), "iterations": 1})
         run_probe(args_warm, tmp / "scenes", tmp / "model", tmp / "cache", tmp / "warm", "default")
         results = {name: run_probe(args, tmp / "scenes", tmp / "model", tmp / "cache", tmp / name, malloc)
-                   for name, malloc in (("glibc default", "default"), ("tips.allocator", ""))}
+                   for name, malloc in (("glibc default", "default"), ("tips.cli.allocator", ""))}
 
     print(f"DPT depth probe: {args.variant} at {args.size} px, fusion {args.fusion}, {args.iterations} iterations, "
           f"{args.num_train} train images, torch threads per process: {os.environ.get('OMP_NUM_THREADS', 'default')}\n")
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['wall']:.1f} | {r['user']:.1f} | {r['sys']:.1f} | {r['peak_mb']:.0f} |")
-    ratio = results["glibc default"]["wall"] / results["tips.allocator"]["wall"]
-    print(f"\nspeed-up of tips.allocator over glibc's defaults: {ratio:.2f}x (wall time, same run)")
+    ratio = results["glibc default"]["wall"] / results["tips.cli.allocator"]["wall"]
+    print(f"\nspeed-up of tips.cli.allocator over glibc's defaults: {ratio:.2f}x (wall time, same run)")
     return 0
 
 

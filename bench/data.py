@@ -28,7 +28,8 @@ from PIL import Image
 
 from tips.data import DataConfig, build_train_loader
 from tips import build_tokenizer
-from tips.io import decode_rgb, write_shard
+from tips.io import decode_image, write_shard
+from tips.models import to_rgb
 
 
 def write_shards(folder: Path, samples: int, size: int, num_shards: int, seed: int = 0) -> str:
@@ -69,7 +70,7 @@ class _DecodeCrop:
         self.crop = T.RandomResizedCrop(224, scale=(0.32, 1.0), antialias=True)
 
     def __call__(self, sample: dict) -> torch.Tensor:
-        rgb = np.asarray(decode_rgb(sample["jpg"], max_pixels=89_478_485))  # full size, (H, W, 3) uint8
+        rgb = np.asarray(to_rgb(decode_image(sample["jpg"], max_pixels=89_478_485), in_place=True))  # full size, (H, W, 3) uint8
         return self.crop(torch.from_numpy(rgb.copy()).permute(2, 0, 1)).float().div_(255.0)
 
 

@@ -7,7 +7,7 @@ Paths (one model's weights; repeats interleaved, the order rotating each repeat)
 - ``int8-torchao``: torchao's int8 dynamic layers (opt-in with ``--paths``; very slow on AVX2 CPUs);
 - ``onnx`` / ``onnx-int8``: ``tips-export --format onnx [--int8]`` graphs run by onnxruntime (CPU);
 - ``official``: the official TIPS encoder's unfused softmax(QKᵀ)V attention, re-implemented independently in
-  ``tests/reference/official_torch.py``, loaded with the same weights (official layout).
+  ``tips_reference/official_torch.py``, loaded with the same weights (official layout).
 
 Prints a markdown table of images/s (median over repeats) and the ratios to our fp32 and to ``official``, and
 the cosine similarity of CLS1 to fp32 (the lowest over the batch).
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +30,7 @@ import torch
 
 import tips
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference.official_torch import OfficialVisionEncoder, load_official_npz  # noqa: E402
+from tips_reference.official_torch import OfficialVisionEncoder, load_official_npz
 
 PATHS = ("fp32", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "official")
 DEFAULT_PATHS = "fp32,bf16,int8,onnx,onnx-int8,official"
@@ -42,7 +40,7 @@ def official_encoder(model: tips.TIPS, workdir: Path) -> OfficialVisionEncoder:
     """The reference encoder holding ``model``'s image-tower weights, read back from its official ``.npz`` export."""
     cfg = model.cfg.vision
     ref = OfficialVisionEncoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_hidden, cfg.ffn, cfg.patch_size, cfg.pos_grid)
-    load_official_npz(ref, tips.export_official(model, workdir / "official")["vision"])
+    load_official_npz(ref, tips.save(model, workdir / "official", format="official")["vision"])
     return ref.eval()
 
 
@@ -86,8 +84,8 @@ def build_paths(model: tips.TIPS, names: list[str], size: int, device: torch.dev
 
         vision_only = copy.deepcopy(model)
         vision_only.text = None
-        files = vision_only.save_pretrained(workdir / f"onnx{size}", format="onnx", image_size=size,
-                                            int8="onnx-int8" in names)
+        files = tips.save(vision_only, workdir / f"onnx{size}", format="onnx", image_size=size,
+                          int8="onnx-int8" in names)
         for name, key in (("onnx", "vision"), ("onnx-int8", "vision_int8")):
             if name in names:
                 sess = onnxruntime.InferenceSession(str(files[key]), providers=["CPUExecutionProvider"])

@@ -3,7 +3,7 @@
 Peers, the same weights, the same input, measured in the same run with the repeats interleaved:
 - ``ours``: timm's tower (SDPA attention) → ``DenseHead`` (channels-last maps, the CLS half of the readout
   computed once per image);
-- ``plain``: the test reference (tests/reference): the official tower with explicit softmax(QKᵀ)V attention and the
+- ``plain``: the test reference (tips_reference): the official tower with explicit softmax(QKᵀ)V attention and the
   official decoder written plainly (NCHW, concatenated readout).
 
 Prints images/s (median over repeats) of both, the ratio ours/plain, and the max |Δ| of the outputs.
@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import tips  # noqa: E402
-from reference import official_dpt as R  # noqa: E402
-from reference.official_torch import OfficialVisionEncoder, randomize_, save_official_npz  # noqa: E402
+import tips
+from tips_reference import official_dpt as R
+from tips_reference.official_torch import OfficialVisionEncoder, randomize_, save_official_npz
 
 
 def main(argv: list[str] | None = None) -> int:

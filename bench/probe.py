@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 import tips
-from data_pipelines.scenes import main as scenes_main
-from eval.datasets import open_dataset
-from eval.features import FeatureSpec, cached_features, checkpoint_identity, compute_features, image_to_tensor, probe_input
-from eval.probes.common import batch_order, make_optimizer, optimizer_step
-from eval.probes.config import load_probe_config
-from eval.probes.segmentation import LinearSegHead, train_fast, upsampled_loss
+from tips_pipelines.scenes import main as scenes_main
+from tips_eval.datasets import open_dataset
+from tips_eval.features import FeatureSpec, cached_features, checkpoint_identity, compute_features, image_to_tensor, probe_input
+from tips_eval.probes.common import batch_order, make_optimizer, optimizer_step
+from tips_eval.probes.config import load_probe_config
+from tips_eval.probes.segmentation import LinearSegHead, train_fast, upsampled_loss
 
 
 def train_recomputing(model: tips.TIPS, dataset, spec: FeatureSpec, cfg) -> LinearSegHead:

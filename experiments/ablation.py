@@ -10,12 +10,12 @@ Each trained model is probed for segmentation (all classes, object classes) and 
 object pixels), and text→image R@1 is measured on the held-out probe split's synthetic captions (CLS2 for
 variants trained on synthetic captions, CLS1 for (a) and (e); both are recorded).
 
-    python experiments/ablation.py --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
-    python experiments/ablation.py --preset small --steps 600   # where synthetic captions start to help dense probes
-    python experiments/ablation.py --preset small --steps 600 --scenes 16384   # 8× the pretraining images
-    python experiments/ablation.py --preset small --probe-split 1000 200   # probes fit on 1,000 scenes, measured on 200
-    python experiments/ablation.py --preset long --device cuda --jobs 4   # 4 runs share the GPU (tiny towers)
-    python experiments/ablation.py --preset small --report   # table and chart of the runs finished so far
+    python -m experiments.ablation --preset small            # 81 min on 2 CPU cores, 3 seeds, 200 steps
+    python -m experiments.ablation --preset small --steps 600   # where synthetic captions start to help dense probes
+    python -m experiments.ablation --preset small --steps 600 --scenes 16384   # 8× the pretraining images
+    python -m experiments.ablation --preset small --probe-split 1000 200   # probes fit on 1,000 scenes, measured on 200
+    python -m experiments.ablation --preset long --device cuda --jobs 4   # 4 runs share the GPU (tiny towers)
+    python -m experiments.ablation --preset small --report   # table and chart of the runs finished so far
 
 Writes ``<out>/<preset>/results.json``, ``table.md`` and ``chart.png``; every run's command is recorded.
 """
@@ -37,8 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(ROOT / "bench"))  # train_step.make_batch: the benchmark's synthetic batch, for step_flops
 
 VARIANTS = {
     "clip_alt": ["loss.weights.contrastive_syn=0", "loss.weights.distill=0", "loss.weights.mask=0"],
@@ -138,7 +136,7 @@ def train_command(preset: dict, variant: str, seed: int, data: Path, run_dir: Pa
               "--mixed_precision", "bf16" if device == "cuda" else "no", "--dynamo_backend", "no"]
     if device == "cpu":
         launch += ["--cpu", "--num_cpu_threads_per_process", str(threads_per_job(jobs))]
-    return launch + ["-m", "tips.train", "--config", str(ROOT / "configs/pretrain/demo_cpu.yaml"),
+    return launch + ["-m", "tips.cli.train", "--config", str(ROOT / "configs/pretrain/demo_cpu.yaml"),
                      f"data.train={pattern}", f"run.output_dir={run_dir}", f"run.seed={seed}", "run.resume=latest",
                      *(["run.mixed_precision=bf16"] if device == "cuda" else []),
                      *preset["train"], *loader_workers(preset, jobs), *VARIANTS[variant]]
@@ -185,7 +183,7 @@ def step_flops(preset: dict, variant: str, device: str = "cpu") -> float:
 
     from tips.models import get_variant
     from tips.train import build_modules, load_config
-    from train_step import make_batch
+    from bench.train_step import make_batch  # the benchmark's synthetic batch
 
     cfg = load_config([ROOT / "configs/pretrain/demo_cpu.yaml"], ["data.train=x.tar", *preset["train"], *VARIANTS[variant]])
     module, teacher = build_modules(cfg)

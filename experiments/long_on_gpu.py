@@ -20,13 +20,11 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ablation  # noqa: E402
+from . import ablation
 
 STEP_QUANTUM = 250
 # A finished bar of the trainer: "pretraining: 100%|██████████| 100/100 [00:21<00:00, 4.71it/s, loss=…]".
@@ -108,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = steps != preset_steps
     ablation_args = ["--preset", "long", "--device", args.device, "--jobs", str(args.jobs), "--out", args.out,
                      "--workdir", args.workdir, *(["--steps", str(steps)] if changed else [])]
-    print("running: python experiments/ablation.py " + " ".join(ablation_args), flush=True)
+    print("running: python -m experiments.ablation " + " ".join(ablation_args), flush=True)
     code = ablation.main(ablation_args)
     results = Path(args.out) / ("long" + ablation.recipe_tag(steps if changed else None, None, []))
     (results / "timing.json").write_text(json.dumps({**timing, "total_s": time.monotonic() - start}, indent=2))

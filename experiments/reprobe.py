@@ -7,8 +7,8 @@ and seeds (``experiments/ablation.py``'s ``probe``), on another split of the sce
 sampling noise apart from differences between the trained towers. It does not change any recipe's verdict: that
 stays with the probe split the recipe was run with.
 
-    python experiments/reprobe.py results/ablation/small-steps1000 --data runs/ablation/long/scenes
-    python experiments/reprobe.py results/ablation/small-steps600 --data runs/ablation/long/scenes --variants clip_alt two_cls random
+    python -m experiments.reprobe results/ablation/small-steps1000 --data runs/ablation/long/scenes
+    python -m experiments.reprobe results/ablation/small-steps600 --data runs/ablation/long/scenes --variants clip_alt two_cls random
 
 Reads the recipe's ``results.json`` (which runs exist) and its run folders (``<workdir>/<preset>/runs<tag>/``);
 writes ``<out>/<recipe>/results.json`` and ``table.md``, both the new split's numbers and the original ones. Each
@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation import (LABELS, METRICS, aggregate, comparison_table, probe, probe_split_name, say,  # noqa: E402
+from .ablation import (LABELS, METRICS, aggregate, comparison_table, probe, probe_split_name, say,
                       share_cores, trains_on_synthetic_captions)
 
 

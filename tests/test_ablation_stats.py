@@ -1,13 +1,11 @@
 """The ablation's paired comparison: signs follow each metric's direction, SE over seeds, seeds won."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import ablation  # noqa: E402
+from experiments import ablation
 
 
 def run(variant, seed, miou, rmse):

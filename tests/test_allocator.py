@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tips import allocator
+from tips.cli import allocator
 
 
 @pytest.mark.parametrize("env, chose", [
@@ -25,7 +25,7 @@ def test_the_users_own_allocator_settings_win(env, chose):
 
 def run_tune(extra_env: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if k not in (*allocator.USER_SETTINGS, "TIPS_MALLOC")} | extra_env
-    code = "from tips.allocator import tune_cpu_allocator as t; print(t(), t())"
+    code = "from tips.cli.allocator import tune_cpu_allocator as t; print(t(), t())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tips.atomic import atomic_file, write_json_atomic
+from tips.io.atomic import atomic_file, write_json_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -23,7 +23,7 @@ def test_a_successful_write_replaces_the_file(tmp_path):
 
 
 def test_replace_dir_swaps_a_complete_folder_in_and_leaves_no_old_copy(tmp_path):
-    from tips.atomic import replace_dir
+    from tips.io.atomic import replace_dir
 
     final, new = tmp_path / "step-00000100", tmp_path / ".step-00000100.tmp"
     final.mkdir()
@@ -43,7 +43,7 @@ def test_written_files_get_the_permissions_the_umask_gives(tmp_path, umask, mode
     import torch
     from safetensors.torch import save_file
 
-    from tips.atomic import atomic_path
+    from tips.io.atomic import atomic_path
 
     old = os.umask(umask)
     try:

@@ -39,7 +39,7 @@ def _assert_same(a, b, atol=0.0):
 @pytest.mark.parametrize("ffn", ["mlp", "swiglu"])
 def test_save_pretrained_round_trip_is_exact(tmp_path, ffn):
     model = _model(**{"vision.ffn": ffn, "vision.mlp_hidden": 200})
-    model.save_pretrained(tmp_path / "ckpt")
+    tips.save(model, tmp_path / "ckpt")
     loaded = tips.load(tmp_path / "ckpt")
     x = torch.rand(2, 3, 224, 196)
     _assert_same(_outputs(model, x), _outputs(loaded, x))
@@ -52,8 +52,8 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, ffn):
 def test_export_to_official_layout_round_trip(tmp_path, ffn):
     model = _model(**{"vision.ffn": ffn, "vision.mlp_hidden": 200})
     subdir = tmp_path / "src"
-    model.save_pretrained(subdir)
-    cli = subprocess.run([sys.executable, "-m", "tips.export", str(subdir), "--out", str(tmp_path / "off"),
+    tips.save(model, subdir)
+    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", str(subdir), "--out", str(tmp_path / "off"),
                           "--name", "m"], capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     vision = np.load(tmp_path / "off" / "m_vision.npz", allow_pickle=False)
@@ -71,7 +71,7 @@ def test_export_to_official_layout_round_trip(tmp_path, ffn):
 def test_heads_are_inferred_from_width_and_overridable(tmp_path):
     model = tips.create_model("tiny", **{"vision.width": 128, "vision.heads": 2, "vision.mlp_hidden": 256,
                                         "vision.depth": 1}).eval()
-    paths = tips.export_official(model, tmp_path, "w")
+    paths = tips.save(model, tmp_path, format="official", name="w")
     paths["sidecar"].unlink()  # no sidecar: heads come from the width
     assert tips.load(paths["vision"]).cfg.vision.heads == 2  # 128 // 64
     assert tips.load(paths["vision"], heads=4).cfg.vision.heads == 4
@@ -79,7 +79,7 @@ def test_heads_are_inferred_from_width_and_overridable(tmp_path):
 
 def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
     model = _model()
-    paths = tips.export_official(model, tmp_path, "bad")
+    paths = tips.save(model, tmp_path, format="official", name="bad")
     sd = dict(np.load(paths["text"], allow_pickle=False))
     sd["transformer.resblocks.1.ln_2.weight"] = np.ones(7, np.float32)
     np.savez(paths["text"], **sd)
@@ -88,7 +88,7 @@ def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
 
 
 def test_missing_and_unknown_keys_are_named(tmp_path):
-    paths = tips.export_official(_model(), tmp_path, "bad")
+    paths = tips.save(_model(), tmp_path, format="official", name="bad")
     sd = dict(np.load(paths["vision"], allow_pickle=False))
     del sd["norm.bias"]
     sd["blocks.0.surprise"] = np.zeros(3, np.float32)
@@ -108,7 +108,7 @@ def test_hugging_face_single_file_layout(tmp_path):
     from safetensors.torch import save_file
 
     model = _model()
-    paths = tips.export_official(model, tmp_path / "off", "x")
+    paths = tips.save(model, tmp_path / "off", format="official", name="x")
     v = {f"vision_encoder.{k}": torch.from_numpy(a) for k, a in np.load(paths["vision"]).items()}
     t = {f"text_encoder.{k}": torch.from_numpy(a) for k, a in np.load(paths["text"]).items() if k != "temperature"}
     (tmp_path / "hf").mkdir()
@@ -146,8 +146,8 @@ def test_detect_format_by_keys():
 
 def test_save_pretrained_replaces_an_existing_folder_atomically(tmp_path):
     a, b = _model(), tips.create_model("tiny", **{"vision.depth": 2, "text.depth": 2})
-    a.save_pretrained(tmp_path / "ck")
-    b.save_pretrained(tmp_path / "ck")
+    tips.save(a, tmp_path / "ck")
+    tips.save(b, tmp_path / "ck")
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     loaded = tips.load(tmp_path / "ck")
     assert torch.equal(loaded.vision.pos_embed, b.vision.pos_embed)

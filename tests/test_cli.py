@@ -1,11 +1,10 @@
 """The command-line surface: every console script shows examples that parse, writes where -o/--out says, and
-names its model with the same flags (tips.cli_args); the PCA pictures of tips-extract and tips-probe agree."""
+names its model with the same flags (tips.cli.model_args); the PCA pictures of tips-extract and tips-probe agree."""
 
 import argparse
 import importlib
 import re
 import shlex
-import sys
 import tomllib
 from pathlib import Path
 
@@ -14,16 +13,16 @@ import pytest
 import torch
 
 import tips
-from tips.cli_args import MODEL_CHOICE_ERROR, ModelArgumentError, add_model_args, model_from_args
+from tips.cli.model_args import add_model_args, model_from_args
+from tips.inference.loaded import MODEL_CHOICE_ERROR, ModelArgumentError
 
-sys.path.insert(0, str(Path(__file__).parent))
 from formats_spm import VOCAB, train_tiny_spm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 PROBE_SUBCOMMANDS = ("segmentation", "depth", "normals", "zero-shot", "retrieval", "knn", "zero-shot-seg", "compression")
 # Modules that `accelerate launch -m MODULE` runs in the examples, and the command each one is.
-MODULE_COMMANDS = {"tips.train": "tips-train", "data_pipelines.captions": "tips-caption"}
+MODULE_COMMANDS = {"tips.cli.train": "tips-train", "tips_pipelines.captions": "tips-caption"}
 
 
 def entry(script: str):
@@ -79,9 +78,9 @@ def parse_example(argv: list[str]) -> argparse.Namespace | None:
         assert command in ("python",), f"unexpected command in an example: {command}"
         return None
     if command == "tips-probe":
-        from eval import cli
-        from eval.options import parse_task_args
-        from eval.probes.config import load_probe_config
+        from tips_eval import cli
+        from tips_eval.options import parse_task_args
+        from tips_eval.probes.config import load_probe_config
 
         sub, rest = args[0], args[1:]
         if sub in cli.DENSE:
@@ -90,7 +89,7 @@ def parse_example(argv: list[str]) -> argparse.Namespace | None:
             return ns
         return parse_task_args(importlib.import_module(cli.FORWARDED[sub]).build_parser(), rest)
     if command == "tips-scenes":
-        from data_pipelines.scenes.cli import parse_args
+        from tips_pipelines.scenes.cli import parse_args
 
         return parse_args(args)
     module = importlib.import_module(SCRIPTS[command].partition(":")[0])
@@ -121,20 +120,16 @@ def test_extract_and_predict_examples_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "depth" / "contact_sheet.png").is_file()
 
 
-def test_old_output_spellings_still_work(tmp_path):
-    from data_pipelines.shards import build_parser as shards_parser
-    from tips.cli_args import output_dir
-    from tips.features import build_parser as extract_parser
+def test_output_folder_has_one_spelling():
+    from tips.cli.extract import build_parser as extract_parser
+    from tips_eval.demo import build_parser as demo_parser
+    from tips_pipelines.shards import build_parser as shards_parser
 
-    assert extract_parser().parse_args(["x", "--output", "a"]).out == Path("a")
-    p = shards_parser()
-    assert output_dir(p, p.parse_args(["legacy", "--from-shards", "s"])) == Path("legacy")
-    assert output_dir(p, p.parse_args(["--from-shards", "s", "-o", "new"])) == Path("new")
-    with pytest.raises(SystemExit):
-        output_dir(p, p.parse_args(["a", "-o", "b", "--from-shards", "s"]))
-    from eval.demo import build_parser as demo_parser
-
-    assert demo_parser().parse_args(["--workdir", "w"]).out == Path("w")
+    assert extract_parser().parse_args(["x", "-o", "a"]).out == Path("a")
+    for parser, argv in ((extract_parser(), ["x", "--output", "a"]), (demo_parser(), ["--workdir", "w"]),
+                         (shards_parser(), ["legacy", "--from-shards", "s"])):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------------------- model from arguments
@@ -178,13 +173,13 @@ def test_tokenizer_override_sizes_the_vocabulary_and_keeps_the_image_tower(tmp_p
 def test_official_variant_without_a_tokenizer_gets_bpe():
     loaded = model_from_args(model_args("--random-init", "tiny", "--tokenizer", "bpe"))
     assert loaded.model.tokenizer.kind == "bpe"
-    from tips.cli_args import variant_tokenizer
+    from tips.inference.loaded import variant_tokenizer
 
     assert variant_tokenizer("b14") == "bpe"  # the official variants carry no tokenizer of their own
 
 
 def test_model_flag_loads_what_tips_load_reads(tmp_path):
-    saved = tips.save_pretrained(tips.create_model("tiny"), tmp_path / "ckpt")
+    saved = tips.save(tips.create_model("tiny"), tmp_path / "ckpt")
     loaded = model_from_args(model_args("--model", str(saved)))
     reference = tips.load(saved)
     for k, v in reference.state_dict().items():
@@ -220,8 +215,8 @@ def test_extract_and_probe_pictures_colour_the_same_features_alike(tmp_path, mon
     matplotlib.use("Agg")
     from matplotlib.axes import Axes
 
-    from eval.probes.common import VisSample
-    from eval.report import save_picture
+    from tips_eval.probes.common import VisSample
+    from tips_eval.report import save_picture
 
     g = torch.Generator().manual_seed(0)
     grids = [torch.randn(4, 4, 16, generator=g), torch.randn(4, 4, 16, generator=g) + 1.0]  # (h, w, D)
@@ -230,7 +225,7 @@ def test_extract_and_probe_pictures_colour_the_same_features_alike(tmp_path, mon
     picture = np.asarray(tips.pca_picture(images, grids))
     cell_w = 2 * 32 + 8
     centres = (np.arange(4) + 0.5) * 8
-    from tips.pca import CAPTION_HEIGHT
+    from tips.inference.pca import CAPTION_HEIGHT
 
     drawn = []
     real_imshow = Axes.imshow
@@ -255,8 +250,8 @@ def test_extract_and_probe_pictures_colour_the_same_features_alike(tmp_path, mon
 
 # ----------------------------------------------------------------------------------------- --config + key=value
 def test_global_probe_config_file_then_flags_then_overrides(tmp_path, capsys):
-    from eval.options import parse_task_args
-    from eval.retrieval import build_parser
+    from tips_eval.options import parse_task_args
+    from tips_eval.retrieval import build_parser
 
     config = tmp_path / "retrieval.yaml"
     config.write_text("data: probe/val\nrandom-init: tiny_p8\nbatch_size: 8\ncls: mean\nno_progress: true\n")
@@ -277,7 +272,7 @@ def test_global_probe_config_file_then_flags_then_overrides(tmp_path, capsys):
 
 
 def test_dense_probe_overrides_use_the_training_parser():
-    from eval.probes.config import load_probe_config
+    from tips_eval.probes.config import load_probe_config
 
     cfg = load_probe_config(None, ["features.resolution=64", "optim.lr=3e-4"], task="depth")
     assert cfg.features.resolution == "64" and cfg.optim.lr == 3e-4

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.cli import main as probe_main
+from tips_eval.cli import main as probe_main
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from data_pipelines.scenes import main as scenes_main
+    from tips_pipelines.scenes import main as scenes_main
 
     root = tmp_path_factory.mktemp("compression")
     assert scenes_main(["--out", str(root / "scenes"), "--num-train", "8", "--num-val", "4", "--num-pretrain", "0",

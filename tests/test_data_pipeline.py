@@ -23,7 +23,7 @@ import webdataset as wds
 from PIL import Image
 
 from tips.data import Batch, DataConfig, MaskConfig, SkipCounter, ViewConfig, build_train_loader
-from tips.tokenizers import build_tokenizer
+from tips.models.tokenizers import build_tokenizer
 
 skdata = pytest.importorskip("skimage.data")
 

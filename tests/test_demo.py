@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.demo_report import METRICS
+from tips_eval.demo_report import METRICS
 
 
 @pytest.mark.slow  # about a minute on 2 idle cores: ten subprocesses, each importing torch
 def test_demo_runs_every_stage_and_reports_a_table(tmp_path):
     work = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "eval.demo", "--workdir", str(work), "--steps", "2", "--num-pretrain", "64",
+        [sys.executable, "-m", "tips_eval.demo", "--workdir", str(work), "--steps", "2", "--num-pretrain", "64",
          "--num-train", "8", "--num-val", "8", "--probe-iterations", "5"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
     )

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from eval.demo_report import METRICS, chance_rate, markdown_table, picture_page, rate_se, reading, summarise, write_results
+from tips_eval.demo_report import METRICS, chance_rate, markdown_table, picture_page, rate_se, reading, summarise, write_results
 
 
 def test_rate_difference_needs_more_than_two_standard_errors():

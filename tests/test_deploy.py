@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 import tips
-from tips.features import load_features, main as extract_main
-from tips.quantize import Int8DynamicLinear, is_quantized, require
+from tips.cli.extract import main as extract_main
+from tips.inference.extract import load_features
+from tips.inference.quantize import Int8DynamicLinear, is_quantized, require
 
 pytest.importorskip("onnxruntime")
 
@@ -45,7 +46,7 @@ def test_int8_quantize_replaces_every_linear_and_stays_close_to_fp32():
 
 def test_an_int8_model_refuses_to_be_saved(tmp_path):
     with pytest.raises(RuntimeError, match="cannot be saved"):
-        tips.save_pretrained(tips.quantize(tiny(), "int8"), tmp_path / "q")
+        tips.save(tips.quantize(tiny(), "int8"), tmp_path / "q")
 
 
 def test_quantize_and_autocast_refuse_unknown_modes():
@@ -64,7 +65,7 @@ def test_autocast_context_runs_matmuls_in_bfloat16_and_load_casts_weights(tmp_pa
             mixed = model.encode_image(x)
     assert model.vision.blocks[0].attn.qkv.weight.dtype == torch.float32
     assert cosine(mixed.cls_alt, ref.cls_alt) > 0.99 and not torch.equal(mixed.cls_alt, ref.cls_alt)
-    tips.save_pretrained(model, tmp_path / "m")
+    tips.save(model, tmp_path / "m")
     cast = tips.load(tmp_path / "m", dtype="bfloat16")
     assert cast.vision.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
 
@@ -75,7 +76,7 @@ def test_tips_extract_dtype_and_quantize_flags_write_features_close_to_fp32(tmp_
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    tips.save_pretrained(tiny(), tmp_path / "model")
+    tips.save(tiny(), tmp_path / "model")
     common = [str(images), "--model", str(tmp_path / "model"), "--resolution", "56", "--patch-tokens",
               "--num-workers", "0", "--no-progress", "--device", "cpu"]
     outs = {}
@@ -88,7 +89,7 @@ def test_tips_extract_dtype_and_quantize_flags_write_features_close_to_fp32(tmp_
 
 
 def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_fp32_cpu_runs(tmp_path, monkeypatch):
-    from tips import precision
+    from tips.inference import precision
 
     amx, avx2 = tmp_path / "amx", tmp_path / "avx2"
     amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n\n"
@@ -108,11 +109,11 @@ def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_fp32_cpu_run
 
 
 def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path):
-    from tips.export import main as export_main
+    from tips.cli.export import main as export_main
     from tips.formats.onnx import example_text, session
 
     model = tiny(**{"vision.depth": 1, "text.depth": 1})  # the exporter's cost grows with depth
-    tips.save_pretrained(model, tmp_path / "model")
+    tips.save(model, tmp_path / "model")
     assert export_main([str(tmp_path / "model"), "--format", "onnx", "--image-size", "56", "--out", str(tmp_path)]) == 0
     paths = {"vision": tmp_path / "tips_vision.onnx", "text": tmp_path / "tips_text.onnx"}
     x = torch.rand(5, 3, 56, 56, generator=torch.Generator().manual_seed(3))  # another batch size

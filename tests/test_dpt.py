@@ -1,6 +1,6 @@
 """DPT heads: ``tips.load_head(...).predict(tips.load(vision), x)`` equals the official decoder on the official tower.
 
-Ground truth is tests/reference (the official image tower and a plain re-implementation of the official decoders
+Ground truth is tips_reference (the official image tower and a plain re-implementation of the official decoders
 and of ``load_decoder_weights``, written from their published description). Random, non-symmetric weights; files written in the
 Scenic zip and the legacy flat layouts; the native size and a non-square one; all three tasks; max |Δ| ≤ 1e-4.
 A second group shows that each classic conversion mistake moves the output far beyond that tolerance, so the
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import tips
-from reference import official_dpt as R
-from reference.official_torch import OfficialVisionEncoder, randomize_, save_official_npz
+from tips_reference import official_dpt as R
+from tips_reference.official_torch import OfficialVisionEncoder, randomize_, save_official_npz
 from tips.formats import dpt as fmt
 from tips.models.dpt import DenseHead, build_head, dpt_layers
 
@@ -233,7 +233,7 @@ def test_export_official_round_trips_through_the_official_loader(tower, tmp_path
 
 
 def test_tips_export_head_command_writes_both_formats(tmp_path) -> None:
-    from tips.export import main
+    from tips.cli.export import main
 
     R.save_legacy_flat(_decoder("normals"), tmp_path / "n.npz")
     assert main(["--head", str(tmp_path / "n.npz"), "--format", "official", "-o", str(tmp_path / "off")]) == 0

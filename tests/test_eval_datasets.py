@@ -9,7 +9,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from eval.datasets import (
+from tips_eval.datasets import (
     IGNORE_INDEX,
     DatasetFormatError,
     VOC_CLASSES,
@@ -192,7 +192,7 @@ def test_folder_errors_name_the_file_and_what_was_expected(tmp_path):
 
 
 def test_scenes_probe_split_written_by_tips_scenes(tmp_path):
-    from data_pipelines.scenes import main as scenes_main
+    from tips_pipelines.scenes import main as scenes_main
 
     assert scenes_main(["--out", str(tmp_path), "--num-train", "2", "--num-val", "1", "--num-pretrain", "0",
                         "--size", "32", "--seed", "0", "--workers", "1"]) == 0

@@ -15,10 +15,10 @@ import scipy.io
 import torch
 from PIL import Image
 
-from data_pipelines.scenes import main as scenes_main
-from data_pipelines.scenes import render_scene
-from eval.datasets import DatasetFormatError, normals_from_depth, open_dataset
-from tips.png16 import encode_png16, normals_to_uint16
+from tips_pipelines.scenes import main as scenes_main
+from tips_pipelines.scenes import render_scene
+from tips_eval.datasets import DatasetFormatError, normals_from_depth, open_dataset
+from tips.io.png16 import encode_png16, normals_to_uint16
 
 
 def unit(v) -> np.ndarray:

@@ -10,19 +10,19 @@ import pytest
 import torch
 
 import tips
-from eval.cli import main
-from eval.datasets import open_dataset
-from eval.features import FeatureSpec, cached_features, checkpoint_identity, image_to_tensor, resolve_layers
-from eval.probes.config import load_probe_config
-from eval.probes.dense import cache_levels, make_dpt_head, train_dpt
-from eval.probes.depth import DepthObjective
+from tips_eval.cli import main
+from tips_eval.datasets import open_dataset
+from tips_eval.features import FeatureSpec, cached_features, checkpoint_identity, image_to_tensor, resolve_layers
+from tips_eval.probes.config import load_probe_config
+from tips_eval.probes.dense import cache_levels, make_dpt_head, train_dpt
+from tips_eval.probes.depth import DepthObjective
 
 RES = 56
 
 
 @pytest.fixture(scope="module")
 def small_scenes(tmp_path_factory):
-    from data_pipelines.scenes import main as scenes_main
+    from tips_pipelines.scenes import main as scenes_main
 
     out = tmp_path_factory.mktemp("scenes")
     assert scenes_main(["--out", str(out), "--num-train", "8", "--num-val", "3", "--num-pretrain", "0",

@@ -17,10 +17,10 @@ from skimage import data as skdata
 from torch import nn
 
 import tips
-from eval import knn, retrieval, zero_shot, zero_shot_seg
-from eval.common import class_embeddings, rank_of_target, topk_accuracy
-from eval.global_data import read_caption_pairs, read_image_folder
-from eval.templates import OPENAI_TEMPLATES, TCL_TEMPLATES, get_templates, render
+from tips_eval import knn, retrieval, zero_shot, zero_shot_seg
+from tips_eval.common import class_embeddings, rank_of_target, topk_accuracy
+from tips_eval.global_data import read_caption_pairs, read_image_folder
+from tips_eval.templates import OPENAI_TEMPLATES, TCL_TEMPLATES, get_templates, render
 from tips.models.vision import ImageFeatures
 
 # skimage photo → (class folder, captions). Only photos bundled with scikit-image (no download).
@@ -63,7 +63,7 @@ def official_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = tips.create_model("tiny", **{"vision.depth": 2, "text.depth": 2})
     model.set_temperatures(0.01, 0.02)
-    return tips.export_official(model, tmp_path_factory.mktemp("official"), "tiny")
+    return tips.save(model, tmp_path_factory.mktemp("official"), format="official", name="tiny")
 
 
 def _model_args(ckpt, out, *extra):

@@ -6,18 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.probes.common import learning_rate, upsample_bilinear
-from eval.probes.config import OptimSection
-from eval.probes.depth import bin_centers
-from eval.probes.losses import GradientLoss, SigLoss
-from eval.probes.metrics import (
+from tips_eval.probes.common import learning_rate, upsample_bilinear
+from tips_eval.probes.config import OptimSection
+from tips_eval.probes.depth import bin_centers
+from tips_eval.probes.losses import GradientLoss, SigLoss
+from tips_eval.probes.metrics import (
     DepthMetrics,
     confusion_matrix,
     eigen_crop_mask,
     image_depth_metrics,
     segmentation_metrics,
 )
-from eval.probes.segmentation import slide_inference
+from tips_eval.probes.segmentation import slide_inference
 
 
 # ------------------------------------------------------------------ segmentation

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from eval.cli import main
-from eval.datasets import DatasetInfo
-from eval.features import FeatureCache
-from eval.probes import normals as normals_probe
-from eval.probes.common import upsample_bilinear
-from eval.probes.config import load_probe_config, preset
-from eval.probes.losses import AngularLoss, UncertaintyAngularLoss
-from eval.probes.metrics import NormalMetrics, image_normal_metrics
+from tips_eval.cli import main
+from tips_eval.datasets import DatasetInfo
+from tips_eval.features import FeatureCache
+from tips_eval.probes import normals as normals_probe
+from tips_eval.probes.common import upsample_bilinear
+from tips_eval.probes.config import load_probe_config, preset
+from tips_eval.probes.losses import AngularLoss, UncertaintyAngularLoss
+from tips_eval.probes.metrics import NormalMetrics, image_normal_metrics
 
 from test_eval_probes import scenes  # noqa: F401  (the module-scoped tiny scenes split)
 
@@ -145,7 +145,7 @@ def test_cli_normals_on_scenes_writes_results_with_object_metrics(scenes, tmp_pa
 
 
 def test_a_mirrored_normal_map_has_its_x_component_negated():
-    from eval.features import resize_normals
+    from tips_eval.features import resize_normals
 
     n = torch.zeros(3, 2, 3)
     n[:, 0, 0] = torch.tensor([0.6, 0.0, -0.8])

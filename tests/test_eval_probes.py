@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 import tips
-from eval.cli import main
-from eval.datasets import DatasetInfo, open_dataset
-from eval.features import FeatureCache, FeatureSpec, cache_key, cached_features, checkpoint_identity, resolve_layers
-from eval.probes import depth as depth_probe
-from eval.probes import segmentation as seg_probe
-from eval.probes.common import upsample_bilinear
-from eval.probes.config import load_probe_config, preset
-from eval.report import markdown
+from tips_eval.cli import main
+from tips_eval.datasets import DatasetInfo, open_dataset
+from tips_eval.features import FeatureCache, FeatureSpec, cache_key, cached_features, checkpoint_identity, resolve_layers
+from tips_eval.probes import depth as depth_probe
+from tips_eval.probes import segmentation as seg_probe
+from tips_eval.probes.common import upsample_bilinear
+from tips_eval.probes.config import load_probe_config, preset
+from tips_eval.report import markdown
 
 P = 8  # pixels per patch of the synthetic data
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "probe"
@@ -118,7 +118,7 @@ def test_resolve_layers_matches_dinov2_block_indices():
 # ------------------------------------------------------------------ end to end on a tiny scenes split
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from data_pipelines.scenes import main as scenes_main
+    from tips_pipelines.scenes import main as scenes_main
 
     out = tmp_path_factory.mktemp("scenes")
     assert scenes_main(["--out", str(out), "--num-train", "16", "--num-val", "8", "--num-pretrain", "0",
@@ -169,7 +169,7 @@ def test_cli_segmentation_on_scenes_writes_json_markdown_and_picture(scenes, tmp
 
 def test_cli_depth_from_a_save_pretrained_folder_with_object_mask_log_bins_and_flip_tta(scenes, tmp_path):
     torch.manual_seed(1)
-    tips.create_model("tiny").save_pretrained(tmp_path / "ckpt")
+    tips.save(tips.create_model("tiny"), tmp_path / "ckpt")
     run_cli("depth", "--model", str(tmp_path / "ckpt"), "--dataset", f"scenes:{scenes}", "--resolution", "112",
             "--head", "lin4", "--spacing", "log", "--mask", "objects", "--flip-tta", "--iterations", "10",
             "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "depth.bins=32")
@@ -200,9 +200,9 @@ def test_dinov2_protocol_runs_on_augmented_crops_with_tiny_iteration_counts(scen
 
 def test_cli_forwards_global_tasks_to_their_modules(monkeypatch):
     seen = {}
-    fake = types.ModuleType("eval.knn")
+    fake = types.ModuleType("tips_eval.knn")
     fake.main = lambda argv: seen.setdefault("argv", argv) and 0
-    monkeypatch.setitem(sys.modules, "eval.knn", fake)
+    monkeypatch.setitem(sys.modules, "tips_eval.knn", fake)
     assert main(["knn", "--k", "20", "--model", "x"]) == 0
     assert seen["argv"] == ["--k", "20", "--model", "x"]
     assert main([]) == 2
@@ -215,7 +215,7 @@ def test_every_shipped_probe_config_loads(path):
 
 
 def test_python_api_runs_a_probe_and_keys_the_cache_by_the_weights(scenes, tmp_path):
-    from eval.probes import run_probe
+    from tips_eval.probes import run_probe
 
     torch.manual_seed(0)
     model = tips.create_model("tiny")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.scenes import main as scenes_main
-from eval import retrieval, zero_shot
-from eval.global_data import read_scene_objects
+from tips_pipelines.scenes import main as scenes_main
+from tips_eval import retrieval, zero_shot
+from tips_eval.global_data import read_scene_objects
 
 CLASSES = [{"id": 0, "name": "sky", "is_object": False}, {"id": 1, "name": "ground", "is_object": False},
            {"id": 2, "name": "sphere", "is_object": True}, {"id": 3, "name": "cube", "is_object": True}]

@@ -18,10 +18,11 @@ from PIL import Image
 from safetensors import safe_open
 
 import tips
-from tips.features import NoReadableImages, check_resolution, extract, load_features, main
-from tips.image_sources import find_images
+from tips.cli.extract import main
+from tips.inference.extract import ExtractOptions, NoReadableImages, check_resolution, extract, load_features
+from tips.io.sources import find_images
 from tips.io import expand_shards
-from tips.transforms import Preprocess
+from tips.models.preprocess import Preprocess
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -117,7 +118,7 @@ def test_console_script_runs_in_a_subprocess(image_dir, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# two photos\n{image_dir / 'astronaut.png'}\n{image_dir / 'camera.png'}\n")
     script = shutil.which("tips-extract")
-    cmd = [script] if script else [sys.executable, "-m", "tips.features"]
+    cmd = [script] if script else [sys.executable, "-m", "tips.inference.extract"]
     proc = subprocess.run(cmd + [str(listing), "-o", str(tmp_path / "out"), "--random-init", "tiny", "--no-progress",
                                  "--num-workers", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -144,8 +145,9 @@ def test_webdataset_shards_in_sharded_output_with_workers(image_dir, model, tmp_
     assert [r.id for r in find_images(source)] == [k for k, _ in samples]
 
     out = tmp_path / "out"
-    result = extract(source, out, model, shard_size=4, num_workers=2, batch_size=3, resolution=112,
-                     patch_tokens=True, progress=False)
+    options = ExtractOptions(shard_size=4, num_workers=2, batch_size=3, resolution=112, patch_tokens=True,
+                             progress=False)
+    result = extract(source, out, model, options)
     index = json.loads((out / "index.json").read_text())
     assert [(s["file"], s["start"], s["count"]) for s in index["shards"]] == [
         ("features-00000.safetensors", 0, 4), ("features-00001.safetensors", 4, 2)]
@@ -158,8 +160,8 @@ def test_webdataset_shards_in_sharded_output_with_workers(image_dir, model, tmp_
 
 def test_keep_aspect_keeps_each_grid_and_applies_exif_orientation(image_dir, model, tmp_path):
     names = ["astronaut.png", "coffee.jpg", "odd/exif-rotated.jpg", "rocket.jpg"]
-    result = extract([image_dir / n for n in names], tmp_path / "out", model, resolution=112, keep_aspect=True,
-                     patch_tokens=True, batch_size=2, progress=False)
+    options = ExtractOptions(resolution=112, keep_aspect=True, patch_tokens=True, batch_size=2, progress=False)
+    result = extract([image_dir / n for n in names], tmp_path / "out", model, options)
     feats = load_features(tmp_path / "out")
     assert sorted(feats.ids) == sorted(str(image_dir / n) for n in names) and result.count == 4
     grids = {Path(i).name: tuple(p.shape[:2]) for i, p in zip(feats.ids, feats.patch_tokens)}
@@ -173,7 +175,7 @@ def test_keep_aspect_keeps_each_grid_and_applies_exif_orientation(image_dir, mod
 
 def test_pooled_patches_in_float16(image_dir, model, tmp_path):
     paths = [image_dir / "astronaut.png", image_dir / "chelsea.jpg"]
-    extract(paths, tmp_path, model, pool_patches=4, save_dtype="float16", progress=False)
+    extract(paths, tmp_path, model, ExtractOptions(pool_patches=4, save_dtype="float16", progress=False))
     feats = load_features(tmp_path)
     assert feats.patch_tokens.dtype == torch.float16 and feats.patch_tokens.shape == (2, 4, 4, model.width)
     ref = torch.cat([r.patch_tokens for r in _reference(model, paths)])  # (2, 16, 16, D)
@@ -184,7 +186,8 @@ def test_pooled_patches_in_float16(image_dir, model, tmp_path):
 def test_text_prompts_become_text_embeddings(image_dir, model, tmp_path):
     prompts = ["a photo of a cat", "an astronaut", "a rocket on the launch pad"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n\n")
-    result = extract(image_dir / "chelsea.jpg", tmp_path / "out", model, texts=tmp_path / "prompts.txt", progress=False)
+    options = ExtractOptions(texts=tmp_path / "prompts.txt", progress=False)
+    result = extract(image_dir / "chelsea.jpg", tmp_path / "out", model, options)
     with safe_open(str(result.text), "pt") as f:
         assert json.loads(f.metadata()["prompts"]) == prompts
         text = f.get_tensor("text")
@@ -194,12 +197,13 @@ def test_text_prompts_become_text_embeddings(image_dir, model, tmp_path):
 
 def test_no_readable_image_is_an_error_that_lists_the_reasons(image_dir, model, tmp_path, capsys):
     with pytest.raises(NoReadableImages, match="all 2 skipped"):
-        extract([image_dir / "broken/text.jpg", image_dir / "broken/truncated.jpg"], tmp_path / "a", model, progress=False)
+        extract([image_dir / "broken/text.jpg", image_dir / "broken/truncated.jpg"], tmp_path / "a", model,
+                ExtractOptions(progress=False))
     assert len(json.loads((tmp_path / "a/skipped.json").read_text())) == 2
     assert not (tmp_path / "a/features.safetensors").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
-        extract(tmp_path / "empty", tmp_path / "b", model, progress=False)
+        extract(tmp_path / "empty", tmp_path / "b", model, ExtractOptions(progress=False))
     assert main([str(tmp_path / "empty"), "-o", str(tmp_path / "b"), "--random-init", "tiny"]) == 1
     assert "no images found" in capsys.readouterr().err
 

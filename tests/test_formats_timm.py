@@ -33,8 +33,8 @@ def _tokens(model, x):
 @pytest.mark.parametrize("ffn", ["mlp", "swiglu"])
 def test_our_timm_export_loads_through_timm_pretrained_cfg_overlay(tmp_path, ffn):
     model = _model(ffn)
-    model.save_pretrained(tmp_path / "ours")
-    cli = subprocess.run([sys.executable, "-m", "tips.export", str(tmp_path / "ours"), "--format", "timm", "-o",
+    tips.save(model, tmp_path / "ours")
+    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", str(tmp_path / "ours"), "--format", "timm", "-o",
                           str(tmp_path / "timm"), "--name", "tiny"], capture_output=True, text=True)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     weights = tmp_path / "timm" / "tiny_timm.safetensors"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from formats_spm import train_tiny_spm
-from tips.tokenizers import SentencePieceTokenizer
+from tips.models.tokenizers import SentencePieceTokenizer
 
 transformers = pytest.importorskip("transformers")
 

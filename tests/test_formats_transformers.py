@@ -143,8 +143,8 @@ def test_our_export_loads_in_transformers_and_back(tmp_path, ffn):
     from formats_spm import train_tiny_spm
 
     model = _our_model(tokenizer=train_tiny_spm(tmp_path), **{"vision.ffn": ffn})
-    model.save_pretrained(tmp_path / "ours")
-    cli = subprocess.run([sys.executable, "-m", "tips.export", str(tmp_path / "ours"), "--format", "transformers",
+    tips.save(model, tmp_path / "ours")
+    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", str(tmp_path / "ours"), "--format", "transformers",
                           "-o", str(tmp_path / "hf")], capture_output=True, text=True)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     hf = AutoModel.from_pretrained(tmp_path / "hf").eval()
@@ -176,7 +176,7 @@ def test_our_export_loads_in_transformers_and_back(tmp_path, ffn):
 def test_export_with_our_bpe_tokenizer_warns_and_writes_no_tokenizer(tmp_path):
     model = _our_model(tokenizer="bpe", **{"text.vocab_size": 49408})
     with pytest.warns(UserWarning, match="no tokenizer files written because its tokenizer is our byte-level BPE"):
-        model.save_pretrained(tmp_path / "hf", format="transformers")
+        tips.save(model, tmp_path / "hf", format="transformers")
     names = {p.name for p in (tmp_path / "hf").iterdir()}
     assert names == {"config.json", "model.safetensors", "preprocessor_config.json"}
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["tips"]["tokenizer"] == "bpe"
@@ -190,7 +190,7 @@ def test_image_tower_alone_exports_as_a_tipsv2_vision_model(tmp_path):
     model = _our_model()
     model.text = None
     model.cfg = tips.ModelConfig(vision=model.cfg.vision, text=None)
-    paths = model.save_pretrained(tmp_path / "hf", format="transformers")
+    paths = tips.save(model, tmp_path / "hf", format="transformers")
     assert json.loads(paths["config"].read_text())["model_type"] == "tipsv2_vision_model"
     vision = Tipsv2VisionModel.from_pretrained(tmp_path / "hf").eval()
     x = torch.rand(1, 3, 28, 56)

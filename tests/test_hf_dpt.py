@@ -39,7 +39,7 @@ from transformers import (  # noqa: E402
     Tipsv2DptImageProcessor,
 )
 
-from tips.export import main as tips_export  # noqa: E402
+from tips.cli.export import main as tips_export  # noqa: E402
 from tips.formats import registry  # noqa: E402
 from tips.formats.dpt import save_pretrained_head  # noqa: E402
 from tips.formats.hf_dpt import export_transformers_dpt  # noqa: E402
@@ -222,7 +222,7 @@ def _our_head(task: str, seed: int = 3, **kw):
 @pytest.mark.parametrize("task,swiglu", [("depth", False), ("normals", False), ("segmentation", True)])
 def test_exported_folder_loads_in_transformers_and_matches_predict(tmp_path, task, swiglu) -> None:
     model, head = _our_model(swiglu), _our_head(task, min_depth=0.2, max_depth=5.0, depth_shift=0.2)
-    model.save_pretrained(tmp_path / "model")
+    tips.save(model, tmp_path / "model")
     save_pretrained_head(head, tmp_path / "head")
     assert tips_export(["--model", str(tmp_path / "model"), "--head", str(tmp_path / "head"),
                              "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0  # fmt: skip

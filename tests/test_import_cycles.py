@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("tips", "data_pipelines", "eval")
+PACKAGES = ("tips", "tips_pipelines", "tips_eval")
 Graph = dict[str, dict[str, int]]  # module → {imported module: line of the first such import}
 
 
@@ -118,7 +118,7 @@ def test_the_library_never_imports_the_applications():
     graph = import_graph(module_files())
     reaches = {(v, w, line) for v, edges in graph.items() if v.split(".")[0] == "tips"
                for w, line in edges.items() if w.split(".")[0] != "tips"}
-    assert not reaches, f"tips/ imports eval/ or data_pipelines/: {sorted(reaches)}"
+    assert not reaches, f"tips/ imports tips_eval/ or tips_pipelines/: {sorted(reaches)}"
 
 
 def test_the_cycle_finder_sees_a_cycle_through_a_package_init_and_ignores_type_checking_imports(tmp_path):

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-import tips.hub
+import tips.formats.hub
 from tips.io import ShardFile, encode_sample, expand_shards, sha256_file, write_shard
 
 SAMPLES = [
@@ -77,11 +77,11 @@ def test_shard_specs_expand_lists_and_ranges_and_check_only_local_files(tmp_path
 
 def test_a_cached_download_whose_bytes_changed_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("TIPS_CACHE", str(tmp_path))
-    url = f"{tips.hub.BASE_URL}/v1_0/checkpoints/example.npz"
+    url = f"{tips.formats.hub.BASE_URL}/v1_0/checkpoints/example.npz"
     target = tmp_path / "example.npz"
     target.write_bytes(b"original")
     (tmp_path / "example.npz.sha256").write_text(hashlib.sha256(b"original").hexdigest() + "\n")
-    assert tips.hub.cached_file(url) == target
+    assert tips.formats.hub.cached_file(url) == target
     target.write_bytes(b"altered!")
     with pytest.raises(RuntimeError, match="does not match its recorded checksum"):
-        tips.hub.cached_file(url)
+        tips.formats.hub.cached_file(url)

@@ -1,13 +1,11 @@
 """The GPU driver of the long ablation preset: reading a progress bar, and the step count a budget affords."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import ablation  # noqa: E402
-import long_on_gpu  # noqa: E402
+from experiments import ablation
+from experiments import long_on_gpu
 
 # What the trainer's bar leaves in a log (carriage returns between updates), cut to its updates.
 LOG = ("pretraining:   0%|          | 0/100 [00:00<?, ?it/s]\rpretraining:   1%|          | 1/100 [00:09<15:51, 9.6s/it]"

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import tips
-from tips import save_pretrained
-from tips.merge import MergeMismatch, main, merge
+from tips.cli.merge import main
+from tips.inference.merge import MergeMismatch, merge
 
 
 def small(seed: int, **overrides) -> tips.TIPS:
@@ -25,8 +25,8 @@ def outputs(model: tips.TIPS) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_merging_identical_checkpoints_gives_the_same_outputs(tmp_path):
     model = small(0)
-    save_pretrained(model, tmp_path / "a")
-    save_pretrained(model, tmp_path / "b")
+    tips.save(model, tmp_path / "a")
+    tips.save(model, tmp_path / "b")
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--weights", "3", "1", "-o", str(tmp_path / "m")]) == 0
     merged = tips.load(tmp_path / "m")
     for got, want in zip(outputs(merged), outputs(model)):
@@ -37,8 +37,8 @@ def test_merge_is_the_weighted_mean_with_temperatures_averaged_in_log_space(tmp_
     a, b = small(0), small(1)
     a.set_temperatures(0.01, 0.1)
     b.set_temperatures(0.04, 0.1)
-    save_pretrained(a, tmp_path / "a")
-    save_pretrained(b, tmp_path / "b")
+    tips.save(a, tmp_path / "a")
+    tips.save(b, tmp_path / "b")
     merged, heads = merge([tmp_path / "a", tmp_path / "b"], weights=[1, 3])
     assert heads == {}
     key = "vision.blocks.0.mlp.fc1.weight"
@@ -49,8 +49,8 @@ def test_merge_is_the_weighted_mean_with_temperatures_averaged_in_log_space(tmp_
 
 
 def test_merge_refuses_a_width_mismatch_naming_the_first_differing_tensor(tmp_path):
-    save_pretrained(small(0), tmp_path / "a")
-    save_pretrained(small(0, **{"vision.width": 128, "vision.heads": 2}), tmp_path / "b")
+    tips.save(small(0), tmp_path / "a")
+    tips.save(small(0, **{"vision.width": 128, "vision.heads": 2}), tmp_path / "b")
     with pytest.raises(MergeMismatch, match=r"tensor 'vision.cls_token': .* \(1, 1, 192\).* \(1, 1, 128\)"):
         merge([tmp_path / "a", tmp_path / "b"])
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "m")]) == 1
@@ -61,10 +61,11 @@ def test_merge_with_heads_averages_the_training_exports_heads(tmp_path):
     ckpts = []
     for seed in (0, 1):
         step = tmp_path / f"run{seed}" / "checkpoints" / "step-00000010"
-        save_pretrained(small(seed), step / "export", {"heads.dino_head.last.weight": torch.full((4, 3), float(seed))})
+        tips.save(small(seed), step / "export",
+                  extra_tensors={"heads.dino_head.last.weight": torch.full((4, 3), float(seed))})
         ckpts.append(step)
     merged, heads = merge(ckpts, with_heads=True)
     torch.testing.assert_close(heads["heads.dino_head.last.weight"], torch.full((4, 3), 0.5))
-    save_pretrained(small(0), tmp_path / "plain")
+    tips.save(small(0), tmp_path / "plain")
     with pytest.raises(MergeMismatch, match="holds no heads"):
         merge([ckpts[0], tmp_path / "plain"], with_heads=True)

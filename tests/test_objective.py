@@ -20,8 +20,8 @@ TINY = [
 
 def scene_batch(B: int = 16) -> Batch:
     """B rendered scenes: a 64 px global crop (8×8 tokens), two 32 px local crops, 75 % masks, two captions."""
-    from data_pipelines.scenes import render_scene
-    from tips.tokenizers import BPETokenizer
+    from tips_pipelines.scenes import render_scene
+    from tips.models.tokenizers import BPETokenizer
 
     scenes = [render_scene(i, 128) for i in range(B)]
     images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes])

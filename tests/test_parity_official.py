@@ -1,4 +1,4 @@
-"""Parity of ``tips.load`` models with the official TIPS reference encoders (tests/reference), for every layout.
+"""Parity of ``tips.load`` models with the official TIPS reference encoders (tips_reference), for every layout.
 
 The reference encoders follow the official PyTorch port (image and text towers, their ``.npz`` layouts); files are written in the official PyTorch
 ``.npz``, Scenic ``.npz`` and Hugging Face layouts from random, deliberately non-trivial weights (LayerScale γ ≠ 1,
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import tips
-from reference.layouts import save_npz, to_hf_safetensors, to_scenic_text, to_scenic_vision
-from reference.official_torch import (
+from tips_reference.layouts import save_npz, to_hf_safetensors, to_scenic_text, to_scenic_vision
+from tips_reference.official_torch import (
     OfficialTextEncoder,
     OfficialVisionEncoder,
     randomize_,

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 import tips
 from tips.formats.dpt import save_pretrained_head
 from tips.models.dpt import build_head
-from tips.predict import main
-from tips.transforms import Preprocess
+from tips.cli.predict import main
+from tips.models.preprocess import Preprocess
 
 skdata = pytest.importorskip("skimage.data")
 RES = 112  # the tiny model's patch 14 → an 8×8 grid, fused map 64×64

@@ -1,4 +1,4 @@
-"""The reference encoders in ``tests/reference`` behave as the official TIPS encoders are documented to.
+"""The reference encoders in ``tips_reference`` behave as the official TIPS encoders are documented to.
 
 These tests check the ground truth itself, against independent formulations: timm's ViT (loaded through the
 official-to-timm key mapping), a functional Flax-style forward over the Scenic layout (einsums on (D,H,dh)
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 
-from reference.layouts import to_hf_safetensors, to_scenic_text, to_scenic_vision
-from reference.official_torch import (
+from tips_reference.layouts import to_hf_safetensors, to_scenic_text, to_scenic_vision
+from tips_reference.official_torch import (
     OfficialTextEncoder,
     OfficialVisionEncoder,
     load_official_npz,

@@ -1,14 +1,12 @@
 """experiments/reprobe.py finds each recipe's run folders and reports the original and the new split side by side."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import ablation  # noqa: E402
-import reprobe  # noqa: E402
+from experiments import ablation
+from experiments import reprobe
 
 
 @pytest.mark.parametrize("steps, scenes, overrides", [(None, None, []), (1000, None, []),

@@ -47,7 +47,7 @@ def cpu_env(tmp: Path) -> dict[str, str]:
 
 def start(args: list[str], n: int, tmp: Path, script: str | None = None) -> subprocess.Popen:
     """``tips.train`` (or the file ``script``) on ``n`` CPU processes."""
-    cmd = (launcher(n) + ["tips.train"] if script is None else launcher(n)[:-1] + [script]) + args
+    cmd = (launcher(n) + ["tips.cli.train"] if script is None else launcher(n)[:-1] + [script]) + args
     return subprocess.Popen(cmd, env=cpu_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -121,7 +121,9 @@ def test_fsdp_matches_ddp_step_by_step_and_shards_the_state(shards, fsdp_run, tm
             assert abs(x - y) <= 1e-4 * abs(x), (tag, step, x, y)
     # relative 1e-4, with an absolute floor for near-zero entries (biases start at 0)
     assert_close(export_weights(ddp / "final"), export_weights(fsdp_run / "final"), rtol=1e-4, atol=1e-5)
-    d, f = (json.loads((run / "state_bytes.json").read_text()) for run in (ddp, fsdp_run))
+    for run, parallel in ((ddp, "ddp"), (fsdp_run, "fsdp")):  # optimiser states exist from the first step on
+        _dump(run / "checkpoints" / "step-00000004", shards, 2, tmp_path, f"{parallel}_dump", parallel=parallel)
+    d, f = (json.loads((tmp_path / f"{p}_dump" / "state_bytes.json").read_text()) for p in ("ddp", "fsdp"))
     assert f["parallel"] == "fsdp" and f["world_size"] == 2 and f["dtensor_parameters"] > 0
     assert f["plain_parameters"] == ["student.model.logit_scale_alt", "student.model.logit_scale_syn"]  # 0-d
     assert d["dtensor_parameters"] == 0
@@ -159,9 +161,9 @@ def test_fsdp_sigkill_then_resume_latest_reaches_the_same_weights(shards, fsdp_r
                      export_weights(out / "checkpoints" / step / "export"))
 
 
-def _dump(checkpoint: Path, shards: str, n: int, tmp: Path, name: str) -> tuple[dict, dict]:
+def _dump(checkpoint: Path, shards: str, n: int, tmp: Path, name: str, parallel: str = "fsdp") -> tuple[dict, dict]:
     out = tmp / name
-    args = [str(out), f"data.train={shards}", f"run.output_dir={tmp / (name + '_run')}", "run.parallel=fsdp",
+    args = [str(out), f"data.train={shards}", f"run.output_dir={tmp / (name + '_run')}", f"run.parallel={parallel}",
             f"run.resume={checkpoint}", *COMMON]
     finish(start(args, n, tmp, script=str(HERE / "fsdp_state_dump.py")), 600)
     return load_file(str(out / "state.safetensors")), json.loads((out / "positions.json").read_text())
@@ -208,7 +210,7 @@ def test_two_machines_on_loopback_match_one_machine_with_two_processes(shards, f
     for rank in (0, 1):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
                "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-               "--main_process_port", str(port), "-m", "tips.train", *args]
+               "--main_process_port", str(port), "-m", "tips.cli.train", *args]
         procs.append(subprocess.Popen(cmd, env=cpu_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     for p in procs:

@@ -13,9 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_pipelines.scenes import CLASS_NAMES, MAX_DEPTH, Camera, Environment, SceneObject, main, render, render_scene
-from data_pipelines.scenes.captions import ObjectFacts, alt_text
-from data_pipelines.scenes.generate import compose_captions, min_visible_pixels, scene_seed
+from tips_pipelines.scenes import CLASS_NAMES, MAX_DEPTH, Camera, Environment, SceneObject, main, render, render_scene
+from tips_pipelines.scenes.captions import ObjectFacts, alt_text
+from tips_pipelines.scenes.generate import compose_captions, min_visible_pixels, scene_seed
 
 SPHERE, CUBE, CYLINDER, CONE = (CLASS_NAMES.index(n) for n in ("sphere", "cube", "cylinder", "cone"))
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.scenes import MAX_DEPTH, Camera, SceneObject, main, render, render_scene
-from tips.png16 import (
+from tips_pipelines.scenes import MAX_DEPTH, Camera, SceneObject, main, render, render_scene
+from tips.io.png16 import (
     PNG16Error, decode_png16, encode_png16, normals_to_uint16, read_png16, uint16_to_normals,
 )
 
@@ -180,7 +180,7 @@ def test_png16_round_trips_and_decodes_pillow_filtered_files():
 def test_shapes_does_not_import_render_so_there_is_no_cycle():
     import ast
 
-    import data_pipelines.scenes.shapes as shapes
+    import tips_pipelines.scenes.shapes as shapes
 
     tree = ast.parse(open(shapes.__file__).read())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

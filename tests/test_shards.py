@@ -13,8 +13,8 @@ from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 
-from data_pipelines import shards  # noqa: E402
-from data_pipelines.shards import main, write_shards  # noqa: E402
+from tips_pipelines import shards  # noqa: E402
+from tips_pipelines.shards import main, write_shards  # noqa: E402
 
 PHOTOS = {  # file -> skimage image
     "astronaut.jpg": "astronaut",
@@ -217,17 +217,17 @@ def test_missing_column_error_names_the_file_and_the_columns_found(photos: Path,
 
 
 def test_cli_fails_on_skip_and_notes_missing_synthetic_captions(photos: Path, tmp_path: Path, capsys) -> None:
-    argv = [str(tmp_path), "--images", str(photos), "--captions", str(photos / "captions.csv"), "--no-progress"]
+    argv = ["-o", str(tmp_path), "--images", str(photos), "--captions", str(photos / "captions.csv"), "--no-progress"]
     assert main(argv + ["--max-count", "3", "--fail-on-skip"]) == 1
     out = capsys.readouterr().out
     assert "6 samples in 2 shards" in out and "3 samples have no synthetic caption" in out
     assert main(argv + ["--max-count", "3"]) == 0
-    assert main([str(tmp_path / "x"), "--images", str(photos), "--captions", str(photos / "nope.csv")]) == 2
+    assert main(["-o", str(tmp_path / "x"), "--images", str(photos), "--captions", str(photos / "nope.csv")]) == 2
     assert "nope.csv" in capsys.readouterr().err
 
 
 def test_image_checks_refuse_bombs_and_turn_other_formats_into_png(photos: Path) -> None:
-    from data_pipelines.tario import image_member
+    from tips_pipelines.tario import image_member
     from tips.io import ImageDecodeError
 
     data = (photos / "astronaut.jpg").read_bytes()

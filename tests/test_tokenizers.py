@@ -6,7 +6,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from tips.tokenizers import BPETokenizer, SentencePieceTokenizer, build_tokenizer
+from tips.models.tokenizers import BPETokenizer, SentencePieceTokenizer, build_tokenizer
 
 CORPUS = [
     "a photo of a cat", "a red sphere left of a blue cube", "the dog runs on the grass",

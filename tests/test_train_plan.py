@@ -88,7 +88,7 @@ def teachers(shards, tmp_path_factory) -> dict[str, str]:
     GradientState._reset_state()
     root = tmp_path_factory.mktemp("teachers")
     final = Trainer(load_config(None, overrides(shards, root / "run", steps=1))).fit()
-    paths = tips.export_official(tips.load(final), root / "official", "t")
+    paths = tips.save(tips.load(final), root / "official", format="official", name="t")
     return {"frozen_heads": str(final), "frozen_features": str(paths["vision"])}
 
 

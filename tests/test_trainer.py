@@ -52,7 +52,7 @@ def env() -> dict[str, str]:
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.Popen:
-    cmd = (launcher or [sys.executable, "-m"]) + ["tips.train"] + args
+    cmd = (launcher or [sys.executable, "-m"]) + ["tips.cli.train"] + args
     return subprocess.Popen(cmd, env=kw.pop("env", env()), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -140,7 +140,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(shards, tmp
 
 def test_demo_recipe_runs_end_to_end_and_its_export_loads_and_exports(tmp_path):
     scenes = tmp_path / "scenes"
-    made = subprocess.run([sys.executable, "-c", "import sys; from data_pipelines.scenes import main; sys.exit(main())",
+    made = subprocess.run([sys.executable, "-c", "import sys; from tips_pipelines.scenes import main; sys.exit(main())",
                            "--out", str(scenes), "--num-pretrain", "64", "--num-train", "0", "--num-val", "0",
                            "--size", "64", "--shard-size", "16"], capture_output=True, text=True, env=env())
     assert made.returncode == 0, made.stderr[-2000:]
@@ -150,7 +150,7 @@ def test_demo_recipe_runs_end_to_end_and_its_export_loads_and_exports(tmp_path):
                       f"run.output_dir={out}", "run.steps=2", "run.batch_size=4", "data.num_workers=1"]))
     model = tips.load(out / "final")
     assert model.cfg.variant == "tiny_p8" and model.temperature is not None
-    exported = subprocess.run([sys.executable, "-m", "tips.export", str(out / "final"), "--out", str(tmp_path / "off"),
+    exported = subprocess.run([sys.executable, "-m", "tips.cli.export", str(out / "final"), "--out", str(tmp_path / "off"),
                                "--name", "demo"], capture_output=True, text=True, env=env())
     assert exported.returncode == 0, exported.stderr
     again = tips.load(tmp_path / "off" / "demo_vision.npz", text=tmp_path / "off" / "demo_text.npz", tokenizer="bpe")

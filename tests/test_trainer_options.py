@@ -110,7 +110,7 @@ def test_distillation_from_our_checkpoint_uses_the_teachers_heads_and_leaves_the
 def test_distillation_from_released_weights_trains_a_smaller_student_with_the_feature_loss(
     shards, teacher_run, tmp_path
 ):
-    paths = tips.export_official(tips.load(teacher_run), tmp_path / "official", "t")
+    paths = tips.save(tips.load(teacher_run), tmp_path / "official", format="official", name="t")
     assert tips.load(paths["vision"]).text is None  # the teacher needs only its image tower
     trainer = make_trainer(shards, tmp_path / "run", *DISTILL, f"teacher.checkpoint={paths['vision']}", *SMALL)
     student = trainer.core.student
@@ -158,7 +158,7 @@ def test_freezing_the_image_tower_keeps_it_while_the_text_tower_trains(shards, t
 
 def test_init_from_a_text_tower_smaller_than_the_tokenizer_is_refused(shards, tmp_path):
     small_vocab = tips.create_model("tiny", **{"vision.depth": 1, "text.depth": 1, "text.vocab_size": 1000})
-    tips.save_pretrained(small_vocab, tmp_path / "ckpt")
+    tips.save(small_vocab, tmp_path / "ckpt")
     with pytest.raises(ValueError, match="model.tokenizer=bpe has 49408 tokens .* embeds 1000"):
         make_trainer(shards, tmp_path / "run", f"model.init_from={tmp_path / 'ckpt'}")
 

@@ -1,4 +1,5 @@
-"""The TIPS training input pipeline: webdataset shards or tables → views (global, local, masked) → Batch."""
+"""tips.data: the training input pipeline — webdataset shards or tables → views (global, local, masked) → Batch.
+May import ``tips.io`` and ``tips.models`` (tokenizers)."""
 
 from .batch import Batch
 from .masking import (

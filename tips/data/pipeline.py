@@ -37,7 +37,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..tokenizers import build_tokenizer
+from ..models.tokenizers import build_tokenizer
 from .batch import Batch, trim_padding
 from .masking import MaskConfig, make_mask
 from .skips import SkipCounter, SkipSample

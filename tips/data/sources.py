@@ -20,7 +20,9 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from ..io.images import Draft, ImageDecodeError, decode_rgb
+from ..io.images import Draft, ImageDecodeError
+from ..io.images import decode_image as decode_stored_mode
+from ..models.preprocess import to_rgb
 from ..io.shards import expand_shards
 from .skips import SkipCounter, SkipSample
 
@@ -177,14 +179,14 @@ def _records(samples: Iterable[dict[str, Any]], source: Source, skips: SkipCount
 
 
 def decode_image(image: bytes | str, max_pixels: int, draft: Draft | None = None) -> Image.Image:
-    """Compressed bytes or a path → 8-bit RGB PIL image (``tips.io.decode_rgb``); raises SkipSample with the
-    decoder's reason (``bad_image``, ``too_large``: checked from the header) or ``missing_image``."""
+    """Compressed bytes or a path → 8-bit RGB PIL image (``tips.io.decode_image``, then ``tips.models.to_rgb``);
+    raises SkipSample with the decoder's reason (``bad_image``, ``too_large``: checked from the header) or ``missing_image``."""
     try:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
     except OSError as exn:
         raise SkipSample("missing_image", str(exn)) from None
     try:
-        return decode_rgb(data, max_pixels=max_pixels, draft=draft)
+        return to_rgb(decode_stored_mode(data, max_pixels=max_pixels, draft=draft), in_place=True)
     except ImageDecodeError as exn:
         raise SkipSample(exn.reason, exn.detail) from None
 

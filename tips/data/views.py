@@ -147,7 +147,7 @@ def make_views(
 
 def draft_size(width: int, height: int, cfg: ViewConfig) -> tuple[int, int] | None:
     """The smallest decoded (width, height) of a ``width`` x ``height`` image that the crops of ``cfg`` need, or
-    None when nothing smaller will do (a ``tips.io.decode_rgb`` draft request).
+    None when nothing smaller will do (a ``tips.io.decode_image`` draft request).
 
     Rule: decoding at reduced scale must never make a crop upsample where a full decode would not. The smallest
     box :func:`sample_crop_box` can draw on an image of area A has a shorter side of at least

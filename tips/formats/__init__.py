@@ -1,19 +1,18 @@
-"""Checkpoint layouts, one module each, converted to and from our model.
+"""tips.formats: every checkpoint layout, read and written; hub names and the cache; ``tips.load``,
+``tips.load_head`` and ``tips.save``. May import ``tips.models`` and ``tips.io``.
 
 - :mod:`.official`: official PyTorch ``.npz`` (one file per tower, DINOv2-with-registers names) + our sidecar,
 - :mod:`.scenic`: Scenic/JAX ``.npz`` (flattened Flax trees),
 - :mod:`.hf`: Hugging Face transformers ``tipsv2`` folders (read and write),
 - :mod:`.timm`: timm ``vit_*_patch14_reg1_tipsv2`` image-tower state dicts (read and write),
-- :mod:`.pretrained`: ours (``save_pretrained`` folders),
-- :mod:`.dpt`: DPT dense heads (official Scenic zips, the legacy flat layout, ours),
+- :mod:`.pretrained`: ours (config.json + model.safetensors),
+- :mod:`.dpt`, :mod:`.hf_dpt`: DPT dense heads (official Scenic zips, the flat layout, ours, transformers),
+- :mod:`.onnx`: ONNX image and text towers,
 - :mod:`.detect`: which layout a set of keys is; :mod:`.common`: strict loading and shape inference;
-- :mod:`.registry`: which writer ``tips-export --format`` calls.
+- :mod:`.loading`, :mod:`.heads`: ``tips.load`` and ``tips.load_head``; :mod:`.hub`: official names and the cache;
+- :mod:`.registry`: which writer each ``--format`` calls, and ``tips.save``.
 
 Every foreign layout is converted to *our* state dict (timm key names for the image tower plus ``mask_token``,
-official names for the text tower), then loaded strictly. Nothing is ever unpickled. This package
-``__init__`` imports only the registry, so the model class can import it without a cycle.
+official names for the text tower), then loaded strictly. Nothing is ever unpickled. Submodules are imported
+where they are used, so ``import tips.formats`` is cheap.
 """
-
-from .registry import HEAD_WRITERS, MODEL_WRITERS, get_writer, register_writer
-
-__all__ = ["HEAD_WRITERS", "MODEL_WRITERS", "get_writer", "register_writer"]

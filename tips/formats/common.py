@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from typing import Any, Mapping
@@ -14,7 +13,6 @@ from torch import nn
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig, TextConfig, VisionConfig, heads_for_width
 
-log = logging.getLogger("tips.formats")
 
 StateDict = dict[str, torch.Tensor]
 CONFIG_NAME = "config.json"
@@ -37,7 +35,7 @@ def count_indices(sd: Mapping[str, Any], pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := rx.match(k))})
 
 
-def require(sd: Mapping[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
+def require_key(sd: Mapping[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
     if key not in sd:
         raise KeyError(f"{source}: missing key {key!r} (found {len(sd)} keys, e.g. {sorted(sd)[:5]})")
     return sd[key]
@@ -58,16 +56,16 @@ def infer_vision_config(sd: Mapping[str, torch.Tensor], heads: int | None = None
     """Image-tower config from tensor shapes: our/timm names, or official names (``register_tokens``,
     ``pos_embed`` with its class row, SwiGLU ``w12``/``w3``). Heads cannot be read from shapes: the
     official table by width unless ``heads`` is given."""
-    width = require(sd, "cls_token", source).shape[-1]
-    patch = require(sd, "patch_embed.proj.weight", source).shape[-1]
+    width = require_key(sd, "cls_token", source).shape[-1]
+    patch = require_key(sd, "patch_embed.proj.weight", source).shape[-1]
     depth = count_indices(sd, r"blocks\.(\d+)\.norm1\.weight")
-    rows = require(sd, "pos_embed", source).shape[1] - (1 if "register_tokens" in sd else 0)
+    rows = require_key(sd, "pos_embed", source).shape[1] - (1 if "register_tokens" in sd else 0)
     grid = int(round(rows**0.5))
     if grid * grid != rows:
         raise ValueError(f"{source}: pos_embed has {rows} patch rows, not a square grid")
     first, second = ("w12", "w3") if "blocks.0.mlp.w12.weight" in sd else ("fc1", "fc2")
-    fc1 = require(sd, f"blocks.0.mlp.{first}.weight", source)
-    fc2 = require(sd, f"blocks.0.mlp.{second}.weight", source)
+    fc1 = require_key(sd, f"blocks.0.mlp.{first}.weight", source)
+    fc2 = require_key(sd, f"blocks.0.mlp.{second}.weight", source)
     swiglu = fc1.shape[0] == 2 * fc2.shape[1]
     return VisionConfig(
         width=width,
@@ -81,12 +79,12 @@ def infer_vision_config(sd: Mapping[str, torch.Tensor], heads: int | None = None
 
 
 def infer_text_config(sd: Mapping[str, torch.Tensor], heads: int | None = None, source: str = "checkpoint") -> TextConfig:
-    vocab, width = require(sd, "token_embedding.weight", source).shape
+    vocab, width = require_key(sd, "token_embedding.weight", source).shape
     return TextConfig(
         width=width,
         depth=count_indices(sd, r"transformer\.resblocks\.(\d+)\.ln_1\.weight"),
         heads=heads or heads_for_width(width),
-        mlp_hidden=require(sd, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0],
+        mlp_hidden=require_key(sd, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0],
         vocab_size=vocab,
     )
 
@@ -103,19 +101,6 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) 
         if tuple(v.shape) != tuple(expected[k].shape):
             raise ValueError(f"{source}: key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
-
-
-def log_first_contact(vision: Mapping[str, torch.Tensor], text: Mapping[str, torch.Tensor] | None, source: str) -> None:
-    """Log what a real official file holds where the published code leaves it open: whether every LayerScale γ
-    is 1, the CLS and mask-token norms, the position grid, the vocabulary (logged, never asserted: loading stays
-    exact for any values)."""
-    gammas = [v for k, v in vision.items() if k.endswith(".gamma")]
-    all_one = all(bool(torch.all(g == 1)) for g in gammas)
-    log.info(
-        "%s: layerscale gammas all 1: %s; cls_token norm %.4g; mask_token norm %.4g; grid %d; vocab %s",
-        source, all_one, float(vision["cls_token"].norm()), float(vision.get("mask_token", torch.zeros(1)).norm()),
-        int(round(vision["pos_embed"].shape[1] ** 0.5)), None if text is None else text["token_embedding.weight"].shape[0],
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- building models

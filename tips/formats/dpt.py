@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_file, atomic_path, staged_dir, write_json_atomic
+from ..io.atomic import atomic_file, atomic_path, staged_dir, write_json_atomic
 from ..models.dpt import DenseHead, DPTConfig
 
 StateDict = dict[str, torch.Tensor]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import hub
+from . import hub
 from ..models.dpt import DenseHead
 from .common import CONFIG_NAME
 from .dpt import FORMAT, is_pretrained_head, load_official_head, load_pretrained_head
@@ -18,7 +18,7 @@ def load_head(path: str | os.PathLike, task: str | None = None) -> DenseHead:
 
     path: an official Scenic zip (``tips_v2_b14_depth_dpt.zip``), a legacy flat ``.npz``, our folder (or its
         ``model.safetensors``), a transformers ``tipsv2_dpt`` folder (:mod:`tips.formats.hf_dpt`), or an
-        official name such as ``"tips-v2-b14-depth"`` (fetched on request, see :mod:`tips.hub`).
+        official name such as ``"tips-v2-b14-depth"`` (fetched on request, see :mod:`tips.formats.hub`).
     task: "segmentation" / "depth" / "normals" to check what the file holds (or to pick one head of a file
         holding several).
     """

@@ -316,7 +316,7 @@ def export_transformers(model: TIPS, out_dir: str | Path) -> dict[str, Path]:
     from safetensors.torch import save_file
     from transformers import Tipsv2Config, Tipsv2ImageProcessor, Tipsv2VisionConfig
 
-    from ..atomic import staged_dir
+    from ..io.atomic import staged_dir
     from .common import TOKENIZER_NAME
 
     out = Path(out_dir)

@@ -249,7 +249,7 @@ def hf_dpt_config(head: DenseHead, model: TIPS) -> Any:
     if cfg.task == "depth":
         kw.update(num_depth_bins=cfg.out_channels, depth_decoder_activation="relu" if cfg.project_relu else "linear")
     elif cfg.task == "segmentation":
-        from ..dense_pictures import ADE20K_CLASSES
+        from ..models.classes import ADE20K_CLASSES
 
         n = cfg.out_channels
         names = ADE20K_CLASSES if n == len(ADE20K_CLASSES) else [f"class_{i}" for i in range(n)]
@@ -267,7 +267,7 @@ def export_transformers_dpt(
     from safetensors.torch import save_file
     from transformers import Tipsv2DptImageProcessor
 
-    from ..atomic import staged_dir
+    from ..io.atomic import staged_dir
     from .hf import hub_vision_state_dict, native_image_processor
 
     if model is None:

@@ -14,16 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_file, write_json_atomic
+from ..io.atomic import atomic_file, write_json_atomic
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig
 from .common import (
     StateDict,
     config_from_state_dicts,
     load_into,
-    log_first_contact,
     read_npz,
-    require,
+    require_key,
     split_text_temperature,
 )
 from .detect import detect_format
@@ -38,7 +37,7 @@ def official_vision_to_ours(sd: Mapping[str, torch.Tensor], tower: nn.Module, so
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     for key in ("mask_token", "register_tokens", "pos_embed", "cls_token"):
-        require(sd, key, source)
+        require_key(sd, key, source)
     mask = sd["mask_token"]
     out = checkpoint_filter_fn(dict(sd), tower, interpolation="bilinear", antialias=True)
     out["mask_token"] = mask
@@ -101,7 +100,6 @@ def load_official_npz(vision_path: Path, text_path: Path | None, heads: int | No
         config = config_from_state_dicts(vsd, text, v_heads, t_heads, str(vision_path))
     model = TIPS(config)
     vision = official_vision_to_ours(vsd, model.vision, str(vision_path)) if fmt == "official_vision" else vsd
-    log_first_contact(vision, text, str(vision_path))
     return load_into(model, vision, text, (tau, sidecar.get("temperature_syn")), str(vision_path))
 
 

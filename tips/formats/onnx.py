@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_text_atomic
+from ..io.atomic import atomic_path, write_text_atomic
 from ..models.tips import TIPS
-from ..quantize import require
+from .optional import require
 
 OPSET = 18
 

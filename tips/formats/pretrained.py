@@ -14,10 +14,10 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import replace_dir
+from ..io.atomic import replace_dir
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig
-from ..tokenizers import build_tokenizer
+from ..models.tokenizers import build_tokenizer
 from .common import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_strict
 
 FORMAT_VERSION = 1

@@ -1,7 +1,4 @@
-"""Which writer handles which ``tips-export --format``: one table, resolved only when a format is used.
-
-Entries are ``"module:function"`` strings so that this module imports nothing from ``tips`` (the model class
-imports it for ``TIPS.save_pretrained(format=...)``, and the writers import the model class: no cycle).
+"""Which writer handles which ``--format``, and :func:`save`, the one call that writes a model or a head.
 
 Model writers are called ``writer(model, out, **options) -> Path | dict[str, Path]``; head writers
 ``writer(head, out, model=None, **options)``. A new format registers itself with one line here (or, from
@@ -10,43 +7,64 @@ outside the package, with :func:`register_writer`).
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable
+import os
+from pathlib import Path
+from typing import Any, Callable
 
-MODEL_WRITERS: dict[str, str] = {
-    "official": "tips.formats.official:export_official",
-    "pretrained": "tips.formats.pretrained:save_pretrained",
-    "transformers": "tips.formats.hf:export_transformers",
-    "timm": "tips.formats.timm:export_timm",
-    "onnx": "tips.formats.onnx:write_onnx",
+from ..models.dpt import DenseHead
+from ..models.tips import TIPS
+from .dpt import export_official_head, save_pretrained_head
+from .hf import export_transformers
+from .hf_dpt import export_transformers_dpt
+from .official import export_official
+from .onnx import write_onnx
+from .pretrained import save_pretrained
+from .timm import export_timm
+
+MODEL_WRITERS: dict[str, Callable[..., Any]] = {
+    "official": export_official,
+    "pretrained": save_pretrained,
+    "transformers": export_transformers,
+    "timm": export_timm,
+    "onnx": write_onnx,
 }
-HEAD_WRITERS: dict[str, str] = {
-    "official": "tips.formats.dpt:export_official_head",
-    "pretrained": "tips.formats.dpt:save_pretrained_head",
-    "transformers": "tips.formats.hf_dpt:export_transformers_dpt",
+HEAD_WRITERS: dict[str, Callable[..., Any]] = {
+    "official": export_official_head,
+    "pretrained": save_pretrained_head,
+    "transformers": export_transformers_dpt,
 }
 
 
-def register_writer(fmt: str, target: str | Callable, kind: str = "model") -> None:
-    """Make ``tips-export --format fmt`` (``kind="model"``) or ``--head ... --format fmt`` (``"head"``) call ``target``."""
+def register_writer(fmt: str, writer: Callable[..., Any], kind: str = "model") -> None:
+    """Make ``tips-export --format fmt`` (``kind="model"``) or ``--head ... --format fmt`` (``"head"``) call ``writer``."""
     table = {"model": MODEL_WRITERS, "head": HEAD_WRITERS}.get(kind)
     if table is None:
         raise ValueError(f"writer kind must be 'model' or 'head', got {kind!r}")
-    table[fmt] = target  # type: ignore[assignment]
+    table[fmt] = writer
 
 
 def formats(kind: str = "model") -> list[str]:
     return sorted(MODEL_WRITERS if kind == "model" else HEAD_WRITERS)
 
 
-def get_writer(fmt: str, kind: str = "model") -> Callable:
+def get_writer(fmt: str, kind: str = "model") -> Callable[..., Any]:
     """The writer function registered for ``fmt``; an unknown format raises an error listing the known ones."""
     table = MODEL_WRITERS if kind == "model" else HEAD_WRITERS
     if fmt not in table:
         what = "model" if kind == "model" else "head (--head)"
         raise ValueError(f"no {what} writer for format {fmt!r}; known: {sorted(table) or 'none yet'}")
-    target = table[fmt]
-    if callable(target):
-        return target
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return table[fmt]
+
+
+def save(obj: TIPS | DenseHead, out: str | os.PathLike, format: str = "pretrained", **options: Any) -> Path | dict[str, Path]:
+    """Write a model or a DPT head in ``format`` (default ours: a folder ``tips.load`` / ``tips.load_head`` reads).
+
+    format: ``"pretrained"``, ``"official"``, ``"transformers"``, ``"timm"``, ``"onnx"`` (models) or any registered
+    with :func:`register_writer`; ``options`` go to that writer (``name=`` for ``"official"``, ``model=`` for a
+    head in the transformers layout). Returns the folder, or a dict of the files written.
+    """
+    if isinstance(obj, DenseHead):
+        return get_writer(format, "head")(obj, out, **options)
+    if isinstance(obj, TIPS):
+        return get_writer(format, "model")(obj, out, **options)
+    raise TypeError(f"tips.save writes a TIPS model or a DenseHead, got {type(obj).__name__}")

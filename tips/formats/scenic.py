@@ -7,7 +7,7 @@ from typing import Mapping
 
 import torch
 
-from .common import StateDict, count_indices, require, split_text_temperature
+from .common import StateDict, count_indices, require_key, split_text_temperature
 
 
 def _qkv_from_flax(block: Mapping[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -68,14 +68,14 @@ def scenic_vision_to_ours(sd: Mapping[str, torch.Tensor], source: str = "Scenic 
     already holds the final CLS values (no position row), it has no LayerScale (γ = 1) and no mask token."""
     t = "encoder/ToTokenSequence_0/"
     out, heads = _scenic_blocks(sd, "encoder/transformer", _SCENIC_VISION_NAMES, source)
-    kernel = require(sd, t + "embedding/kernel", source)  # (p, p, 3, D)
+    kernel = require_key(sd, t + "embedding/kernel", source)  # (p, p, 3, D)
     out["patch_embed.proj.weight"] = kernel.permute(3, 2, 0, 1).contiguous()
     out["patch_embed.proj.bias"] = sd[t + "embedding/bias"]
-    cls = require(sd, t + "cls", source)
+    cls = require_key(sd, t + "cls", source)
     out["cls_token"], out["reg_token"] = cls[:, 0:1], cls[:, 1:2]
-    pos = require(sd, t + "posembed_input", source)  # (1, G, G, D)
+    pos = require_key(sd, t + "posembed_input", source)  # (1, G, G, D)
     out["pos_embed"] = pos.reshape(1, -1, pos.shape[-1])
-    out["norm.weight"] = require(sd, "encoder/encoder_norm/scale", source)
+    out["norm.weight"] = require_key(sd, "encoder/encoder_norm/scale", source)
     out["norm.bias"] = sd["encoder/encoder_norm/bias"]
     width = kernel.shape[-1]
     out["mask_token"] = torch.zeros(1, width)
@@ -87,8 +87,8 @@ def scenic_vision_to_ours(sd: Mapping[str, torch.Tensor], source: str = "Scenic 
 
 def scenic_text_to_ours(sd: Mapping[str, torch.Tensor], source: str = "Scenic text file") -> tuple[StateDict, int, float | None]:
     out, heads = _scenic_blocks(sd, "transformer", _SCENIC_TEXT_NAMES, source)
-    out["token_embedding.weight"] = require(sd, "token_emb/emb_var", source)
-    out["ln_final.weight"] = require(sd, "text_encoder_norm/scale", source)
+    out["token_embedding.weight"] = require_key(sd, "token_emb/emb_var", source)
+    out["ln_final.weight"] = require_key(sd, "text_encoder_norm/scale", source)
     out["ln_final.bias"] = sd["text_encoder_norm/bias"]
     _, tau = split_text_temperature({k: v for k, v in sd.items() if "temperature" in k})
     return out, heads, tau

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from ..atomic import write_bytes_atomic, write_json_atomic
+from ..io.atomic import write_bytes_atomic, write_json_atomic
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig, VisionConfig
 from .common import StateDict, build_from_state_dicts

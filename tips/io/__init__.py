@@ -1,4 +1,4 @@
-"""tips.io: how every tips command reads and writes files, in one public place.
+"""tips.io: bytes and images — how every tips job reads and writes files. Imports nothing else of tips.
 
 - shard specs: :func:`expand_shards` (webdataset's brace and ``::`` expansion, as the training loader reads them);
 - reproducible tar shards: :class:`ShardFile`, :func:`write_shard`, :func:`encode_sample` (fixed metadata,
@@ -6,13 +6,16 @@
 - atomic writes that honour the umask: :func:`atomic_file`, :func:`atomic_path`, :func:`replace_dir`,
   :func:`write_bytes_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic`;
 - digests: :func:`sha256_file`;
-- images: :func:`decode_rgb` / :func:`decode_image` (bytes or a file → 8-bit RGB, the pixel limit checked per call
-  from the header; one :class:`ImageDecodeError` with a reason), :func:`to_rgb` (any PIL mode → 8-bit RGB);
+- images: :func:`decode_image` (bytes → a PIL image in its stored mode, the pixel limit checked per call from the
+  header; one :class:`ImageDecodeError` with a reason); ``tips.models.to_rgb`` turns it into what a model reads;
+- image sources: :func:`find_images` (folders, globs, list files, single images, webdataset shards → :class:`ImageRef`),
+  :func:`read_bytes`, :func:`decode_ref`;
+- config overrides: :func:`parse_override` (one dotted ``key=value``);
 - lossless 16-bit PNGs (depth, surface normals): :func:`encode_png16`, :func:`read_png16`, :func:`normals_to_uint16` ….
 """
 
-from ..atomic import atomic_file, atomic_path, fsync_dir, replace_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from ..png16 import (
+from .atomic import atomic_file, atomic_path, fsync_dir, replace_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .png16 import (
     NORMALS_ENCODING,
     PNG16Error,
     decode_png16,
@@ -22,7 +25,9 @@ from ..png16 import (
     uint16_to_normals,
     write_png16,
 )
-from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, decode_rgb, to_rgb
+from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from .overrides import parse_override
+from .sources import ImageRef, decode_ref, find_images, read_bytes
 from .hashing import sha256_file
 from .shards import expand_shards
 from .tar import ShardFile, archive_size, encode_member, encode_sample, write_shard
@@ -31,7 +36,11 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
     "decode_image",
-    "decode_rgb",
+    "ImageRef",
+    "decode_ref",
+    "find_images",
+    "parse_override",
+    "read_bytes",
     "NORMALS_ENCODING",
     "PNG16Error",
     "ShardFile",
@@ -48,7 +57,6 @@ __all__ = [
     "read_png16",
     "replace_dir",
     "sha256_file",
-    "to_rgb",
     "uint16_to_normals",
     "write_bytes_atomic",
     "write_json_atomic",

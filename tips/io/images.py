@@ -12,8 +12,7 @@ import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS, as a per-call limit
 
@@ -39,24 +38,15 @@ def decode_image(data: bytes, *, max_pixels: int | None, draft: Draft | None = N
     """Decode ``data`` (any format PIL reads) with its pixels loaded, in the mode it is stored in.
 
     max_pixels: refuse images with more pixels (width x height of the header) before decoding; None = no limit
-    of ours (PIL's own guard remains). draft: see :func:`decode_rgb`. Raises :class:`ImageDecodeError`.
+    of ours (PIL's own guard remains). draft: a JPEG is decoded at the largest DCT reduction
+    (1/2, 1/4, 1/8) that keeps both sides at least the requested (width, height), in stored orientation (PIL's draft
+    mode; exact and deterministic: the same bytes always give the same pixels); other formats decode at full size.
+    Raises :class:`ImageDecodeError`.
     """
     with _decode_errors():
         image = _open(data, max_pixels, draft)
         image.load()
     return image
-
-
-def decode_rgb(data: bytes, *, max_pixels: int | None, draft: Draft | None = None) -> Image.Image:
-    """Decode ``data`` to 8-bit RGB: first frame, EXIF orientation applied, alpha composited on white (:func:`to_rgb`).
-
-    max_pixels: as in :func:`decode_image`. draft: a JPEG is decoded at the largest DCT reduction (1/2, 1/4, 1/8)
-    that keeps both sides at least the requested (width, height), in stored orientation (PIL's draft mode; exact
-    and deterministic: the same bytes always give the same pixels); other formats decode at full size.
-    Raises :class:`ImageDecodeError`.
-    """
-    with _decode_errors():
-        return to_rgb(_open(data, max_pixels, draft), in_place=True)
 
 
 def _open(data: bytes, max_pixels: int | None, draft: Draft | None) -> Image.Image:
@@ -85,38 +75,3 @@ def _decode_errors() -> Iterator[None]:
         raise ImageDecodeError("bad_image", "not an image (unrecognised file format)") from e
     except Exception as e:  # decoders raise many types on damaged data (OSError, SyntaxError, struct.error, ...)
         raise ImageDecodeError("bad_image", f"{type(e).__name__}: {e}") from e
-
-
-def to_rgb(image: Image.Image, *, in_place: bool = False) -> Image.Image:
-    """Any PIL image → 8-bit RGB: first frame of animations, EXIF orientation applied, alpha composited on white.
-
-    Handles palette images with transparency, CMYK, 16-bit and 32-bit integer / float grayscale, LA, RGBA.
-    in_place: the caller gives ``image`` up (it may be changed and returned), which saves a copy of the pixels;
-    otherwise the result never shares pixels with ``image``, which the caller may close.
-    """
-    if getattr(image, "is_animated", False):
-        image.seek(0)
-    if in_place:
-        ImageOps.exif_transpose(image, in_place=True)
-    else:
-        image = ImageOps.exif_transpose(image)  # a copy, transposed or not
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        elif mode == "F" and arr.min() >= 0 and arr.max() <= 1:
-            lo, hi = 0.0, 1.0
-        elif arr.min() >= 0 and arr.max() <= 255:
-            lo, hi = 0.0, 255.0
-        else:  # unknown range: stretch to the image's own min..max
-            lo, hi = float(arr.min()), float(arr.max())
-        arr = np.clip((arr - lo) / max(hi - lo, 1e-12), 0, 1)
-        return Image.fromarray((arr * 255 + 0.5).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")

@@ -1,4 +1,5 @@
-"""Standalone loss modules for TIPS pretraining; each owns its state and runs on one CPU process."""
+"""tips.losses: standalone, distributed-aware loss modules for TIPS pretraining; each owns its state and runs on
+one CPU process. Imports nothing else of tips."""
 
 from .contrastive import ContrastiveLoss, SigmoidBias, gather_with_grad
 from .distill import DINOLoss, TeacherCentering, centered_softmax, sinkhorn_knopp, target_statistics

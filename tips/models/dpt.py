@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -27,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..formats.registry import get_writer
 
 TASKS = ("segmentation", "depth", "normals")
 PRESETS = ("tips", "probe3d")
@@ -357,10 +355,6 @@ class DenseHead(nn.Module):
         images = images.to(param.device, param.dtype)
         return self(self.features(model, images), size=(H, W))
 
-    def save_pretrained(self, out: str | os.PathLike, format: str = "pretrained", **options: Any):
-        """Write this head in a ``tips-export --head`` format: ``"pretrained"`` (our folder, read by
-        :func:`tips.load_head`) or ``"official"`` (the Scenic ``.zip``; ``name=`` its file name). Returns the path."""
-        return get_writer(format, kind="head")(self, out, **options)
 
 
 def build_head(task: str, width: int, out_channels: int | None = None, preset: str = "tips", **kw: Any) -> DenseHead:

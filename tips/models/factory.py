@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..tokenizers import Tokenizer, build_tokenizer
+from .tokenizers import Tokenizer, build_tokenizer
 from .tips import TIPS
 from .variants import get_variant
 

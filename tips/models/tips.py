@@ -9,9 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..formats.registry import get_writer
-from ..tokenizers import Tokenizer
-from ..transforms import Preprocess
+from .tokenizers import Tokenizer
+from .preprocess import Preprocess
 from .text import TextTower, build_text_tower
 from .variants import ModelConfig
 from .vision import ImageFeatures, TIPSVisionTransformer, build_vision_tower, split_tokens
@@ -137,11 +136,3 @@ class TIPS(nn.Module):
         txt = l2_normalize(self.encode_text(texts, padding))
         return img @ txt.to(img.dtype).T * scale.exp().to(img.dtype)
 
-    def save_pretrained(self, directory, format: str = "pretrained", **options):
-        """Write this model in a ``tips-export`` format (default ours: a ``tips.load``-able folder).
-
-        format: ``"pretrained"``, ``"official"``, ``"transformers"``, ``"timm"`` or any registered in
-        :mod:`tips.formats.registry`; ``options`` go to that writer (e.g. ``name=`` for ``"official"``).
-        Returns what the writer returns (the folder, or a dict of the files written).
-        """
-        return get_writer(format)(self, directory, **options)

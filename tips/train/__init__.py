@@ -1,4 +1,5 @@
-"""TIPS pretraining: config, the run plan, schedules, EMA teacher, the objective and the accelerate loop."""
+"""tips.train: how a model is trained — config, the run plan, schedules, student and EMA teacher, the objective
+and the accelerate loop. May import ``tips.models``, ``tips.formats``, ``tips.data``, ``tips.losses`` and ``tips.io``."""
 
 from .builders import build_modules
 from .config import TrainConfig, load_config

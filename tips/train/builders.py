@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from ..data import Batch, DataConfig
-from ..loading import load
+from ..formats.loading import load
 from ..models.heads import ProjectionHead
 from ..models.tips import TIPS
 from ..models.variants import get_variant, override_config
-from ..tokenizers import build_tokenizer
+from ..models.tokenizers import build_tokenizer
 from .config import TrainConfig
 from .objective import TIPSObjective
 from .plan import TrainPlan, heads_file, make_plan

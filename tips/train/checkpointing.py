@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..atomic import replace_dir
+from ..io.atomic import replace_dir
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 

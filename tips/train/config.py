@@ -1,6 +1,6 @@
 """Typed training configuration: dataclasses loaded from YAML with dotted ``key=value`` overrides.
 
-``python -m tips.train --config configs/pretrain/demo_cpu.yaml run.steps=100 loss.weights.mask=0``
+``python -m tips.cli.train --config configs/pretrain/demo_cpu.yaml run.steps=100 loss.weights.mask=0``
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from ..data.masking import MaskConfig
 from ..data.views import ViewConfig
-from ..overrides import parse_override
+from ..io.overrides import parse_override
 from .plan import make_plan
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ SHARD_LIST_HINT = "; shard lists as data.train=path/shard-{000..009}.tar or data
 
 
 def _parse_override(override: str, base=None):
-    """One ``key=value`` override → a config fragment (:func:`tips.overrides.parse_override`), with the keys of
+    """One ``key=value`` override → a config fragment (:func:`tips.io.overrides.parse_override`), with the keys of
     earlier releases renamed and ``data.train`` read as a list of shard patterns."""
     key, sep, value = override.partition("=")
     if sep and key in _MOVED:

@@ -23,7 +23,7 @@ from torch.distributed.tensor import DTensor
 
 
 def ensure_process_group(device: torch.device) -> None:
-    """A single-process launch (``python -m tips.train``) has no process group; FSDP needs one (of size 1)."""
+    """A single-process launch (``python -m tips.cli.train``) has no process group; FSDP needs one (of size 1)."""
     if dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"

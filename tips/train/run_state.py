@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import write_json_atomic
+from ..io.atomic import write_json_atomic
 from ..formats.pretrained import save_pretrained
 from ..models.tips import TIPS
 from . import checkpointing as ckpt

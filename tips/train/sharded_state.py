@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from ..atomic import write_json_atomic
+from ..io.atomic import write_json_atomic
 
 
 def _states(module: nn.Module, optimizer: torch.optim.Optimizer, teacher) -> dict:

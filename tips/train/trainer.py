@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..data import Batch, TrainLoader, build_train_loader
-from ..loading import load
+from ..formats.loading import load
 from ..models.tips import TIPS
 from . import checkpointing as ckpt
 from . import parallel
@@ -234,7 +233,6 @@ class Trainer(RunState):
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         batches = self.start()
-        first_step = self.step
         progress = tqdm(total=self.cfg.run.steps, initial=self.step, disable=not self.accelerator.is_local_main_process,
                         desc="pretraining", dynamic_ncols=True)
         self.module.train()
@@ -243,8 +241,6 @@ class Trainer(RunState):
             schedule = self.schedule(self.step)
             result = self.train_step(batches, schedule, with_stats=self._log_due(self.step + 1))
             self.after_step(result, schedule)
-            if self.step == first_step + 1:  # optimiser states exist from the first step on
-                self.write_state_bytes()
             self._window["total"] += time.perf_counter() - t0
             self._window["samples"] += result.samples * self.accelerator.num_processes
             progress.update(1)
@@ -337,25 +333,6 @@ class Trainer(RunState):
             self._val_batches = list(islice(iter(loader), cfg.run.val_batches))
         return self._val_batches
 
-    def write_state_bytes(self) -> None:
-        """``state_bytes.json``: the largest per-rank bytes of student, teacher and optimiser state (local shards
-        under FSDP) and whether the parameters are sharded; what the memory claims of docs/scaling.md rest on."""
-        acc = self.accelerator
-        counts = parallel.state_bytes(self.core, self.teacher, self.optimizer.optimizer)
-        keys = sorted(counts)
-        values = torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64, device=acc.device)
-        if acc.num_processes > 1:
-            values = _all_reduce_max(values)
-        if acc.is_main_process:
-            from torch.distributed.tensor import DTensor
-
-            report = {k: int(v) for k, v in zip(keys, values.tolist())}
-            params = dict(self.core.named_parameters())
-            report.update(parallel=self.cfg.run.parallel, world_size=acc.num_processes,
-                          dtensor_parameters=sum(isinstance(p, DTensor) for p in params.values()),
-                          plain_parameters=sorted(n for n, p in params.items() if not isinstance(p, DTensor))[:10])
-            (self.output_dir / "state_bytes.json").write_text(json.dumps(report, indent=2))
-
     def maybe_save(self) -> None:
         if self.step % self.cfg.run.save_every == 0 or self.step == self.cfg.run.steps:
             self.save()
@@ -374,13 +351,6 @@ def compile_blocks(student: torch.nn.Module, backend: str = "inductor") -> None:
         head = getattr(student, name, None)
         if head is not None:
             head.compile(backend=backend)
-
-
-def _all_reduce_max(values: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return values
 
 
 def _submodule(module: torch.nn.Module, name: str) -> torch.nn.Module | None:

@@ -1,0 +1,1 @@
+"""Study drivers: run from the repository root as ``python -m experiments.NAME`` (see README.md here)."""

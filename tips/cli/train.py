@@ -1,0 +1,51 @@
+"""``accelerate launch -m tips.cli.train --config configs/pretrain/<recipe>.yaml [-o DIR] key=value …``"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..train.config import load_config
+from .allocator import tune_cpu_allocator
+from .model_args import add_output_arg
+
+EXAMPLES = """\
+examples:
+  # the demo recipe on the embedded scenes (tips-scenes writes the shards), 20 steps on the CPU
+  tips-scenes -o data/scenes --num-pretrain 256 --num-train 0 --num-val 0 --size 128 --shard-size 64
+  tips-train --config configs/pretrain/demo_cpu.yaml -o runs/demo "data.train=[data/scenes/pretrain/shard-{000000..000003}.tar]" run.steps=20
+  # the TIPS B/14 recipe on every GPU of a machine
+  accelerate launch -m tips.cli.train --config configs/pretrain/tips_v1_b14.yaml -o runs/b14 "data.train=shards/train-{000000..000999}.tar"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tips-train", description="TIPS pretraining (launch with accelerate launch -m "
+                                "tips.cli.train)", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", metavar="YAML",
+                   help="YAML recipe, e.g. configs/pretrain/demo_cpu.yaml; repeat to merge more (e.g. a "
+                        "configs/model/*.yaml), later files win")
+    add_output_arg(p, "run folder: checkpoints, logs and the final export (run.output_dir; KEY=VALUE overrides win)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, applied last, e.g. run.steps=100 loss.weights.mask=0")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    tune_cpu_allocator()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    overrides = ([f"run.output_dir={args.out}"] if args.out is not None else []) + args.overrides
+    cfg = load_config(args.config, overrides)
+    from ..train.trainer import Trainer
+
+    final = Trainer(cfg).fit()
+    print(f"final export: {final}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

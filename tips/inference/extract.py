@@ -1,0 +1,380 @@
+"""Feature extraction: ``tips.extract(sources, output, model, ExtractOptions(...))``, which ``tips-extract`` runs.
+
+Output folder layout (rows follow ``ids``; see docs in ``extract``):
+
+- ``features.safetensors``: ``cls_alt`` (N, D), ``cls_syn`` (N, D), optionally ``patch_tokens`` (N, h, w, D);
+  with ``shard_size``: ``features-00000.safetensors`` … and ``index.json`` (file, start row, count per shard);
+- ``ids.json`` (a list; ``ids.jsonl`` when sharded, one JSON string per line); ``skipped.json`` ([{id, reason}]);
+- optionally ``pca.png`` and ``text_embeddings.safetensors`` (``text`` (T, D)) with ``texts.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..io.atomic import atomic_path, write_text_atomic
+from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.sources import find_images
+from ..models.dtypes import resolve_dtype
+from ..models.preprocess import Preprocess
+from ..models.tips import TIPS
+from .images import Decoded, ImageDataset, collate_decoded
+from .loaded import LoadedModel, as_loaded, resolve_device
+from .pca import save_pca_picture
+from .precision import autocast, prepare_for_inference
+
+FORMAT = "tips-features"
+
+
+class NoReadableImages(RuntimeError):
+    """Every image of the source was skipped; ``skipped.json`` in the output folder says why."""
+
+
+@dataclass
+class ExtractResult:
+    """What a run produced. ``skipped`` holds (id, reason) pairs; ``files`` every path written."""
+
+    ids: list[str]
+    skipped: list[tuple[str, str]]
+    files: list[Path]
+    seconds: float
+    pca: Path | None = None
+    text: Path | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per-image shape of each stored key
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.count / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.count} images encoded, {len(self.skipped)} skipped, {self.images_per_second:.1f} images/s "
+            f"({self.seconds:.1f} s)"
+        ]
+        lines += [f"  skipped {i}: {r}" for i, r in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"  … and {len(self.skipped) - 20} more skipped (all listed in skipped.json)")
+        shapes = ", ".join(f"{k} (h, w, {v[-1]}) per image" if k.endswith(">") else f"{k} {(self.count, *v)}"
+                           for k, v in self.shapes.items())
+        shards = [p for p in self.files if p.name.startswith("features")]
+        if len(shards) > 1:
+            lines.append(f"  wrote {len(shards)} shards {shards[0]} … {shards[-1].name}  [{shapes}]")
+        elif shards:
+            lines.append(f"  wrote {shards[0]}  [{shapes}]")
+        lines += [f"  wrote {p}" for p in self.files if p not in shards]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+class FeatureWriter:
+    """Buffers per-image features and writes them as one safetensors file or shards of ``shard_size`` rows.
+
+    ragged: patch grids differ per image (keep-aspect, unpooled) and are stored as ``patch_tokens.<row>`` (h, w, D).
+    """
+
+    def __init__(
+        self, out_dir: Path, shard_size: int | None, save_dtype: torch.dtype, metadata: dict[str, str], ragged: bool
+    ) -> None:
+        self.out_dir, self.shard_size, self.save_dtype = out_dir, shard_size, save_dtype
+        self.metadata, self.ragged = metadata, ragged
+        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.ids: list[str] = []
+        self.shards: list[dict] = []
+        self.files: list[Path] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}  # per-image shape of each stacked key
+
+    def add(self, ids: list[str], cls_alt: torch.Tensor, cls_syn: torch.Tensor, patches: torch.Tensor | None) -> None:
+        """cls_alt, cls_syn (B, D); patches (B, h, w, D) or None."""
+        for i, id_ in enumerate(ids):
+            self.ids.append(id_)
+            self.rows.append((cls_alt[i], cls_syn[i], None if patches is None else patches[i]))
+        while self.shard_size and len(self.rows) >= self.shard_size:
+            self._write(self.shard_size)
+
+    def _write(self, n: int) -> None:
+        rows, self.rows = self.rows[:n], self.rows[n:]
+        start = sum(s["count"] for s in self.shards)
+        name = f"features-{len(self.shards):05d}.safetensors" if self.shard_size else "features.safetensors"
+        cast = lambda t: t.to(self.save_dtype)  # noqa: E731
+        tensors = {"cls_alt": cast(torch.stack([r[0] for r in rows])), "cls_syn": cast(torch.stack([r[1] for r in rows]))}
+        if rows and rows[0][2] is not None:
+            if self.ragged:
+                tensors.update({f"patch_tokens.{i:06d}": cast(r[2]) for i, r in enumerate(rows)})
+            else:
+                tensors["patch_tokens"] = cast(torch.stack([r[2] for r in rows]))
+        self.shapes = {k: tuple(v.shape[1:]) for k, v in tensors.items() if not k.startswith("patch_tokens.")}
+        if self.ragged and rows and rows[0][2] is not None:
+            self.shapes["patch_tokens.<row>"] = tuple(rows[0][2].shape[-1:])
+        meta = {**self.metadata, "count": str(n), "start": str(start), "ragged_patch_tokens": str(self.ragged)}
+        _atomic_save(tensors, self.out_dir / name, meta)
+        self.shards.append({"file": name, "start": start, "count": n})
+        self.files.append(self.out_dir / name)
+
+    def close(self) -> list[Path]:
+        """Write what is left, the ids sidecar and (sharded) ``index.json``; returns every file written."""
+        if self.rows or (not self.shard_size and self.ids):
+            self._write(len(self.rows))
+        if self.shard_size:
+            write_text_atomic(self.out_dir / "ids.jsonl", "".join(json.dumps(i) + "\n" for i in self.ids))
+            index = {"format": FORMAT, "count": len(self.ids), "shards": self.shards, "ids": "ids.jsonl", **self.metadata}
+            write_text_atomic(self.out_dir / "index.json", json.dumps(index, indent=1))
+            self.files += [self.out_dir / "ids.jsonl", self.out_dir / "index.json"]
+        else:
+            write_text_atomic(self.out_dir / "ids.json", json.dumps(self.ids))
+            self.files.append(self.out_dir / "ids.json")
+        return self.files
+
+
+@dataclass
+class Features:
+    """Features read back by :func:`load_features`: patch_tokens is (N, h, w, D), a list of (h, w, D), or None."""
+
+    ids: list[str]
+    cls_alt: torch.Tensor
+    cls_syn: torch.Tensor
+    patch_tokens: torch.Tensor | list[torch.Tensor] | None
+
+
+def load_features(out_dir: str | os.PathLike) -> Features:
+    """Read an extraction folder (single file or shards) back into memory."""
+    out_dir = Path(out_dir)
+    if (out_dir / "index.json").is_file():
+        index = json.loads((out_dir / "index.json").read_text())
+        files = [out_dir / s["file"] for s in index["shards"]]
+        ids = [json.loads(line) for line in (out_dir / "ids.jsonl").read_text().splitlines() if line]
+    else:
+        files, ids = [out_dir / "features.safetensors"], json.loads((out_dir / "ids.json").read_text())
+    parts = [load_file(str(f)) for f in files]
+    stacked = [p["patch_tokens"] for p in parts if "patch_tokens" in p]
+    ragged = [p[k] for p in parts for k in sorted(k for k in p if k.startswith("patch_tokens."))]
+    return Features(
+        ids=ids,
+        cls_alt=torch.cat([p["cls_alt"] for p in parts]),
+        cls_syn=torch.cat([p["cls_syn"] for p in parts]),
+        patch_tokens=torch.cat(stacked) if stacked else (ragged or None),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- model
+def check_resolution(resolution: int, patch_size: int) -> None:
+    """Raise a ValueError naming the nearest valid sizes when ``resolution`` is not a multiple of the patch."""
+    if resolution > 0 and resolution % patch_size == 0:
+        return
+    lo = max(resolution, 0) // patch_size * patch_size
+    nearest = f"{lo} or {lo + patch_size}" if lo >= patch_size else str(patch_size)
+    raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch_size}; nearest valid: {nearest}")
+
+
+def encode_batch(
+    model: TIPS, images: torch.Tensor, dtype: torch.dtype, with_patches: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """images (B, 3, H, W) on the model's device → fp32 CPU (cls_alt (B, D), cls_syn (B, D), patches (B, h, w, D)).
+
+    Reduced precision runs under autocast (:func:`tips.autocast`) so LayerNorm and softmax stay in fp32.
+    """
+    with torch.inference_mode(), autocast(images.device, dtype):
+        out = model.encode_image(images)
+    patches = out.patch_tokens.float().cpu() if with_patches else None
+    return out.cls_alt.float().cpu(), out.cls_syn.float().cpu(), patches
+
+
+def encode_prompts(model: TIPS, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """prompts (T strings) → text embeddings (T, D) fp32, not normalised."""
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            outs.append(model.encode_text(list(prompts[i : i + batch_size])).float().cpu())
+    return torch.cat(outs) if outs else torch.zeros(0, model.width)
+
+
+def _read_prompts(path: str | os.PathLike) -> list[str]:
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------- extract
+class BatchEncoder:
+    """Encodes batches of decoded images into the writer and keeps the first ``pca`` images for the picture."""
+
+    def __init__(self, model: TIPS, dtype: torch.dtype, writer: FeatureWriter, keep_patches: bool,
+                 pool_patches: int | None, pca: int) -> None:
+        self.model, self.dtype, self.writer = model, dtype, writer
+        self.keep_patches, self.pool_patches, self.pca = keep_patches, pool_patches, pca
+        self.device = next(model.parameters()).device
+        self.pca_items: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (id, image (3,H,W), patches (h,w,D))
+
+    def __call__(self, items: list[Decoded]) -> None:
+        x = torch.stack([it.image for it in items]).to(self.device)  # (B, 3, H, W)
+        for_pca = items[: max(0, self.pca - len(self.pca_items))]
+        cls_alt, cls_syn, patches = encode_batch(self.model, x, self.dtype, self.keep_patches or bool(for_pca))
+        self.pca_items += [(it.id, it.image, p) for it, p in zip(for_pca, patches if for_pca else [])]
+        if self.pool_patches is not None:
+            patches = pool_patch_grid(patches, self.pool_patches)
+        self.writer.add([it.id for it in items], cls_alt, cls_syn, patches if self.keep_patches else None)
+
+
+def run_batches(loader: Iterable[list[Decoded]], total: int, batch_size: int,
+                encode: Callable[[list[Decoded]], None], progress: bool) -> list[tuple[str, str]]:
+    """Feed decoded images to ``encode`` in batches of equal image size; returns the skipped (id, reason) pairs.
+
+    Images are bucketed by size, so square mode (one size) keeps the input order; leftovers are flushed at the
+    end in the order of their first image.
+    """
+    skipped: list[tuple[str, str]] = []
+    buckets: dict[tuple[int, ...], list[Decoded]] = {}
+    with _progress(total, progress) as bar:
+        for chunk in loader:
+            for item in chunk:
+                if item.image is None:
+                    skipped.append((item.id, str(item.error)))
+                    bar.write(f"skipped {item.id}: {item.error}", file=sys.stderr)
+                    continue
+                size = tuple(item.image.shape)
+                buckets.setdefault(size, []).append(item)
+                if len(buckets[size]) == batch_size:
+                    encode(buckets.pop(size))
+            bar.update(len(chunk))
+        for size in sorted(buckets, key=lambda k: buckets[k][0].index):
+            encode(buckets[size])
+    return skipped
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How :func:`extract` reads, encodes and writes; ``tips-extract`` builds one from its flags.
+
+    resolution: square side (default: the model's native size), or with ``keep_aspect`` the shorter side.
+        Square mode keeps the input order. Keep-aspect batches images of equal output size together, so rows
+        follow encoding order; ``ids`` always names each row.
+    device: default: the given model's device, else CUDA when available; dtype: compute dtype (autocast: fp32
+        weights, bf16 matmuls; faster only on CPUs with native bf16 and on CUDA, see ``tips.inference.precision``).
+    quantize: ``"int8"``: int8 linear layers with dynamic activations (:func:`tips.quantize`; modifies a given
+        model in place).
+    patch_tokens: also store patch tokens (N, h, w, D); pool_patches: K averages each patch grid to K x K
+        (implies patch tokens); shard_size: images per output file; save_dtype: dtype of the stored features.
+    max_pixels: larger images are skipped as decompression bombs (None/0 = no limit).
+    texts: a prompts file (one per line) or a list of prompts → ``text_embeddings.safetensors``.
+    pca: a PCA picture of the first ``pca`` images (``pca.png``).
+    """
+
+    resolution: int | None = None
+    keep_aspect: bool = False
+    batch_size: int = 32
+    num_workers: int = 0
+    device: str | torch.device | None = None
+    dtype: str | torch.dtype = "float32"
+    save_dtype: str | torch.dtype = "float32"
+    quantize: str | None = None
+    patch_tokens: bool = False
+    pool_patches: int | None = None
+    shard_size: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    texts: str | os.PathLike | Sequence[str] | None = None
+    pca: int = 0
+    progress: bool = True
+
+
+def extract(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    model: TIPS | LoadedModel | str | os.PathLike,
+    options: ExtractOptions = ExtractOptions(),
+) -> ExtractResult:
+    """Encode every image of ``sources`` into the folder ``output``; returns what was written.
+
+    sources: folder (recursive), glob, list file, image file, or webdataset ``.tar`` shards (brace patterns).
+    model: a TIPS model, anything ``tips.load`` reads, or a :class:`tips.inference.LoadedModel` (a random baseline
+        with its provenance, for example).
+    Unreadable images are skipped and listed (``skipped.json``); if none is readable, NoReadableImages is raised.
+    """
+    o = options
+    refs = find_images(sources)
+    if not refs:
+        raise ValueError(f"no images found in {sources}")
+    loaded = as_loaded(model)
+    net, model_name = loaded.model, loaded.name
+    resolution = o.resolution or net.preprocess.size
+    prompts = _check_options(net, resolution, o.pool_patches, o.texts)
+    dev = next(net.parameters()).device if o.device is None and isinstance(model, TIPS) else resolve_device(o.device)
+    dtype, save_dtype = resolve_dtype(o.dtype), resolve_dtype(o.save_dtype)
+    prepare_for_inference(net, dev, o.quantize)
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    metadata = {"format": FORMAT, "model": model_name, "resolution": str(resolution), "keep_aspect": str(o.keep_aspect),
+                "patch_size": str(net.patch_size), "pool_patches": str(o.pool_patches),
+                "dtype": str(save_dtype).removeprefix("torch."), "compute_dtype": str(dtype).removeprefix("torch."),
+                "quantize": str(o.quantize)}
+    writer = FeatureWriter(out_dir, o.shard_size, save_dtype, metadata, ragged=o.keep_aspect and o.pool_patches is None)
+    encoder = BatchEncoder(net, dtype, writer, o.patch_tokens or o.pool_patches is not None, o.pool_patches, o.pca)
+    dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
+                                         collate_fn=collate_decoded)
+    start = time.perf_counter()
+    skipped = run_batches(loader, len(refs), o.batch_size, encoder, o.progress)
+    seconds = time.perf_counter() - start
+
+    skipped_path = out_dir / "skipped.json"
+    write_text_atomic(skipped_path, json.dumps([{"id": i, "reason": r} for i, r in skipped], indent=1))
+    if not writer.ids:
+        raise NoReadableImages(f"no readable images: all {len(refs)} skipped (reasons in {skipped_path})")
+    result = ExtractResult(ids=writer.ids, skipped=skipped, files=writer.close() + [skipped_path], seconds=seconds,
+                           shapes=writer.shapes)
+    if o.pca > 0:
+        ids, images, grids = zip(*encoder.pca_items)
+        result.pca = save_pca_picture(out_dir / "pca.png", images, grids, ids)
+        result.files.append(result.pca)
+    if prompts is not None:
+        result.text = _write_text_embeddings(out_dir, prompts, encode_prompts(net, prompts), model_name)
+        result.files += [result.text, out_dir / "texts.json"]
+    return result
+
+
+def _check_options(net: TIPS, resolution: int, pool_patches: int | None, texts) -> list[str] | None:
+    """Validate options against the model before any image is read; returns the prompts (or None)."""
+    check_resolution(resolution, net.patch_size)
+    grid = resolution // net.patch_size
+    if pool_patches is not None and not 1 <= pool_patches <= grid:
+        raise ValueError(f"--pool-patches {pool_patches} must be in 1..{grid} (the patch grid at {resolution} px)")
+    if texts is None:
+        return None
+    if net.text is None or net.tokenizer is None:
+        raise ValueError("texts need a text tower and a tokenizer: pass --text (official text .npz) and/or --tokenizer")
+    return _read_prompts(texts) if isinstance(texts, (str, os.PathLike)) else list(texts)
+
+
+def pool_patch_grid(patches: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, h, w, D) → (B, k, k, D) by adaptive average pooling (k ≤ h, w is checked up front)."""
+    return F.adaptive_avg_pool2d(patches.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
+
+
+def _write_text_embeddings(out_dir: Path, prompts: list[str], emb: torch.Tensor, model_name: str) -> Path:
+    path = out_dir / "text_embeddings.safetensors"
+    _atomic_save({"text": emb}, path, {"format": FORMAT, "model": model_name, "count": str(len(prompts)),
+                                       "prompts": json.dumps(prompts)})
+    write_text_atomic(out_dir / "texts.json", json.dumps(prompts, indent=1))
+    return path
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,234 @@
+"""Dense predictions with a DPT head: ``tips.predict(model, head, images)`` in memory, and
+``write_predictions(sources, output, model, PredictOptions(...))``, which the ``tips-predict`` command runs.
+
+    tips-predict depth IMAGES... --model tips-v2-b14 --head tips-v2-b14-depth -o OUT
+    tips-predict normals photos/ --random-init tiny --random-head -o OUT     # offline demo, random weights
+
+``--model`` / ``--random-init`` / ``--tokenizer`` / ``--dtype`` / ``--quantize`` mean what they mean in
+``tips-extract`` and ``tips-probe`` (:mod:`tips.cli.model_args`).
+
+Image sources and bad-file handling are ``tips-extract``'s (named, counted, skipped; the run completes). Images are
+resized to the model's native square (or, with ``--keep-aspect``, the shorter side to the resolution and the other
+rounded to the patch size). Output folder, per image ``ID`` (its path relative to the source):
+
+- ``ID.<task>.png``: a picture (depth in turbo with a metre colour bar; normals as RGB; classes in a palette with
+  the top classes named, ADE20K names for 150 classes);
+- raw: ``ID.depth16.png`` (16-bit depth in millimetres, clipped to 65.535 m); ``ID.normals.safetensors``
+  (``normals`` (3, H, W) float32); ``ID.segmentation.safetensors`` (``argmax`` (H, W) int16, ``logits`` (C, H, W)
+  float16 unless ``--no-logits``);
+- ``contact_sheet.png`` (the first ``--sheet`` pictures) and ``skipped.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from ..formats.heads import load_head
+from ..io.atomic import atomic_file, atomic_path, write_text_atomic
+from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.sources import find_images
+from ..models.dpt import DenseHead, build_head
+from ..models.preprocess import Preprocess
+from ..models.tips import TIPS
+from . import pictures as pics
+from .extract import NoReadableImages, check_resolution, run_batches
+from .images import Decoded, ImageDataset, collate_decoded
+from .loaded import LoadedModel, as_loaded, resolve_device
+from .precision import autocast, prepare_for_inference
+
+TASKS = ("depth", "normals", "segmentation")
+
+
+def predict(
+    model: TIPS, head: DenseHead, images: torch.Tensor | Image.Image | Sequence[Image.Image],
+    resolution: int | None = None, keep_aspect: bool = False,
+) -> torch.Tensor | list[torch.Tensor]:
+    """Dense predictions of ``head`` on ``model``'s features.
+
+    images: a tensor (B, 3, H, W) in [0, 1] with H, W multiples of the patch size (used as is), or PIL images,
+        resized to ``resolution`` (default: the model's native square; with ``keep_aspect`` the shorter side).
+    Returns the task output at the (resized) image size: logits (B, C, H, W), depth in metres (B, 1, H, W) or
+    unit normals (B, 3, H, W); a list of (1, ·, H_i, W_i) when keep-aspect PIL images differ in size.
+    """
+    if isinstance(images, torch.Tensor):
+        return head.predict(model, images if images.ndim == 4 else images[None])
+    images = [images] if isinstance(images, Image.Image) else list(images)
+    pre = Preprocess(resolution or model.image_size, model.patch_size, keep_aspect)
+    xs = [pre(im) for im in images]
+    if len({tuple(x.shape) for x in xs}) == 1:
+        return head.predict(model, torch.stack(xs))
+    return [head.predict(model, x[None]) for x in xs]
+
+
+@dataclass
+class PredictResult:
+    ids: list[str]
+    skipped: list[tuple[str, str]]
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"{len(self.ids)} images predicted, {len(self.skipped)} skipped ({self.seconds:.1f} s)"]
+        lines += [f"  skipped {i}: {r}" for i, r in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"  … and {len(self.skipped) - 20} more skipped (all listed in skipped.json)")
+        lines += [f"  wrote {p}" for p in self.files if p.name in ("contact_sheet.png", "skipped.json")]
+        lines.append(f"  wrote {len(self.files) - 2} picture and raw files")
+        return "\n".join(lines)
+
+
+def output_stem(out_dir: Path, image_id: str) -> Path:
+    """Where an image's outputs go: its id as a relative path under ``out_dir`` (no '..', no root)."""
+    parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("/", "..", ".")]
+    stem = out_dir.joinpath(*parts) if parts else out_dir / "image"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return stem
+
+
+class PredictionWriter:
+    """Per batch: predict, then write each image's picture and raw output; keeps pictures for the contact sheet."""
+
+    def __init__(self, model: TIPS, head: DenseHead, out_dir: Path, logits: bool, sheet: int,
+                 dtype: str | torch.dtype = "float32") -> None:
+        self.model, self.head, self.out_dir, self.logits, self.sheet = model, head, out_dir, logits, sheet
+        self.dtype = dtype
+        self.names = pics.class_names(head.cfg.out_channels) if head.task == "segmentation" else []
+        self.device = next(model.parameters()).device
+        self.ids: list[str] = []
+        self.files: list[Path] = []
+        self.pictures: list[tuple[str, Image.Image]] = []
+
+    def __call__(self, items: list[Decoded]) -> None:
+        x = torch.stack([it.image for it in items]).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            out = self.head.predict(self.model, x).float().cpu()
+        for item, pred in zip(items, out):
+            self._write(item.id, item.image, pred)
+
+    def _write(self, image_id: str, image: torch.Tensor, pred: torch.Tensor) -> None:
+        stem = output_stem(self.out_dir, image_id)
+        task = self.head.task
+        if task == "depth":
+            picture = pics.depth_picture(image, pred[0])
+            mm = (pred[0].clamp(0, 65.535) * 1000).round().numpy().astype(np.uint16)
+            raw = stem.with_name(stem.name + ".depth16.png")
+            with atomic_file(raw) as f:
+                Image.fromarray(mm).save(f, format="PNG")
+        elif task == "normals":
+            picture = pics.normals_picture(image, pred)
+            raw = self._save(stem.with_name(stem.name + ".normals.safetensors"), {"normals": pred})
+        else:
+            labels = pred.argmax(0)
+            picture = pics.segmentation_picture(image, labels, self.names)
+            tensors = {"argmax": labels.to(torch.int16)}
+            if self.logits:
+                tensors["logits"] = pred.half()
+            raw = self._save(stem.with_name(stem.name + ".segmentation.safetensors"), tensors)
+        path = stem.with_name(f"{stem.name}.{task}.png")
+        with atomic_file(path) as f:
+            picture.save(f, format="PNG")
+        self.ids.append(image_id)
+        self.files += [path, raw]
+        if len(self.pictures) < self.sheet:
+            self.pictures.append((image_id, picture))
+
+    def _save(self, path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"task": self.head.task})
+        return path
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What :func:`write_predictions` predicts and how; ``tips-predict`` builds one from its flags.
+
+    task: ``"depth"``, ``"normals"`` or ``"segmentation"``; head: a :class:`DenseHead` or anything
+        :func:`tips.load_head` reads, or ``random_head`` (drawn from ``seed``) for a demo; exactly one of them.
+    resolution / keep_aspect / max_pixels / batch_size / num_workers / device: as in :class:`ExtractOptions`.
+    dtype: autocast of backbone and head; quantize: ``"int8"`` linear layers of the backbone (:func:`tips.quantize`,
+        in place on a given model). logits: store segmentation logits beside the argmax; sheet: pictures on the
+        contact sheet.
+    """
+
+    task: str
+    head: DenseHead | str | os.PathLike | None = None
+    random_head: bool = False
+    seed: int = 0
+    resolution: int | None = None
+    keep_aspect: bool = False
+    batch_size: int = 8
+    num_workers: int = 0
+    device: str | torch.device | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    dtype: str | torch.dtype = "float32"
+    quantize: str | None = None
+    logits: bool = True
+    sheet: int = 16
+    progress: bool = True
+
+
+def write_predictions(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    model: TIPS | LoadedModel | str | os.PathLike,
+    options: PredictOptions,
+) -> PredictResult:
+    """Every readable image of ``sources`` through ``model`` and the options' head into the folder ``output``.
+
+    model: as in :func:`tips.extract`.
+    """
+    o = options
+    if o.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {o.task!r}")
+    refs = find_images(sources)
+    if not refs:
+        raise ValueError(f"no images found in {sources}")
+    net = as_loaded(model).model
+    dense = _resolve_head(o.head, o.random_head, o.task, net, o.seed)
+    resolution = o.resolution or net.image_size
+    check_resolution(resolution, net.patch_size)
+    dev = resolve_device(o.device)
+    prepare_for_inference(net, dev, o.quantize)
+    dense.to(dev)
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = PredictionWriter(net, dense, out_dir, o.logits, o.sheet, o.dtype)
+    dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
+                                         collate_fn=collate_decoded)
+    start = time.perf_counter()
+    skipped = run_batches(loader, len(refs), o.batch_size, writer, o.progress)
+    result = PredictResult(writer.ids, skipped, writer.files, time.perf_counter() - start)
+    skipped_path = out_dir / "skipped.json"
+    write_text_atomic(skipped_path, json.dumps([{"id": i, "reason": r} for i, r in skipped], indent=1))
+    if not writer.ids:
+        raise NoReadableImages(f"no readable images: all {len(refs)} skipped (reasons in {skipped_path})")
+    ids, pictures = zip(*writer.pictures)
+    sheet_path = out_dir / "contact_sheet.png"
+    with atomic_file(sheet_path) as f:
+        pics.contact_sheet(pictures, ids).save(f, format="PNG")
+    result.files += [sheet_path, skipped_path]
+    return result
+
+
+def _resolve_head(head, random_head: bool, task: str, net: TIPS, seed: int) -> DenseHead:
+    if (head is None) == (not random_head):
+        raise ValueError("give exactly one of --head (a head file, folder or official name) and --random-head")
+    if random_head:
+        torch.manual_seed(seed)
+        dense = build_head(task, net.width).eval()
+    else:
+        dense = head if isinstance(head, DenseHead) else load_head(head)
+    if dense.task != task:
+        raise ValueError(f"tips-predict {task}: the head {head} is a {dense.task} head")
+    return dense
