@@ -76,8 +76,11 @@ class TensorState:
                         self.values.setdefault(fqn, {})[key] = value
 
     def json(self) -> dict[str, Any]:
-        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in self.optim["param_groups"]]
-        return {"param_groups": groups, "values": self.values}
+        groups = [{k: _to_json(v, f"optimizer param_groups[{i}].{k}") for k, v in g.items()}
+                  for i, g in enumerate(self.optim["param_groups"])]
+        values = {fqn: {k: _to_json(v, f"optimizer state {fqn}.{k}") for k, v in entries.items()}
+                  for fqn, entries in self.values.items()}
+        return {"param_groups": groups, "values": values}
 
     def load_optimizer(self, saved: dict[str, Any], loaded: set[str]) -> None:
         """Put the loaded tensors (names in ``loaded``) and the JSON rest back into the optimiser; parameters the
@@ -87,14 +90,34 @@ class TensorState:
             fqn, key = self.index[name]
             state.setdefault(fqn, {})[key] = self.tensors[name]
         for fqn, values in saved["values"].items():
-            state.setdefault(fqn, {}).update(values)
+            state.setdefault(fqn, {}).update({k: _from_json(v) for k, v in values.items()})
         live = self.optim["param_groups"]
         if len(saved["param_groups"]) != len(live):
             raise ValueError(f"the checkpoint's optimiser has {len(saved['param_groups'])} parameter groups, this "
                              f"run's {len(live)}: resume with the same optim.* settings")
-        groups = [{k: (tuple(v) if isinstance(mine.get(k), tuple) else v) for k, v in g.items()}
+        groups = [{k: (tuple(v) if isinstance(mine.get(k), tuple) else _from_json(v)) for k, v in g.items()}
                   for g, mine in zip(saved["param_groups"], live)]
         set_optimizer_state_dict(self.module, self.optimizer, {"state": state, "param_groups": groups})
+
+
+def _to_json(value: Any, where: str) -> Any:
+    """An optimiser value as JSON: numbers, strings, None, lists and dtypes (as ``{"dtype": name}``)."""
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, where) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot hold as JSON")
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"dtype"}:
+        dtype = getattr(torch, value["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"trainer.json names an unknown dtype {value['dtype']!r}")
+        return dtype
+    return [_from_json(v) for v in value] if isinstance(value, list) else value
 
 
 class Checkpointer:

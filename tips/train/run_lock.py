@@ -2,8 +2,8 @@
 
 The lock holds ``{"host", "pid", "started"}`` (JSON) and its mtime is the heartbeat: a thread refreshes it every
 ``heartbeat_s`` seconds while the run lives. A second run into the folder is refused naming the holder; a lock whose
-heartbeat is older than three periods belongs to a run that died without releasing it (SIGKILL, a lost node) and is
-taken over with a warning.
+heartbeat is older than three periods belongs to a run that died without releasing it (a lost node), and so does one
+of this host whose process is gone (SIGKILL): both are taken over with a warning.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._create():
             holder, age = self._read_holder()
-            if age <= STALE_AFTER * self.heartbeat_s:
+            if age <= STALE_AFTER * self.heartbeat_s and not self._died_here(holder):
                 raise RunFolderBusy(
                     f"{self.path.parent} is in use by a live run (host {holder.get('host', '?')}, pid "
                     f"{holder.get('pid', '?')}, heartbeat {age:.0f} s ago): stop it or pass another run.output_dir"
                 )
-            log.warning("taking over %s of host %s pid %s: its heartbeat is %.0f s old (the run died)",
+            log.warning("taking over %s of host %s pid %s: its heartbeat is %.0f s old, the run died",
                         self.path, holder.get("host", "?"), holder.get("pid", "?"), age)
             self.path.unlink(missing_ok=True)
             if not self._create():  # another starter took it over first
@@ -65,6 +65,18 @@ class RunLock:
         holder, _ = self._read_holder()
         if holder.get("pid") == self.owner["pid"] and holder.get("host") == self.owner["host"]:
             self.path.unlink(missing_ok=True)
+
+    def _died_here(self, holder: dict) -> bool:
+        """True when the holder ran on this host and its process no longer exists."""
+        if holder.get("host") != self.owner["host"] or not isinstance(holder.get("pid"), int):
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
     def _create(self) -> bool:
         try:
