@@ -7,6 +7,7 @@ The multi-process tests are ``slow`` (each launches several 2-process runs on CP
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from test_run_folder import plant
 from test_trainer import TINY, env, finish, write_shards
 
 import tips
@@ -171,6 +173,27 @@ def test_fsdp_sigkill_then_resume_latest_reaches_the_same_weights(shards, fsdp_r
     for step in ("step-00000012", "step-00000020"):
         assert_close(export_weights(fsdp_run / "checkpoints" / step / "export"),
                      export_weights(out / "checkpoints" / step / "export"))
+
+
+@pytest.mark.slow  # two 2-process runs per strategy
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_resume_with_stochastic_depth_is_bit_identical_and_runs_no_planted_pickle(shards, tmp_path,
+                                                                                               parallel):
+    args = [f"data.train={shards}", f"run.parallel={parallel}", *COMMON, "run.steps=4", "run.save_every=2",
+            "model.overrides={vision.depth: 2}", "model.drop_path_rate=0.1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    finish(start(args + [f"run.output_dir={straight}"], 2, tmp_path), 600)
+    step2 = resumed / "checkpoints" / "step-00000002"
+    shutil.copytree(straight / "checkpoints" / "step-00000002", step2)  # what a run killed after step 2 leaves
+    marker = tmp_path / "marker"
+    plant(step2, marker)
+    out = finish(start(args + [f"run.output_dir={resumed}", "run.resume=latest"], 2, tmp_path), 600)
+    assert f"resumed from step 2 ({step2})" in out
+    a, b = (read_tensors(run / "checkpoints" / "step-00000004", "") for run in (straight, resumed))
+    assert a.keys() == b.keys() and any(k.startswith("optimizer.") for k in a)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    assert not marker.exists()
 
 
 def _dump(checkpoint: Path, shards: str, n: int, tmp: Path, name: str) -> tuple[dict, dict]:
