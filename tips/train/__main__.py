@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    overrides = ([f"run.output_dir={args.out}"] if args.out is not None else []) + (["run.force=true"] if args.force
-                                                                                    else []) + args.overrides
+    force = ["run.force=true"] if args.force else []
+    overrides = ([f"run.output_dir={args.out}"] if args.out is not None else []) + force + args.overrides
     cfg = load_config(args.config, overrides)
     from .trainer import Trainer
 
