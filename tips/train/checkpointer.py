@@ -85,10 +85,12 @@ class TensorState:
     def load_optimizer(self, saved: dict[str, Any], loaded: set[str]) -> None:
         """Put the loaded tensors (names in ``loaded``) and the JSON rest back into the optimiser; parameters the
         checkpoint has no state for (no gradient yet) get none."""
+        # in the live optimiser's order of parameters and keys: torch's full-state-dict gather pairs ranks' entries
+        # by position, so an order that differs between ranks (a set's) would swap exp_avg and exp_avg_sq shards
         state: dict[str, dict[str, Any]] = {}
-        for name in loaded:
-            fqn, key = self.index[name]
-            state.setdefault(fqn, {})[key] = self.tensors[name]
+        for name, (fqn, key) in self.index.items():
+            if name in loaded:
+                state.setdefault(fqn, {})[key] = self.tensors[name]
         for fqn, values in saved["values"].items():
             state.setdefault(fqn, {}).update({k: _from_json(v) for k, v in values.items()})
         live = self.optim["param_groups"]
