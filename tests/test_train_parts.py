@@ -1,5 +1,7 @@
 """Schedules, parameter groups, the EMA update and the config loader of the trainer."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -113,3 +115,15 @@ def test_shipped_recipes_and_accelerate_configs_parse():
         if data["distributed_type"] == "FSDP":
             assert data["fsdp_config"]["fsdp_use_orig_params"] is True  # EMA reads parameters by name
     assert len(list((root / "accelerate").glob("*.yaml"))) >= 2
+
+
+def test_the_parallel_strategy_is_chosen_in_one_place():
+    import re
+
+    import tips.train
+
+    pattern = re.compile(r'self\.sharded|parallel ?== ?"fsdp"')
+    root = Path(tips.train.__file__).parent
+    found = [f"{p.name}:{i}" for p in sorted(root.glob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert len(found) == 1 and found[0].startswith("parallel.py:"), found

@@ -14,6 +14,7 @@ from test_trainer import TINY, write_shards
 
 import tips
 from tips.train import checkpointing
+from tips.train.checkpointer import read_tensors
 from tips.train.config import load_config
 from tips.train.trainer import NonFiniteLossError, Trainer
 from tips.train.validation import validate
@@ -261,7 +262,7 @@ def test_compiled_student_trains_and_keeps_its_parameter_names(shards, tmp_path)
     losses = record_losses(trainer)
     trainer.fit()
     assert all(torch.isfinite(torch.tensor(v)) for v in losses[0].values())
-    sd = load_file(str(checkpointing.latest_checkpoint(tmp_path) / "state" / "model.safetensors"))
+    sd = read_tensors(checkpointing.latest_checkpoint(tmp_path), "model.")
     assert "student.model.vision.pos_embed" in sd
 
 
@@ -292,7 +293,7 @@ def test_head_only_ema_moves_the_heads_shares_the_tower_and_resumes_exactly(shar
     moved = snapshot(straight.teacher.dino_head)
     student_head = snapshot(straight.core.student.dino_head)
     assert not same(moved, heads_before) and not same(moved, student_head)
-    saved = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000004" / "teacher.safetensors"))
+    saved = read_tensors(tmp_path / "straight" / "checkpoints" / "step-00000004", "teacher.")
     assert saved and not any(k.startswith("vision.") for k in saved)
 
     class Killed(Exception):
@@ -309,10 +310,10 @@ def test_head_only_ema_moves_the_heads_shares_the_tower_and_resumes_exactly(shar
     resumed = make_trainer(shards, tmp_path / "resumed", *common, "run.resume=latest", steps=4)
     resumed.fit()
     assert resumed.resumed_from.name == "step-00000002"
-    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000004" / "teacher.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step-00000004" / "teacher.safetensors"))
+    a = read_tensors(tmp_path / "straight" / "checkpoints" / "step-00000004", "teacher.")
+    b = read_tensors(tmp_path / "resumed" / "checkpoints" / "step-00000004", "teacher.")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
-    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000004" / "state" / "model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step-00000004" / "state" / "model.safetensors"))
+    a = read_tensors(tmp_path / "straight" / "checkpoints" / "step-00000004", "model.")
+    b = read_tensors(tmp_path / "resumed" / "checkpoints" / "step-00000004", "model.")
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML recipe, e.g. configs/pretrain/demo_cpu.yaml; repeat to merge more (e.g. a "
                         "configs/model/*.yaml), later files win")
     add_output_arg(p, "run folder: checkpoints, logs and the final export (run.output_dir; KEY=VALUE overrides win)")
+    p.add_argument("--force", action="store_true",
+                   help="start afresh in a run folder that holds an earlier run, deleting its contents (run.force=true)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, applied last, e.g. run.steps=100 loss.weights.mask=0")
     return p
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    overrides = ([f"run.output_dir={args.out}"] if args.out is not None else []) + args.overrides
+    force = ["run.force=true"] if args.force else []
+    overrides = ([f"run.output_dir={args.out}"] if args.out is not None else []) + force + args.overrides
     cfg = load_config(args.config, overrides)
     from ..train.trainer import Trainer
 

@@ -89,8 +89,6 @@ class TrainModule(nn.Module):
         """The student's passes, then the teacher's targets, then the loss terms (device tensors)."""
         out = self.student(batch)
         targets = teacher(batch.global_crop, out.patch_index) if teacher is not None else None
-        for unit in getattr(teacher, "fsdp_units", ()):  # FSDP: no backward reshards a no_grad forward
-            unit.reshard()
         return self.objective(self.student, out, targets, batch, teacher_temp, with_stats)
 
 

@@ -121,7 +121,11 @@ class RunSection:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
-    resume: str | None = None  # "latest" or a checkpoint folder
+    # "latest" or a checkpoint folder. None by default: a run started again into a folder that holds checkpoints
+    # is refused (continue it with run.resume=latest, or start over with run.force) rather than silently
+    # continuing a job whose config may have changed.
+    resume: str | None = None
+    force: bool = False  # start afresh in a folder that holds an earlier run, deleting its contents (--force)
     compile: bool = False  # torch.compile each transformer block and head (parameter names unchanged)
     compile_backend: str = "inductor"  # "aot_eager" compiles in seconds (tests); "inductor" is the fast one
     val_every: int = 0
@@ -129,7 +133,7 @@ class RunSection:
     max_nonfinite: int = 10
     world_size: int | None = None  # when set, the launch must provide exactly this many processes
     export_teacher: bool = False
-    parallel: str = "ddp"  # "fsdp": FSDP2 per block, sharded EMA teacher, DCP checkpoints (docs/scaling.md)
+    parallel: str = "ddp"  # "fsdp": FSDP2 per block, sharded EMA teacher (docs/scaling.md); one process: "ddp" is single
     reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (re-gather in backward)
     peak_tflops: float | None = None  # per-device peak for perf/mfu; None: looked up from the GPU name
 

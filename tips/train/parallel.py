@@ -1,25 +1,35 @@
-"""``run.parallel=fsdp``: PyTorch FSDP2 (``fully_shard``) applied by the trainer, the same code on CPU (gloo) and GPU.
+"""How one launch runs the train module: a :class:`Parallel` strategy, chosen once by :func:`build_parallel`.
 
-accelerate (or torchrun) launches the processes and owns devices and the process group; it does not wrap the
-model (its FSDP plugin is ignored on CPU and would put DDP semantics around ours). Here:
-- the student: ``fully_shard`` on every transformer block of both towers, then each head, then the
-  :class:`~tips.train.builders.TrainModule` root (embeddings, final norms, temperatures, objective state);
-- the teacher: sharded exactly like the student (same mesh, same dim-0 shards), so the EMA step moves local
-  shards against local shards with no gather; head-only EMA shards only its heads (the tower is the student's);
-  a frozen teacher is sharded the same way and only ever runs under ``no_grad``;
-- ``run.mixed_precision=bf16``: blocks and heads keep fp32 shards, all-gather and compute in bf16 and reduce
-  gradients in fp32; the root stays fp32 (temperatures, centres), with autocast around the forward as accelerate
-  does for DDP.
+- :class:`Single`: one process; accelerate moves the module to the device and autocasts its forward.
+- :class:`DDP`: accelerate's ``DistributedDataParallel``; gradients are all-reduced on the last micro-batch only.
+- :class:`FSDP`: PyTorch FSDP2 (``fully_shard``) applied here, the same code on CPU (gloo) and GPU. accelerate (or
+  torchrun) launches the processes and owns devices and the process group; it does not wrap the model (its FSDP
+  plugin is ignored on CPU and would put DDP semantics around ours). The student: ``fully_shard`` on every
+  transformer block of both towers, then each head, then the :class:`~tips.train.builders.TrainModule` root
+  (embeddings, final norms, temperatures, objective state). The teacher is sharded exactly like the student (same
+  mesh, same dim-0 shards), so the EMA step moves local shards against local shards with no gather; head-only EMA
+  shards only its heads (the tower is the student's); a frozen teacher is sharded the same way and only ever runs
+  under ``no_grad``. ``run.mixed_precision=bf16``: blocks and heads keep fp32 shards, all-gather and compute in
+  bf16 and reduce gradients in fp32; the root stays fp32 (temperatures, centres), with autocast around the forward
+  as accelerate does for DDP.
+
+Tensor parallelism would be a fourth class with the same five methods. Checkpoints do not depend on the strategy
+(:mod:`tips.train.checkpointer` writes one format for all of them).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+import logging
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+T = TypeVar("T")
+log = logging.getLogger("tips.train")
 
 
 def ensure_process_group(device: torch.device) -> None:
@@ -96,9 +106,8 @@ def average_gradients(params: list[nn.Parameter]) -> None:
 
 
 def shard_teacher(teacher: nn.Module, kind: str, device: torch.device, mixed_precision: str) -> None:
-    """Shard the teacher like the student. Its forward runs under ``no_grad`` (no backward would reshard it), so
-    :class:`~tips.train.builders.TrainModule` reshards its ``fsdp_units`` after it; head-only EMA shards only
-    its own heads."""
+    """Shard the teacher like the student; head-only EMA shards only its own heads. Its forward runs under
+    ``no_grad``, so no backward reshards it: a forward hook reshards every unit after it."""
     from torch.distributed.fsdp import fully_shard
 
     mesh = device_mesh(device)
@@ -106,14 +115,19 @@ def shard_teacher(teacher: nn.Module, kind: str, device: torch.device, mixed_pre
     heads = _heads(teacher)
     for head in heads:
         fully_shard(head, mesh=mesh, mp_policy=inner, reshard_after_forward=True)
-    if kind == "head_only_ema":  # the tower belongs to the student's FSDP tree
-        teacher.fsdp_units = heads
-        return
-    blocks = _blocks(teacher.vision)
-    for block in blocks:
-        fully_shard(block, mesh=mesh, mp_policy=inner, reshard_after_forward=True)
-    fully_shard(teacher, mesh=mesh, mp_policy=root, reshard_after_forward=True)
-    teacher.fsdp_units = [teacher, *heads, *blocks]  # a plain list: not registered as submodules
+    units = heads
+    if kind != "head_only_ema":  # a head-only EMA tower belongs to the student's FSDP tree
+        blocks = _blocks(teacher.vision)
+        for block in blocks:
+            fully_shard(block, mesh=mesh, mp_policy=inner, reshard_after_forward=True)
+        fully_shard(teacher, mesh=mesh, mp_policy=root, reshard_after_forward=True)
+        units = [teacher, *heads, *blocks]
+
+    def reshard_after_forward(module: nn.Module, args: tuple, output: object) -> None:
+        for unit in units:
+            unit.reshard()
+
+    teacher.register_forward_hook(reshard_after_forward)
 
 
 def full_value(t: torch.Tensor) -> torch.Tensor:
@@ -126,38 +140,135 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _key(t: torch.Tensor) -> tuple:
-    t = local(t)
-    return (t.device, t.data_ptr(), t.numel(), t.dtype)
 
 
-def local_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes this rank holds for ``tensors`` (local shards of DTensors), each one counted once."""
-    seen, total = set(), 0
-    for t in tensors:
-        key = _key(t)
-        if key in seen:
-            continue
-        seen.add(key)
-        t = local(t)
-        total += t.numel() * t.element_size()
-    return total
+class Parallel:
+    """The strategy interface (and what one process does): ``prepare`` the module and optimiser, run each
+    micro-batch in :meth:`micro_batch`, call :meth:`finish_gradients` before clipping, and get the whole model for
+    validation (:meth:`on_full_model`) and export (:meth:`full_state_dict`)."""
+
+    name = "single"
+
+    def __init__(self, accelerator, mixed_precision: str, reshard_after_forward: bool) -> None:
+        self.accelerator = accelerator
+        self.mixed_precision = mixed_precision
+        self.reshard_after_forward = reshard_after_forward
+
+    def prepare(self, module: nn.Module, teacher: nn.Module | None, kind: str,
+                make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]):
+        """Place (and wrap or shard) ``module`` and ``teacher``; returns (module to call, accelerate optimiser)."""
+        if teacher is not None:
+            teacher.to(self.accelerator.device)
+        optimizer = make_optimizer(module)
+        return self.accelerator.prepare(module, optimizer)
+
+    def micro_batch(self, module: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        """Context of one micro-batch's forward and backward; gradients are synced only when ``last``."""
+        return self.accelerator.accumulate(module)
+
+    def finish_gradients(self) -> None:
+        """Gradients no hook synced (FSDP's whole scalars); a no-op here."""
+
+    def on_full_model(self, module: nn.Module, fn: Callable[[], T]) -> T | None:
+        """``fn()`` with the whole model in place: on the main process only (every rank holds all weights)."""
+        return fn() if self.accelerator.is_main_process else None
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The whole state dict of ``module`` on the main process, None elsewhere (call on every rank)."""
+        return module.state_dict() if self.accelerator.is_main_process else None
+
+    def check_replicas(self, module: nn.Module) -> None:
+        """After training: verify that ranks agree where they should (nothing to check on one process)."""
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+class Single(Parallel):
+    """One process: accelerate places the module and autocasts its forward."""
 
 
-def state_bytes(module: nn.Module, teacher: nn.Module | None, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Per-rank bytes of student + objective, teacher (its own tensors only) and optimiser state."""
-    own = {_key(t) for t in list(module.parameters()) + list(module.buffers())}
-    teacher_tensors = [] if teacher is None else [
-        t for t in list(teacher.parameters()) + list(teacher.buffers()) if _key(t) not in own
-    ]
-    out = {
-        "student": local_bytes(list(module.parameters()) + list(module.buffers())),
-        "teacher": local_bytes(teacher_tensors),
-        "optimizer": local_bytes(optimizer_tensors(optimizer)),
-    }
-    out["total"] = sum(out.values())
-    return out
+class DDP(Parallel):
+    """accelerate's DistributedDataParallel: every rank holds all weights, gradients are all-reduced."""
+
+    name = "ddp"
+
+    @torch.no_grad()
+    def check_replicas(self, module: nn.Module) -> None:
+        """All ranks must hold identical weights (DDP keeps them so); a divergence is a bug worth stopping for."""
+        acc = self.accelerator
+        params = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+        signature = torch.stack([params.sum(), params.square().sum()]).to(acc.device)
+        signatures = acc.gather(signature[None]).view(acc.num_processes, 2)
+        spread = (signatures - signatures[0]).abs().max().item()
+        if spread > 1e-6 * max(1.0, signatures.abs().max().item()):
+            raise RuntimeError(f"ranks hold different weights after training (signature spread {spread:.3g})")
+        if acc.is_main_process:
+            log.info("all %d ranks hold identical weights (parameter signature %.6g)", acc.num_processes,
+                     signatures[0, 0].item())
+
+
+class FSDP(Parallel):
+    """FSDP2 on the process group accelerate (or torchrun) set up (see the module docstring)."""
+
+    name = "fsdp"
+
+    def __init__(self, accelerator, mixed_precision: str, reshard_after_forward: bool) -> None:
+        from accelerate.utils import DistributedType
+
+        if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                                DistributedType.MULTI_GPU):
+            raise RuntimeError(
+                f"run.parallel=fsdp shards the model itself, but accelerate was launched as "
+                f"{accelerator.distributed_type}: launch with a plain multi-GPU config "
+                "(configs/accelerate/fsdp_multinode.yaml) or torchrun"
+            )
+        _policies(mixed_precision)  # fp16 is refused before anything is built
+        super().__init__(accelerator, mixed_precision, reshard_after_forward)
+        ensure_process_group(accelerator.device)
+        self.replicated: list[nn.Parameter] = []
+
+    def prepare(self, module, teacher, kind, make_optimizer):
+        device = self.accelerator.device
+        module.to(device)
+        if teacher is not None:
+            teacher.to(device)
+        self.replicated = replicated_parameters(module)
+        shard_student(module, device, self.mixed_precision, self.reshard_after_forward)
+        if teacher is not None:
+            shard_teacher(teacher, kind, device, self.mixed_precision)
+        # after sharding: the optimiser must hold the DTensor parameters
+        return module, self.accelerator.prepare(make_optimizer(module))
+
+    def micro_batch(self, module, last):
+        module.set_requires_gradient_sync(last)  # accelerate's no_sync does not know FSDP2
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.accelerator.accumulate(module))
+        stack.enter_context(self.accelerator.autocast())  # the unprepared module gets what prepare gives DDP
+        return stack
+
+    def finish_gradients(self) -> None:
+        average_gradients(self.replicated)
+
+    def on_full_model(self, module, fn):
+        # every rank takes part in the all-gathers; the root's own weights are gathered by hand
+        module.unshard()
+        try:
+            return fn()
+        finally:
+            module.reshard()
+
+    def full_state_dict(self, module):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if self.accelerator.is_main_process else None
+
+    def check_replicas(self, module):
+        log.info("parameters are sharded over %d ranks (FSDP)", self.accelerator.num_processes)
+
+
+def build_parallel(accelerator, parallel: str, mixed_precision: str, reshard_after_forward: bool) -> Parallel:
+    """The launch's strategy for ``run.parallel``: the one place that chooses between them."""
+    if parallel == "fsdp":
+        return FSDP(accelerator, mixed_precision, reshard_after_forward)
+    if accelerator.num_processes > 1:
+        return DDP(accelerator, mixed_precision, reshard_after_forward)
+    return Single(accelerator, mixed_precision, reshard_after_forward)

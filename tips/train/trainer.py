@@ -7,9 +7,10 @@ sync of a step is the all-rank decision to skip it when a loss is not finite.
 
 from __future__ import annotations
 
+import errno
 import logging
-import contextlib
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -18,21 +19,22 @@ from typing import Iterator
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import DistributedType
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..data import Batch, TrainLoader, build_train_loader
 from ..formats.loading import load
+from ..formats.pretrained import save_pretrained
 from ..models.tips import TIPS
 from . import checkpointing as ckpt
 from . import parallel
+from .checkpointer import Checkpointer, DiskFullError, micro_batch_seed, resumed_position
 from .flops import peak_tflops, step_flops
 from .builders import TrainModule, build_modules, data_config, default_epoch_size, peak_lr
 from .config import TrainConfig, save_config
 from .optim import build_optimizer, param_groups, set_lr_wd
 from .plan import TrainPlan, make_plan
-from .run_state import RunState
+from .run_lock import RunLock
 from .schedules import cosine, ema_momentum, fraction_to_steps, linear_warmup, warmup_cosine
 from .student import with_patch_selection
 from .validation import validate
@@ -67,9 +69,11 @@ class StepResult:
     samples: int = 0
 
 
-class Trainer(RunState):
+class Trainer:
     """One pretraining run. ``Trainer(cfg).fit()`` trains ``cfg.run.steps`` optimiser steps and returns the
-    folder of the final ``save_pretrained`` export. Checkpoints, resume and exports: :class:`RunState`."""
+    folder of the final ``save_pretrained`` export. It composes a :class:`~tips.train.parallel.Parallel` strategy
+    (how the module runs on this launch), a :class:`~tips.train.checkpointer.Checkpointer` (one format for every
+    strategy) and the folder's :class:`~tips.train.run_lock.RunLock`."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg, r = cfg, cfg.run
@@ -85,37 +89,24 @@ class Trainer(RunState):
                 f"run.world_size={r.world_size} but the launch started {acc.num_processes} process(es); check the "
                 "accelerate config / --num_processes (with CPU: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...)"
             )
-        # fsdp: our own FSDP2 on the process group accelerate (or torchrun) set up; accelerate wraps nothing.
-        self.sharded = r.parallel == "fsdp"
-        if self.sharded:
-            if acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-                raise RuntimeError(
-                    f"run.parallel=fsdp shards the model itself, but accelerate was launched as {acc.distributed_type}: "
-                    "launch with a plain multi-GPU config (configs/accelerate/fsdp_multinode.yaml) or torchrun"
-                )
-            parallel.ensure_process_group(acc.device)
+        self.parallel = parallel.build_parallel(acc, r.parallel, r.mixed_precision, r.reshard_after_forward)
         set_seed(r.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.output_dir = Path(r.output_dir)
+        self.checkpointer = Checkpointer(self.output_dir, acc, r.keep_last)
+        self.lock = RunLock(self.output_dir) if acc.is_main_process else None
         frozen = load(cfg.teacher.checkpoint) if self.plan.teacher.startswith("frozen") else None
         self.module: TrainModule
         self.module, self.teacher = build_modules(cfg, self.plan, frozen)
         model = self.module.student.model
-        if self.teacher is not None:
-            self.teacher.to(acc.device)
-        if r.compile:
+        if r.compile:  # before sharding: the compiled call sits inside FSDP's hooks
             compile_blocks(self.module.student, r.compile_backend)
-        if self.sharded:  # before the optimiser: sharding replaces the parameters by DTensors
-            self.module.to(acc.device)
-            self.replicated = parallel.replicated_parameters(self.module)
-            parallel.shard_student(self.module, acc.device, r.mixed_precision, r.reshard_after_forward)
-            if self.teacher is not None:
-                parallel.shard_teacher(self.teacher, self.plan.teacher, acc.device, r.mixed_precision)
-        groups = param_groups(self.module, cfg.optim.layerwise_decay, "student.model.vision.", model.cfg.vision.depth)
-        optimizer = build_optimizer(groups, cfg.optim.optimizer, tuple(cfg.optim.betas), cfg.optim.eps)
-        if self.sharded:
-            self.optimizer = acc.prepare(optimizer)
-        else:
-            self.module, self.optimizer = acc.prepare(self.module, optimizer)
+
+        def make_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
+            groups = param_groups(module, cfg.optim.layerwise_decay, "student.model.vision.", model.cfg.vision.depth)
+            return build_optimizer(groups, cfg.optim.optimizer, tuple(cfg.optim.betas), cfg.optim.eps)
+
+        self.module, self.optimizer = self.parallel.prepare(self.module, self.teacher, self.plan.teacher,
+                                                            make_optimizer)
         self.peak_lr = peak_lr(cfg, acc.num_processes)
         self.step = self.nonfinite_total = self.consecutive_nonfinite = 0
         self.skips_before_resume: dict[str, int] = {}
@@ -163,14 +154,13 @@ class Trainer(RunState):
         finite = torch.ones((), dtype=torch.bool, device=acc.device)
         for micro in range(accum):
             batch = self._next_batch(batches)
-            if self.sharded:  # accelerate's no_sync does not know FSDP2: reduce-scatter on the last micro-batch only
-                self.module.set_requires_gradient_sync(micro == accum - 1)
-            with acc.accumulate(self.module), self._autocast():
+            # stochastic depth and dropout draw from the global generator: a function of the step, not of history
+            torch.manual_seed(micro_batch_seed(self.cfg.run.seed, self.step, micro, acc.process_index))
+            with self.parallel.micro_batch(self.module, last=micro == accum - 1):
                 losses = self.module(batch, self.teacher, schedule.teacher_temp, with_stats and micro == accum - 1)
                 finite &= torch.isfinite(losses["loss"].detach())
                 acc.backward(losses["loss"])
-        if self.sharded:  # the scalars FSDP leaves whole (temperatures) are synced by hand
-            parallel.average_gradients(self.replicated)
+        self.parallel.finish_gradients()
         skipped = not self._all_ranks(finite)  # the step's one host sync
         grad_norms = {} if skipped else self._clip()
         if not skipped:
@@ -197,10 +187,6 @@ class Trainer(RunState):
             if self.teacher is not None:
                 self.teacher.update(self.core.student, schedule.momentum)
         self.step += 1
-
-    def _autocast(self):
-        """DDP's forward is autocast by ``accelerate.prepare``; the unprepared FSDP module gets the same here."""
-        return self.accelerator.autocast() if self.sharded else contextlib.nullcontext()
 
     def _next_batch(self, batches: Iterator[Batch]) -> Batch:
         t0 = time.perf_counter()
@@ -232,7 +218,14 @@ class Trainer(RunState):
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
-        batches = self.start()
+        try:
+            batches = self.start()
+            self._train(batches)
+            return self.finish()
+        finally:
+            self.close()
+
+    def _train(self, batches: Iterator[Batch]) -> None:
         progress = tqdm(total=self.cfg.run.steps, initial=self.step, disable=not self.accelerator.is_local_main_process,
                         desc="pretraining", dynamic_ncols=True)
         self.module.train()
@@ -248,18 +241,13 @@ class Trainer(RunState):
             self.maybe_validate()
             self.maybe_save()
         progress.close()
-        return self.finish()
 
     def start(self) -> Iterator[Batch]:
-        """Output folder, config, resume, the training loader and the trackers; returns the batch stream."""
+        """Claim the output folder, write the config, resume, build the training loader and the trackers; returns
+        the batch stream."""
         cfg, acc = self.cfg, self.accelerator
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
-            save_config(cfg, self.output_dir / "config.yaml")
-            for stale in ckpt.remove_stale_temporaries(self.output_dir):
-                log.warning("removed %s, left by a save that was interrupted", stale)
-        acc.wait_for_everyone()
-        resume_from = ckpt.resolve_resume(cfg.run.resume, self.output_dir)
+        self._on_main(self._claim_folder)
+        resume_from = self.checkpointer.resume_path(cfg.run.resume)
         start_batch = self.resume(resume_from) if resume_from is not None else 0
         epoch_size = default_epoch_size(cfg) if (cfg.data.resampled or acc.num_processes > 1) else cfg.data.epoch_size
         dcfg = data_config(cfg, cfg.data.train, self.model.patch_size, epoch_size=epoch_size)
@@ -267,6 +255,133 @@ class Trainer(RunState):
                                          start_batch=start_batch)
         acc.init_trackers("tips")
         return self.loader.forever()
+
+    def _claim_folder(self) -> None:
+        """Main process: take the folder's lock, refuse to start afresh over an earlier run's checkpoints unless
+        ``run.force`` (which clears the folder), remove what interrupted saves left, write the config."""
+        r = self.cfg.run
+        self.lock.acquire()
+        earlier = [p for p in (ckpt.checkpoint_root(self.output_dir), self.output_dir / "final") if p.exists()]
+        if earlier and not r.resume:
+            if not r.force:
+                raise FileExistsError(
+                    f"{self.output_dir} holds an earlier run ({', '.join(p.name for p in earlier)}): continue it with "
+                    "run.resume=latest, or start over with --force (run.force=true), which deletes its contents"
+                )
+            for entry in self.output_dir.iterdir():
+                if entry != self.lock.path:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            log.warning("run.force: removed the earlier run in %s", self.output_dir)
+        for stale in ckpt.remove_temporaries(self.output_dir):  # no live writer: we hold the lock
+            log.warning("removed %s, left by a save that was interrupted", stale)
+        save_config(self.cfg, self.output_dir / "config.yaml")
+
+    def _on_main(self, fn) -> None:
+        """Run ``fn`` on the main process; its error (one line) is raised on every rank, not only there."""
+        acc = self.accelerator
+        error = [None]
+        if acc.is_main_process:
+            try:
+                fn()
+            except Exception as e:
+                error = [f"{type(e).__name__}: {e}"]
+                if acc.num_processes == 1:
+                    raise
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(error)
+        if error[0] is not None:
+            raise RuntimeError(error[0])
+
+    def close(self) -> None:
+        """Release the folder's lock (the end of :meth:`fit`, or of a run stopped by an error)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    # ------------------------------------------------------------------ checkpoints and exports
+    def save(self) -> Path:
+        """A resumable checkpoint of this step (every rank calls; :class:`Checkpointer`)."""
+        acc = self.accelerator
+        # the loader's own position (batches this rank consumed) is what it resumes from
+        positions = acc.gather(torch.tensor([self.loader.state_dict()["batches_seen"]], device=acc.device)).tolist()
+        state = {"step": self.step, "data_positions": positions, "skips": self.skips(),
+                 "nonfinite_total": self.nonfinite_total, "world_size": acc.num_processes,
+                 "batch_size": self.cfg.run.batch_size, "seed": self.cfg.run.seed, "parallel": self.parallel.name}
+        export_teacher = self.cfg.run.export_teacher
+        return self.checkpointer.save(
+            self.step, self.core, self.optimizer.optimizer, self.teacher, state,
+            lambda folder: self.export(folder / "export", folder / "export_teacher" if export_teacher else None))
+
+    def resume(self, path: Path) -> int:
+        """Restore model, optimiser, teacher and counters from ``path``; returns this rank's data position."""
+        acc = self.accelerator
+        state = self.checkpointer.load(path, self.core, self.optimizer.optimizer, self.teacher)
+        if state.get("seed") != self.cfg.run.seed:
+            raise ValueError(f"{path} was written with run.seed={state.get('seed')}, this run has "
+                             f"run.seed={self.cfg.run.seed}: resume with the same seed")
+        if state["world_size"] != acc.num_processes and acc.is_main_process:
+            log.warning("%s was written by %d processes, this launch has %d: weights, optimiser and teacher are "
+                        "restored exactly, the data stream continues from the same number of samples",
+                        path, state["world_size"], acc.num_processes)
+        self.step = state["step"]
+        self.skips_before_resume = dict(state.get("skips", {}))
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.resumed_from = path
+        if acc.is_main_process:
+            log.info("resumed from step %d (%s)", self.step, path)
+        return resumed_position(state["data_positions"], state.get("batch_size", self.cfg.run.batch_size),
+                                self.cfg.run.batch_size, acc.num_processes, acc.process_index)
+
+    def export(self, student_dir: Path, teacher_dir: Path | None = None) -> None:
+        """``save_pretrained`` of the student towers (with heads as extra tensors), optionally the teacher's
+        image tower in the student's text tower's company so it loads as a full model. Call on every rank (the
+        strategy may gather the weights first); the main process writes."""
+        export_teacher = teacher_dir is not None and self.teacher is not None and self.plan.teacher == "ema"
+        student_sd = self.parallel.full_state_dict(self.core)
+        teacher_sd = self.parallel.full_state_dict(self.teacher) if export_teacher else None
+        if student_sd is None:
+            return
+        model = self._plain_model(
+            {k[len("student.model."):]: v for k, v in student_sd.items() if k.startswith("student.model.")})
+        heads = {}
+        for name in ("dino_head", "ibot_head"):
+            prefix = f"student.{name}."
+            heads.update({f"heads.{name}.{k[len(prefix):]}": v for k, v in student_sd.items() if k.startswith(prefix)})
+        save_pretrained(model, student_dir, heads)
+        if export_teacher:
+            teacher_model = self._plain_model(model.state_dict())
+            teacher_model.vision.load_state_dict({k[len("vision."):]: v for k, v in teacher_sd.items()
+                                                  if k.startswith("vision.")})
+            save_pretrained(teacher_model, teacher_dir)
+
+    def _plain_model(self, state: dict[str, torch.Tensor]) -> TIPS:
+        """A plain TIPS holding ``state`` (the trained model's config, tokenizer and temperature flags)."""
+        model = TIPS(self.model.cfg, tokenizer=self.model.tokenizer)
+        model.load_state_dict(state)
+        model.has_temperature = dict(self.model.has_temperature)
+        return model
+
+    def finish(self) -> Path:
+        """Check the replicas, write ``final/`` (and ``final_teacher/``), close the trackers. A failed write
+        removes its temporary folders; a full disk is reported as one."""
+        acc = self.accelerator
+        self.parallel.check_replicas(self.core)
+        final = self.output_dir / "final"
+        before = set(self.output_dir.glob(".final*.tmp-*"))
+        try:
+            self.export(final, self.output_dir / "final_teacher" if self.cfg.run.export_teacher else None)
+        except OSError as e:
+            for tmp in set(self.output_dir.glob(".final*.tmp-*")) - before:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(errno.ENOSPC, f"disk full: no space left on the device of {final} while "
+                                    "writing the final export; free space there and write it again from the last "
+                                    "checkpoint (run.resume=latest)") from e
+            raise
+        acc.wait_for_everyone()
+        acc.end_training()
+        return final
 
     def _log_due(self, step: int) -> bool:
         return step % self.cfg.run.log_every == 0 or step == self.cfg.run.steps
@@ -313,13 +428,9 @@ class Trainer(RunState):
         cfg, acc = self.cfg, self.accelerator
         if not (cfg.run.val_every and cfg.data.val and self.step % cfg.run.val_every == 0):
             return
-        if self.sharded:  # every rank takes part in the all-gathers; the root's own weights are gathered by hand
-            self.module.unshard()
-            metrics = validate(self.model, self.validation_batches(), acc.device, acc.autocast)
-            self.module.reshard()
-            acc.log(metrics, step=self.step)
-        elif acc.is_main_process:
-            metrics = validate(self.model, self.validation_batches(), acc.device, acc.autocast)
+        metrics = self.parallel.on_full_model(
+            self.module, lambda: validate(self.model, self.validation_batches(), acc.device, acc.autocast))
+        if metrics is not None:
             acc.log(metrics, step=self.step)
         acc.wait_for_everyone()
 
