@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +17,7 @@ from ..models.variants import ModelConfig, TextConfig, VisionConfig, heads_for_w
 
 
 StateDict = dict[str, torch.Tensor]
+T = TypeVar("T")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.model"
@@ -27,6 +30,70 @@ def read_npz(path: str | os.PathLike) -> StateDict:
             return {k: torch.from_numpy(np.array(f[k])) for k in f.files}
     except ValueError as e:
         raise ValueError(f"{path}: cannot read without unpickling ({e}); only plain numeric arrays are accepted") from e
+
+
+def read_tensors(path: str | os.PathLike) -> StateDict:
+    """Every tensor of a weights file (``.safetensors``, ``.npz``, ``.pth``/``.bin``), by suffix; never unpickled."""
+    from .timm import read_state_dict
+
+    return read_npz(path) if Path(path).suffix in (".npz", ".zip") else read_state_dict(Path(path))
+
+
+def read_checked(read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``read(*args, tensors=..., **kwargs)`` twice: first on the files' headers under the ``meta`` device, so
+    every comparison of a config or sidecar with the weights happens before anything is allocated (a config
+    claiming a 16384-wide tower fails here, naming the file and key), then on the real tensors."""
+    from .headers import header
+
+    with torch.device("meta"):
+        read(*args, tensors=header, **kwargs)
+    return read(*args, tensors=read_tensors, **kwargs)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from ``path``; anything else raises an error naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); restore the file written with the weights") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def require_field(cfg: Mapping[str, Any], field: str, source: str | os.PathLike) -> Any:
+    if field not in cfg:
+        raise ValueError(f"{source}: missing field {field!r} (found {sorted(cfg)[:8]})")
+    return cfg[field]
+
+
+def model_config(d: Any, source: str | os.PathLike, field: str = "model") -> ModelConfig:
+    """``ModelConfig.from_dict`` with any refusal (a missing tower, ``heads: 0``, a width that is a string) naming
+    the file and field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: field {field!r} must be an object, got {type(d).__name__}")
+    try:
+        return ModelConfig.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{source}: field {field!r}: {e}") from None
+
+
+def scalar(t: torch.Tensor | None) -> float | None:
+    """A stored scalar (a temperature) as a float; None on the ``meta`` pass, which has no values."""
+    return None if t is None or t.is_meta else float(t.reshape(-1)[0])
+
+
+def check_text_len(config: ModelConfig, text_sd: Mapping[str, torch.Tensor] | None, source: str) -> None:
+    """The text tower's sinusoidal table (``max_len`` × width) is computed, not stored, so a config could make it
+    any size: bound it by what the weights hold, one position per row of the token table at most."""
+    if config.text is None or text_sd is None or "token_embedding.weight" not in text_sd:
+        return
+    rows = text_sd["token_embedding.weight"].shape[0]
+    if config.text.max_len > rows:
+        raise ValueError(f"{source}: text max_len={config.text.max_len} exceeds the {rows} rows of "
+                         f"token_embedding.weight in the weights; a TIPS text tower reads at most as many positions")  # fmt: skip
 
 
 def count_indices(sd: Mapping[str, Any], pattern: str) -> int:
@@ -47,7 +114,7 @@ def split_text_temperature(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, f
     tau = None
     for key in ("temperature", "temperature_contrastive", "contrastive_loss_temperature"):
         if key in sd:
-            tau = float(sd.pop(key).reshape(-1)[0])
+            tau = scalar(sd.pop(key))
     return sd, tau
 
 
@@ -112,6 +179,7 @@ def load_into(
     source: str,
 ) -> TIPS:
     """Our-named state dicts → ``model`` (strictly), temperatures set; returns ``model``."""
+    check_text_len(model.cfg, text_sd, source)
     load_strict(model.vision, vision_sd, f"{source} (image tower)")
     if text_sd is not None:
         load_strict(model.text, text_sd, f"{source} (text tower)")

@@ -21,7 +21,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..io.atomic import atomic_file, atomic_path, staged_dir, write_json_atomic
 from ..models.dpt import DenseHead, DPTConfig
@@ -235,9 +235,16 @@ def _task(found: str, task: str | None, source: str) -> str:
 
 
 def load_official_head(path: str | os.PathLike, task: str | None = None) -> DenseHead:
-    """An official Scenic zip or a legacy flat ``.npz`` → :class:`DenseHead` (official preset)."""
+    """An official Scenic zip or a legacy flat ``.npz`` → :class:`DenseHead` (official preset); every member's
+    declared size and shape is checked from the zip's headers before any member is inflated."""
+    from .common import read_checked
+
+    return read_checked(_read_official, Path(path), task)
+
+
+def _read_official(path: Path, task: str | None, tensors) -> DenseHead:
     source = str(path)
-    arrays = read_arrays(path)
+    arrays = tensors(path)
     layout = detect_layout(arrays)
     sd, head_key = (scenic_to_ours if layout == "scenic" else legacy_to_ours)(arrays, source)
     cfg = infer_config(sd, _task(HEAD_KEYS[head_key], task, source), head_key, source)
@@ -245,14 +252,33 @@ def load_official_head(path: str | os.PathLike, task: str | None = None) -> Dens
 
 
 def load_pretrained_head(directory: str | os.PathLike, task: str | None = None) -> DenseHead:
-    """Our folder (``config.json`` + ``model.safetensors``) → :class:`DenseHead`."""
-    directory = Path(directory)
-    meta = json.loads((directory / CONFIG_NAME).read_text())
+    """Our folder (``config.json`` + ``model.safetensors``) → :class:`DenseHead`, the config checked against the
+    weights' header before the head is built."""
+    from .common import read_checked
+
+    return read_checked(_read_pretrained, Path(directory), task)
+
+
+def _read_pretrained(directory: Path, task: str | None, tensors) -> DenseHead:
+    from .common import read_json, require_field
+
+    cfg_path = directory / CONFIG_NAME
+    meta = read_json(cfg_path)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{directory / CONFIG_NAME}: format is {meta.get('format')!r}, not {FORMAT!r} (a DPT head)")
-    cfg = DPTConfig.from_dict(meta["dpt"])
+        raise ValueError(f"{cfg_path}: format is {meta.get('format')!r}, not {FORMAT!r} (a DPT head)")
+    dpt = require_field(meta, "dpt", cfg_path)
+    if not isinstance(dpt, dict):
+        raise ValueError(f"{cfg_path}: field 'dpt' must be an object, got {type(dpt).__name__}")
+    try:
+        cfg = DPTConfig.from_dict(dpt)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path}: field 'dpt': {e}") from None
     _task(cfg.task, task, str(directory))
-    return load_state_strict(DenseHead(cfg), load_file(str(directory / WEIGHTS_NAME)), str(directory / WEIGHTS_NAME))
+    weights = directory / WEIGHTS_NAME
+    return load_state_strict(DenseHead(cfg), tensors(weights), f"{weights} (architecture from {cfg_path})")
+
+
+read_official, read_pretrained = load_official_head, load_pretrained_head
 
 
 def is_pretrained_head(directory: Path) -> bool:
@@ -306,3 +332,6 @@ def save_pretrained_head(head: DenseHead, out: str | os.PathLike, model=None, na
             save_file(tensors, str(p), metadata={"format": FORMAT})
         write_json_atomic(tmp / CONFIG_NAME, {"format": FORMAT, "version": FORMAT_VERSION, "dpt": head.cfg.to_dict()})
     return out
+
+
+write_official, write_pretrained = export_official_head, save_pretrained_head

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from . import hub
 from ..models.dpt import DenseHead
-from .common import CONFIG_NAME
-from .dpt import FORMAT, is_pretrained_head, load_official_head, load_pretrained_head
-from .hf_dpt import is_transformers_dpt, load_transformers_head
+from .detect import detect
+from .registry import HEAD_READERS
 
 
 def load_head(path: str | os.PathLike, task: str | None = None) -> DenseHead:
@@ -30,18 +29,8 @@ def load_head(path: str | os.PathLike, task: str | None = None) -> DenseHead:
                 f"{path}: no such file or folder, and not an official head name ({', '.join(sorted(hub.OFFICIAL_HEADS))})"
             )
         p = hub.cached_file(url)
-    if p.is_dir():
-        if is_pretrained_head(p):
-            return load_pretrained_head(p, task)
-        if is_transformers_dpt(p):
-            return load_transformers_head(p, task)
-        raise FileNotFoundError(f"{p}: folder holds no DPT head ({CONFIG_NAME} with format {FORMAT!r}, or a "
-                                "transformers tipsv2_dpt folder)")
-    if p.suffix == ".safetensors" and is_pretrained_head(p.parent):
-        return load_pretrained_head(p.parent, task)
-    if p.suffix == ".safetensors" and is_transformers_dpt(p.parent):
-        return load_transformers_head(p.parent, task)
-    if p.suffix in (".zip", ".npz"):
-        return load_official_head(p, task)
-    raise ValueError(f"{p}: unsupported head file {p.suffix!r} (expected a Scenic .zip, a flat .npz, our folder "
-                     "or a transformers tipsv2_dpt folder)")
+    layout = detect(p)
+    if "head" not in layout.holds:
+        raise ValueError(f"{p}: a model ({layout.format} layout), not a DPT head; read it with tips.load")
+    folder_kind = layout.format in ("pretrained", "transformers")
+    return HEAD_READERS[layout.format](p.parent if folder_kind and p.is_file() else p, task)

@@ -17,11 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
-from safetensors.torch import load_file
-
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig, TextConfig, VisionConfig
 from .common import (
@@ -29,6 +27,11 @@ from .common import (
     WEIGHTS_NAME,
     StateDict,
     load_into,
+    model_config,
+    read_checked,
+    read_json,
+    read_tensors,
+    scalar,
     infer_text_config,
     infer_vision_config,
     split_text_temperature,
@@ -56,6 +59,24 @@ def swiglu_hidden(width: int, mlp_ratio: float) -> int:
     return (int(int(width * mlp_ratio) * 2 / 3) + 7) // 8 * 8
 
 
+def _numbers(fn):
+    """Run a config converter so that a field holding a string, null or 0 raises an error naming the file."""
+
+    def wrapped(c: Mapping[str, Any], source: str):
+        if not isinstance(c, Mapping):
+            raise ValueError(f"{source}: config.json sub-config must be an object, got {type(c).__name__}")
+        try:
+            return fn(c, source)
+        except (TypeError, ValueError) as e:
+            if str(e).startswith(source):
+                raise
+            raise ValueError(f"{source}: config.json {fn.__name__.split('_')[0]}_config: {e}") from None
+
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
+
+
+@_numbers
 def vision_config_from_hf(c: Mapping[str, Any], source: str) -> VisionConfig:
     """A transformers ``Tipsv2VisionConfig`` dict → our :class:`VisionConfig`; refuses what TIPS cannot represent."""
     for field, want in (("num_register_tokens", 1), ("qkv_bias", True), ("num_channels", 3)):
@@ -81,6 +102,7 @@ def vision_config_from_hf(c: Mapping[str, Any], source: str) -> VisionConfig:
     )
 
 
+@_numbers
 def text_config_from_hf(c: Mapping[str, Any], source: str) -> TextConfig:
     """A transformers ``Tipsv2TextConfig`` dict → our :class:`TextConfig`."""
     if c.get("hidden_act", "relu") != "relu" or not c.get("scale_sqrt_depth", True):
@@ -145,9 +167,9 @@ def _split(sd: Mapping[str, torch.Tensor], model_type: str | None, source: str) 
         if other:
             raise KeyError(f"{source}: unexpected keys outside {VISION_PREFIX}/{TEXT_PREFIX}/temperature: {other[:10]}")
         text, tau_in_text = split_text_temperature(text) if text else (None, None)
-        tau = float(tau_t) if tau_t is not None else tau_in_text
+        tau = scalar(tau_t) if tau_t is not None else tau_in_text
         return _vision_official_names(vision) if vision else None, text, tau
-    tau = float(tau_t) if tau_t is not None else None
+    tau = scalar(tau_t)
     if model_type == "tipsv2_text_model" or ("token_embedding.weight" in sd and "cls_token" not in sd):
         text, tau_in_text = split_text_temperature(sd)
         return None, text, tau if tau is not None else tau_in_text
@@ -157,14 +179,16 @@ def _split(sd: Mapping[str, torch.Tensor], model_type: str | None, source: str) 
                    f"first keys {sorted(sd)[:6]}")  # fmt: skip
 
 
-def read_hf_folder(path: Path) -> tuple[dict[str, Any], StateDict | None, StateDict | None, float | None, str]:
+def read_hf_folder(
+    path: Path, tensors: Callable[[Path], StateDict] = read_tensors
+) -> tuple[dict[str, Any], StateDict | None, StateDict | None, float | None, str]:
     """A folder (or its ``model.safetensors``) → (config.json dict or {}, vision dict, text dict, τ, source name)."""
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such file (a transformers folder holds {WEIGHTS_NAME} + {CONFIG_NAME})")
     cfg_path = weights.parent / CONFIG_NAME
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    vision, text, tau = _split(load_file(str(weights)), cfg.get("model_type"), str(weights))
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    vision, text, tau = _split(tensors(weights), cfg.get("model_type"), f"{weights} (config {cfg_path})")
     return cfg, vision, text, tau, str(weights)
 
 
@@ -190,13 +214,22 @@ def _config_temperature(cfg: Mapping[str, Any]) -> float | None:
 def load_hf(path: Path, heads: int | None = None, text: Path | None = None) -> TIPS:
     """A transformers ``tipsv2`` folder (``Tipsv2Model``, or a ``Tipsv2VisionModel`` with ``text=`` a
     ``Tipsv2TextModel`` folder) or its ``model.safetensors`` → :class:`TIPS`, architecture from config.json when
-    it has sub-configs (checked against the shapes), from the shapes otherwise."""
-    cfg, vision, text_sd, tau, source = read_hf_folder(Path(path))
+    it has sub-configs (checked against the header's shapes before anything is built), from the shapes otherwise."""
+    return read_checked(_read, Path(path), heads, Path(text) if text is not None else None)
+
+
+def read(path: Path, text: Path | None = None, heads: int | None = None) -> TIPS:
+    """The transformers layout's reader (``READERS["transformers"]``)."""
+    return load_hf(path, heads, text)
+
+
+def _read(path: Path, heads: int | None, text: Path | None, tensors: Callable[[Path], StateDict]) -> TIPS:
+    cfg, vision, text_sd, tau, source = read_hf_folder(path, tensors)
     text_cfg_dict = _sub_configs(cfg)[1]
     if text is not None:
         if text_sd is not None:
             raise ValueError(f"{source} already holds a text tower; drop text={text}")
-        t_cfg, _, text_sd, t_tau, t_source = read_hf_folder(Path(text))
+        t_cfg, _, text_sd, t_tau, t_source = read_hf_folder(text, tensors)
         text_cfg_dict, tau = _sub_configs(t_cfg)[1], t_tau if t_tau is not None else _config_temperature(t_cfg)
     if vision is None:
         raise ValueError(f"{source} holds only a text tower (Tipsv2TextModel): load the image-tower folder and pass "
@@ -204,7 +237,7 @@ def load_hf(path: Path, heads: int | None = None, text: Path | None = None) -> T
     vision_cfg_dict = _sub_configs(cfg)[0]
     extra = cfg.get(EXTRA_FIELD) or {}
     if extra.get("model"):
-        config = ModelConfig.from_dict(extra["model"])
+        config = model_config(extra["model"], source, f"{EXTRA_FIELD}.model")
         if text_sd is None:
             config = ModelConfig(vision=config.vision, text=None, variant=config.variant, tokenizer=config.tokenizer)
     else:
@@ -354,3 +387,6 @@ def _write_tokenizer_and_processor(folder: Path, image_processor: Any, model_fil
     write_tokenizer_files(folder, model_file, length)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     Tipsv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
+
+
+write = export_transformers

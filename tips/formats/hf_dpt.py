@@ -46,12 +46,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from safetensors.torch import load_file
-
 from ..models.dpt import TASKS, DenseHead, DPTConfig
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig
-from .common import CONFIG_NAME, WEIGHTS_NAME, StateDict
+from .common import CONFIG_NAME, WEIGHTS_NAME, StateDict, read_checked, read_json
 from .dpt import infer_config, load_state_strict
 from .hf import DPT_MODEL_TYPE, EXTRA_FIELD, VISION_PREFIX
 from .hf_modules import dpt_module_names_to_ours
@@ -193,12 +191,15 @@ def _pick_task(found: Mapping[str, str], task: str | None, architecture: str | N
 def load_transformers_head(folder: str | Path, task: str | None = None) -> DenseHead:
     """A ``tipsv2_dpt`` folder (or its ``model.safetensors``) → :class:`DenseHead` in eval mode."""
     folder = Path(folder)
-    folder = folder.parent if folder.is_file() else folder
+    return read_checked(_read, folder.parent if folder.is_file() else folder, task)
+
+
+def _read(folder: Path, task: str | None, tensors) -> DenseHead:
     weights, cfg_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
     if not weights.is_file() or not cfg_path.is_file():
         raise FileNotFoundError(f"{folder}: a tipsv2_dpt folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    cfg, source = json.loads(cfg_path.read_text()), str(weights)
-    sd = load_file(source)
+    cfg, source = read_json(cfg_path), f"{weights} (config {cfg_path})"
+    sd = tensors(weights)
     architecture = (cfg.get("architectures") or [None])[0]
     found = heads_in(sd, architecture)
     task = _pick_task(found, task, architecture, source)
@@ -208,7 +209,12 @@ def load_transformers_head(folder: str | Path, task: str | None = None) -> Dense
     else:
         ours = dpt_module_names_to_ours(sd, found[task], source)
         file_key = {}
-    dcfg = dpt_config_from_hf(cfg, task, source)
+    try:
+        dcfg = dpt_config_from_hf(cfg, task, source)
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(source):
+            raise
+        raise ValueError(f"{source}: {e}") from None
     check_against_shapes(dcfg, ours, file_key, source)
     return load_state_strict(DenseHead(dcfg), ours, source)
 
@@ -284,3 +290,6 @@ def export_transformers_dpt(
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         native_image_processor(Tipsv2DptImageProcessor, model).save_pretrained(tmp)
     return {"folder": out, "config": out / CONFIG_NAME, "weights": out / WEIGHTS_NAME}
+
+
+read, write = load_transformers_head, export_transformers_dpt

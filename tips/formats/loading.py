@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..models.dtypes import resolve_dtype
 from ..models.tips import TIPS
 from ..models.tokenizers import Tokenizer, build_tokenizer
-from . import hf, hub, official, pretrained, timm
-from .common import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+from . import hub, pretrained
+from .common import TOKENIZER_NAME
+from .detect import detect
+from .registry import MODEL_READERS as READERS_OF_MODELS
 
 
 def load(
@@ -54,37 +55,24 @@ def _load_any(source, text, tokenizer, heads) -> TIPS:
         if named is None:
             known = ", ".join(sorted(hub.OFFICIAL_MODELS))
             raise FileNotFoundError(f"{source}: no such file or folder, and not an official model name ({known})")
-        vision_file = hub.cached_file(named.vision_url)
-        text_file = hub.cached_file(named.text_url)
-        tok = tokenizer if tokenizer is not None else hub.cached_file(named.tokenizer_url)
-        model = official.load_official_npz(vision_file, text_file, heads)
-        model.tokenizer = build_tokenizer(tok)
+        model = READERS_OF_MODELS["official"](hub.cached_file(named.vision_url), hub.cached_file(named.text_url), heads)
+        model.tokenizer = build_tokenizer(tokenizer if tokenizer is not None else hub.cached_file(named.tokenizer_url))
         return model
-    if path.is_dir():
-        if (path / CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path):
-            return pretrained.load_pretrained(path, tokenizer)
-        if (path / WEIGHTS_NAME).is_file():
-            model = hf.load_hf(path, heads, Path(text) if text is not None else None)
-            if tokenizer is None and (path / TOKENIZER_NAME).is_file():
-                tokenizer = path / TOKENIZER_NAME
-            model.tokenizer = build_tokenizer(tokenizer)
-            return model
-        raise FileNotFoundError(f"{path}: folder holds neither a tips checkpoint nor a Hugging Face model.safetensors")
-    if path.suffix == ".npz":
-        model = official.load_official_npz(path, Path(text) if text is not None else None, heads)
-    elif path.suffix == ".safetensors":
-        if path.parent.joinpath(CONFIG_NAME).is_file() and pretrained.is_pretrained_folder(path.parent):
-            return pretrained.load_pretrained(path.parent, tokenizer)
-        with safe_open(str(path), "pt") as f:
-            keys = set(f.keys())
-        if timm.is_timm_state_dict(keys):
-            model = timm.load_timm(path, heads)
-        else:
-            model = hf.load_hf(path, heads, Path(text) if text is not None else None)
-    elif path.suffix in (".pth", ".pt", ".bin"):
-        model = timm.load_timm(path, heads)
-    else:
-        raise ValueError(f"{path}: unsupported checkpoint file type {path.suffix!r} (expected .npz, .safetensors, "
-                         ".pth/.bin (timm state dict) or a folder)")
+    layout = detect(path)
+    if "model" not in layout.holds:
+        raise ValueError(f"{path}: a DPT head ({layout.format} layout), not a model; read it with tips.load_head")
+    if layout.format == "pretrained":
+        folder = path if path.is_dir() else path.parent
+        return READERS_OF_MODELS["pretrained"](folder, text, heads) if tokenizer is None else _retokenized(folder, text, heads, tokenizer)
+    model = READERS_OF_MODELS[layout.format](path, Path(text) if text is not None else None, heads)
+    folder = path if path.is_dir() else path.parent
+    if tokenizer is None and layout.format == "transformers" and (folder / TOKENIZER_NAME).is_file():
+        tokenizer = folder / TOKENIZER_NAME
     model.tokenizer = build_tokenizer(tokenizer)
     return model
+
+
+def _retokenized(folder: Path, text, heads, tokenizer) -> TIPS:
+    if text is not None or heads:
+        raise ValueError(f"{folder}: our folder holds its own architecture; text= and heads= do not apply")
+    return pretrained.load_pretrained(folder, tokenizer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -21,7 +21,9 @@ from .common import (
     StateDict,
     config_from_state_dicts,
     load_into,
-    read_npz,
+    model_config,
+    read_checked,
+    read_json,
     require_key,
     split_text_temperature,
 )
@@ -62,7 +64,7 @@ def ours_to_official_vision(sd: Mapping[str, torch.Tensor], swiglu: bool) -> Sta
 def read_sidecar(vision_path: Path) -> dict[str, Any]:
     """The JSON written beside an exported official ``.npz`` (``<name>.tips.json``), or {}."""
     path = sidecar_path(vision_path)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def sidecar_path(vision_path: Path) -> Path:
@@ -70,17 +72,28 @@ def sidecar_path(vision_path: Path) -> Path:
 
 
 def load_official_npz(vision_path: Path, text_path: Path | None, heads: int | None = None) -> TIPS:
-    """Official PyTorch or Scenic ``.npz`` files (layout detected from keys)."""
-    vsd = read_npz(vision_path)
+    """Official PyTorch or Scenic ``.npz`` files (layout detected from keys); the sidecar, when present, is
+    checked against the arrays' headers before the model is built."""
+    return read_checked(_read, Path(vision_path), Path(text_path) if text_path is not None else None, heads)
+
+
+def read(path: Path, text: Path | None = None, heads: int | None = None) -> TIPS:
+    """The official layout's reader (``READERS["official"]``)."""
+    return load_official_npz(path, text, heads)
+
+
+def _read(vision_path: Path, text_path: Path | None, heads: int | None, tensors: Callable[[Path], StateDict]) -> TIPS:
+    vsd = tensors(vision_path)
     fmt = detect_format(vsd.keys())
     if fmt not in ("official_vision", "scenic_vision"):
         raise ValueError(f"{vision_path}: expected an official vision .npz, found a {fmt!r} layout")
     sidecar = read_sidecar(vision_path)
+    side = sidecar_path(vision_path)
     v_heads = heads or sidecar.get("vision_heads")
     # Every official variant uses the same head count in both towers, so `heads` overrides both.
     text, tau, t_heads = None, None, heads or sidecar.get("text_heads")
     if text_path is not None:
-        tsd = read_npz(text_path)
+        tsd = tensors(text_path)
         tfmt = detect_format(tsd.keys())
         if tfmt == "official_text":
             text, tau = split_text_temperature(tsd)
@@ -92,15 +105,20 @@ def load_official_npz(vision_path: Path, text_path: Path | None, heads: int | No
     if fmt == "scenic_vision":
         vsd, scenic_heads = scenic_vision_to_ours(vsd, str(vision_path))
         v_heads = heads or scenic_heads
+    source = str(vision_path)
     if "config" in sidecar:
-        config = ModelConfig.from_dict(sidecar["config"])
+        config = model_config(sidecar["config"], side, "config")
         if text is None:
             config = ModelConfig(vision=config.vision, text=None, variant=config.variant, tokenizer=config.tokenizer)
+        source = f"{vision_path} (architecture from {side})"
     else:
+        for field, value in (("vision_heads", v_heads), ("text_heads", t_heads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{side}: field {field!r} must be a positive integer, got {value!r}")
         config = config_from_state_dicts(vsd, text, v_heads, t_heads, str(vision_path))
     model = TIPS(config)
-    vision = official_vision_to_ours(vsd, model.vision, str(vision_path)) if fmt == "official_vision" else vsd
-    return load_into(model, vision, text, (tau, sidecar.get("temperature_syn")), str(vision_path))
+    vision = official_vision_to_ours(vsd, model.vision, source) if fmt == "official_vision" else vsd
+    return load_into(model, vision, text, (tau, sidecar.get("temperature_syn")), source)
 
 
 def export_official(model: TIPS, out_dir: str | os.PathLike, name: str = "tips") -> dict[str, Path]:
@@ -137,3 +155,6 @@ def _save_npz(path: Path, sd: Mapping[str, torch.Tensor]) -> None:
     arrays = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
     with atomic_file(path, suffix=".tmp.npz") as f:
         np.savez(f, **arrays)
+
+
+write = export_official

@@ -1,4 +1,6 @@
-"""Which writer handles which ``--format``, and :func:`save`, the one call that writes a model or a head.
+"""Which writer handles which ``--format`` and which reader each detected layout calls: ``MODEL_WRITERS`` /
+``HEAD_WRITERS`` and, mirroring them, ``MODEL_READERS`` / ``HEAD_READERS``; :func:`save`, the one call that writes
+a model or a head. (ONNX is written only: an inference graph, not a checkpoint.)
 
 Model writers are called ``writer(model, out, **options) -> Path | dict[str, Path]``; head writers
 ``writer(head, out, model=None, **options)``. A new format registers itself with one line here (or, from
@@ -13,6 +15,7 @@ from typing import Any, Callable
 
 from ..models.dpt import DenseHead
 from ..models.tips import TIPS
+from . import dpt, hf, hf_dpt, official, pretrained, timm
 from .dpt import export_official_head, save_pretrained_head
 from .hf import export_transformers
 from .hf_dpt import export_transformers_dpt
@@ -33,6 +36,28 @@ HEAD_WRITERS: dict[str, Callable[..., Any]] = {
     "pretrained": save_pretrained_head,
     "transformers": export_transformers_dpt,
 }
+
+# Readers: model readers are called ``reader(path, text=None, heads=None) -> TIPS``; head readers
+# ``reader(path, task=None) -> DenseHead``. Each compares what a config or sidecar says with the weights' headers
+# before it builds anything (tips.formats.common.read_checked).
+MODEL_READERS: dict[str, Callable[..., Any]] = {
+    "official": official.read,
+    "pretrained": lambda path, text=None, heads=None: pretrained.read(_no_options(path, text=text, heads=heads)),
+    "transformers": hf.read,
+    "timm": timm.read,
+}
+HEAD_READERS: dict[str, Callable[..., Any]] = {
+    "official": dpt.read_official,
+    "pretrained": dpt.read_pretrained,
+    "transformers": hf_dpt.read,
+}
+
+
+def _no_options(path: Any, **options: Any) -> Any:
+    given = [k for k, v in options.items() if v]
+    if given:
+        raise ValueError(f"{path}: our folder holds its own architecture; {given[0]}= does not apply")
+    return path
 
 
 def register_writer(fmt: str, writer: Callable[..., Any], kind: str = "model") -> None:

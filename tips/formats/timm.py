@@ -16,17 +16,16 @@ where TIPS resamples bilinearly with antialiasing, so the tokens differ (max |Δ
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save
 
 from ..io.atomic import write_bytes_atomic, write_json_atomic
 from ..models.tips import TIPS
-from ..models.variants import ModelConfig, VisionConfig
-from .common import StateDict, build_from_state_dicts
+from ..models.variants import ModelConfig
+from .common import StateDict, build_from_state_dicts, model_config, read_checked, read_json
 
 ARCHITECTURES = {  # (width, depth, ffn) → timm's registered name
     (768, 12, "mlp"): "vit_base_patch14_reg1_tipsv2",
@@ -89,9 +88,23 @@ def is_timm_state_dict(keys: set[str] | list[str]) -> bool:
 
 
 def load_timm(path: Path, heads: int | None = None, sd: StateDict | None = None) -> TIPS:
-    """A timm ``vit_*_patch14_reg1_tipsv2`` state dict (ours or timm's own) → :class:`TIPS` (image tower only)."""
+    """A timm ``vit_*_patch14_reg1_tipsv2`` state dict (ours or timm's own) → :class:`TIPS` (image tower only); the
+    sidecar, when present, is checked against the file's header before the model is built."""
     path = Path(path)
-    sd = dict(sd if sd is not None else read_state_dict(path))
+    if sd is not None:
+        return _read(path, heads, lambda _: sd)
+    return read_checked(_read, path, heads)
+
+
+def read(path: Path, text: Path | None = None, heads: int | None = None) -> TIPS:
+    """The timm layout's reader (``READERS["timm"]``); an image tower only, so ``text`` is refused."""
+    if text is not None:
+        raise ValueError(f"{path}: a timm state dict holds the image tower only; text= does not apply")
+    return load_timm(path, heads)
+
+
+def _read(path: Path, heads: int | None, tensors: Callable[[Path], StateDict]) -> TIPS:
+    sd = dict(tensors(path))
     source = str(path)
     if not is_timm_state_dict(sd.keys()):
         raise KeyError(f"{source}: not a timm TIPSv2 state dict (needs cls_token, reg_token, pos_embed); "
@@ -100,11 +113,15 @@ def load_timm(path: Path, heads: int | None = None, sd: StateDict | None = None)
     if extra:
         raise KeyError(f"{source}: has classifier keys {extra[:4]}; TIPS towers have no head (num_classes=0)")
     sidecar_file = path.with_suffix(".tips.json")
-    sidecar = json.loads(sidecar_file.read_text()) if sidecar_file.is_file() else {}
+    sidecar = read_json(sidecar_file) if sidecar_file.is_file() else {}
     sd.setdefault("mask_token", torch.zeros(1, sd["cls_token"].shape[-1], dtype=sd["cls_token"].dtype))
     taus = (sidecar.get("temperature"), sidecar.get("temperature_syn"))
     config = None
     if sidecar.get("vision"):
-        vision = VisionConfig(**sidecar["vision"])
+        vision = model_config({"vision": sidecar["vision"]}, sidecar_file, "vision").vision
         config = ModelConfig(vision=dataclasses.replace(vision, heads=heads) if heads else vision)
+        source = f"{path} (architecture from {sidecar_file})"
     return build_from_state_dicts(sd, None, taus, heads, None, config, source)
+
+
+write = export_timm

@@ -72,6 +72,15 @@ class DPTConfig:
     head_key: str | None = None
 
     def __post_init__(self) -> None:
+        from .variants import check_positive_ints
+
+        check_positive_ints(self, "dpt", ("width", "out_channels", "kernel_size"))
+        for name in ("reassemble", "layers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and v >= 0 for v in value)):
+                raise ValueError(f"dpt.{name} must be a list of non-negative integers, got {value!r}")
+        if self.fusion is not None:
+            check_positive_ints(self, "dpt", ("fusion",))
         if self.task not in TASKS:
             raise ValueError(f"DPT task must be one of {TASKS}, got {self.task!r}")
         if self.preset not in PRESETS:

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def check_positive_ints(cfg: Any, prefix: str, fields: tuple[str, ...]) -> None:
+    """Each of ``fields`` must be an integer ≥ 1 (a config from a file may hold 0, a string or a float)."""
+    for name in fields:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """Image tower dimensions. ``mlp_hidden`` is the *effective* hidden width (per branch for SwiGLU)."""
@@ -28,6 +36,7 @@ class VisionConfig:
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        check_positive_ints(self, "vision", ("width", "depth", "heads", "mlp_hidden", "patch_size", "pos_grid"))
         if self.ffn not in ("mlp", "swiglu"):
             raise ValueError(f"vision.ffn must be 'mlp' or 'swiglu', got {self.ffn!r}")
         if self.gelu not in ("erf", "tanh"):
@@ -51,6 +60,7 @@ class TextConfig:
     attn_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        check_positive_ints(self, "text", ("width", "depth", "heads", "mlp_hidden", "vocab_size", "max_len"))
         if self.width % self.heads:
             raise ValueError(f"text.width {self.width} is not divisible by text.heads {self.heads}")
 
