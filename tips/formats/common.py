@@ -14,6 +14,7 @@ from torch import nn
 
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig, TextConfig, VisionConfig, heads_for_width
+from .headers import header, read_npz, read_tensors  # noqa: F401  (read_npz: the readers' import)
 
 
 StateDict = dict[str, torch.Tensor]
@@ -23,28 +24,10 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.model"
 
 
-def read_npz(path: str | os.PathLike) -> StateDict:
-    """An ``.npz`` file → {key: tensor}; never unpickles (object arrays are refused)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: torch.from_numpy(np.array(f[k])) for k in f.files}
-    except ValueError as e:
-        raise ValueError(f"{path}: cannot read without unpickling ({e}); only plain numeric arrays are accepted") from e
-
-
-def read_tensors(path: str | os.PathLike) -> StateDict:
-    """Every tensor of a weights file (``.safetensors``, ``.npz``, ``.pth``/``.bin``), by suffix; never unpickled."""
-    from .timm import read_state_dict
-
-    return read_npz(path) if Path(path).suffix in (".npz", ".zip") else read_state_dict(Path(path))
-
-
 def read_checked(read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``read(*args, tensors=..., **kwargs)`` twice: first on the files' headers under the ``meta`` device, so
     every comparison of a config or sidecar with the weights happens before anything is allocated (a config
     claiming a 16384-wide tower fails here, naming the file and key), then on the real tensors."""
-    from .headers import header
-
     with torch.device("meta"):
         read(*args, tensors=header, **kwargs)
     return read(*args, tensors=read_tensors, **kwargs)
@@ -134,7 +117,7 @@ def infer_vision_config(sd: Mapping[str, torch.Tensor], heads: int | None = None
     fc1 = require_key(sd, f"blocks.0.mlp.{first}.weight", source)
     fc2 = require_key(sd, f"blocks.0.mlp.{second}.weight", source)
     swiglu = fc1.shape[0] == 2 * fc2.shape[1]
-    return VisionConfig(
+    return _config(VisionConfig, source,
         width=width,
         depth=depth,
         heads=heads or heads_for_width(width),
@@ -147,13 +130,20 @@ def infer_vision_config(sd: Mapping[str, torch.Tensor], heads: int | None = None
 
 def infer_text_config(sd: Mapping[str, torch.Tensor], heads: int | None = None, source: str = "checkpoint") -> TextConfig:
     vocab, width = require_key(sd, "token_embedding.weight", source).shape
-    return TextConfig(
+    return _config(TextConfig, source,
         width=width,
         depth=count_indices(sd, r"transformer\.resblocks\.(\d+)\.ln_1\.weight"),
         heads=heads or heads_for_width(width),
         mlp_hidden=require_key(sd, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0],
         vocab_size=vocab,
     )
+
+
+def _config(cls: type[T], source: str, **fields: Any) -> T:
+    try:
+        return cls(**fields)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 # --------------------------------------------------------------------------- strict loading

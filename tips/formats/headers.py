@@ -118,3 +118,34 @@ def header_keys(path: str | os.PathLike) -> list[str]:
         with safe_open(str(path), "pt") as f:
             return list(f.keys())
     return list(header(path))
+
+
+# --------------------------------------------------------------------------- the tensors themselves
+def read_npz(path: str | os.PathLike) -> StateDict:
+    """An ``.npz`` file → {key: tensor}; never unpickles (object arrays are refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: torch.from_numpy(np.array(f[k])) for k in f.files}
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot read without unpickling ({e}); only plain numeric arrays are accepted") from e
+
+
+def read_state_dict(path: str | os.PathLike) -> StateDict:
+    """A ``.safetensors`` or a ``torch.save``-d state dict (never unpickled beyond tensors), unwrapped from a
+    ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoint if needed."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return dict(sd)
+
+
+def read_tensors(path: str | os.PathLike) -> StateDict:
+    """Every tensor of a weights file (``.safetensors``, ``.npz``/``.zip``, ``.pth``/``.bin``), by suffix."""
+    return read_npz(path) if Path(path).suffix in (".npz", ".zip") else read_state_dict(path)

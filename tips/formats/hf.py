@@ -132,7 +132,7 @@ _CHECKED = {  # our field → (transformers field, tensor it is read from)
 
 def check_against_shapes(cfg: VisionConfig | TextConfig, sd: Mapping[str, torch.Tensor], tower: str, prefix: str, source: str) -> None:
     """Every dimension config.json states must match the tensors; the error names the field, the key and the shapes."""
-    inferred = (infer_vision_config if tower == "vision" else infer_text_config)(sd, cfg.heads, source)
+    inferred = (infer_vision_config if tower == "vision" else infer_text_config)(sd, 1, source)  # heads: not in shapes
     for field, (hf_field, key) in _CHECKED[tower].items():
         have, want = getattr(inferred, field), getattr(cfg, field)
         if have != want:
@@ -188,8 +188,9 @@ def read_hf_folder(
         raise FileNotFoundError(f"{weights}: no such file (a transformers folder holds {WEIGHTS_NAME} + {CONFIG_NAME})")
     cfg_path = weights.parent / CONFIG_NAME
     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-    vision, text, tau = _split(tensors(weights), cfg.get("model_type"), f"{weights} (config {cfg_path})")
-    return cfg, vision, text, tau, str(weights)
+    source = f"{weights} (config {cfg_path})" if cfg else str(weights)
+    vision, text, tau = _split(tensors(weights), cfg.get("model_type"), source)
+    return cfg, vision, text, tau, source
 
 
 def _sub_configs(cfg: Mapping[str, Any]) -> tuple[dict | None, dict | None]:

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from ..io.atomic import write_bytes_atomic, write_json_atomic
 from ..models.tips import TIPS
 from ..models.variants import ModelConfig
+from .headers import read_state_dict  # noqa: F401  (kept importable from here)
 from .common import StateDict, build_from_state_dicts, model_config, read_checked, read_json
 
 ARCHITECTURES = {  # (width, depth, ffn) → timm's registered name
@@ -66,20 +67,6 @@ def export_timm(model: TIPS, out_dir: str | Path, name: str = "tips") -> dict[st
     sidecar = path.with_suffix(".tips.json")
     write_json_atomic(sidecar, note, indent=2)
     return {"weights": path, "sidecar": sidecar}
-
-
-def read_state_dict(path: Path) -> StateDict:
-    """A ``.safetensors`` or a ``torch.save``-d state dict (never unpickled beyond tensors), unwrapped from a
-    ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoint if needed."""
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
-    return dict(sd)
 
 
 def is_timm_state_dict(keys: set[str] | list[str]) -> bool:
