@@ -8,11 +8,13 @@
 - :mod:`.pretrained`: ours (config.json + model.safetensors),
 - :mod:`.dpt`, :mod:`.hf_dpt`: DPT dense heads (official Scenic zips, the flat layout, ours, transformers),
 - :mod:`.onnx`: ONNX image and text towers,
-- :mod:`.detect`: which layout a set of keys is; :mod:`.common`: strict loading and shape inference;
+- :mod:`.detect`: which layout a path (``detect``) or a set of keys is; :mod:`.headers`: shapes from the files'
+  own headers, and the tensors; :mod:`.common`: strict loading, shape inference, ``read_checked``;
 - :mod:`.loading`, :mod:`.heads`: ``tips.load`` and ``tips.load_head``; :mod:`.hub`: official names and the cache;
-- :mod:`.registry`: which writer each ``--format`` calls, and ``tips.save``.
+- :mod:`.registry`: the writer each ``--format`` calls and the reader each detected layout calls, and ``tips.save``.
 
 Every foreign layout is converted to *our* state dict (timm key names for the image tower plus ``mask_token``,
-official names for the text tower), then loaded strictly. Nothing is ever unpickled. Submodules are imported
+official names for the text tower), then loaded strictly; every reader first runs on the headers under the
+``meta`` device, so a config that disagrees with the weights is refused before anything is allocated. Nothing is ever unpickled. Submodules are imported
 where they are used, so ``import tips.formats`` is cheap.
 """
