@@ -114,7 +114,7 @@ def _read(vision_path: Path, text_path: Path | None, heads: int | None, tensors:
     else:
         for field, value in (("vision_heads", v_heads), ("text_heads", t_heads)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{side}: field {field!r} must be a positive integer, got {value!r}")
+                raise ValueError(f"{side}: field {field!r} must be an integer ≥ 1, got {value!r}")
         config = config_from_state_dicts(vsd, text, v_heads, t_heads, str(vision_path))
     model = TIPS(config)
     vision = official_vision_to_ours(vsd, model.vision, source) if fmt == "official_vision" else vsd

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def check_positive_ints(cfg: Any, prefix: str, fields: tuple[str, ...]) -> None:
-    """Each of ``fields`` must be an integer ≥ 1 (a config from a file may hold 0, a string or a float)."""
+def check_positive_ints(cfg: Any, prefix: str, fields: tuple[str, ...], least: int = 1) -> None:
+    """Each of ``fields`` must be an integer ≥ ``least`` (a config from a file may hold 0, a string or a float)."""
     for name in fields:
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{prefix}.{name} must be an integer ≥ {least}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class VisionConfig:
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        check_positive_ints(self, "vision", ("width", "depth", "heads", "mlp_hidden", "patch_size", "pos_grid"))
+        check_positive_ints(self, "vision", ("width", "heads", "mlp_hidden", "patch_size", "pos_grid"))
+        check_positive_ints(self, "vision", ("depth",), least=0)
         if self.ffn not in ("mlp", "swiglu"):
             raise ValueError(f"vision.ffn must be 'mlp' or 'swiglu', got {self.ffn!r}")
         if self.gelu not in ("erf", "tanh"):
@@ -60,7 +61,8 @@ class TextConfig:
     attn_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        check_positive_ints(self, "text", ("width", "depth", "heads", "mlp_hidden", "vocab_size", "max_len"))
+        check_positive_ints(self, "text", ("width", "heads", "mlp_hidden", "vocab_size", "max_len"))
+        check_positive_ints(self, "text", ("depth",), least=0)
         if self.width % self.heads:
             raise ValueError(f"text.width {self.width} is not divisible by text.heads {self.heads}")
 
