@@ -1,4 +1,4 @@
-"""The library's floors (shared/ARCHITECTURE.md): each package imports only the floors below it, argparse lives
+"""The library's floors (docs/architecture.md): each package imports only the floors below it, argparse lives
 only in ``tips/cli``, ``tips/`` has no loose modules, and the wheel installs exactly the packages we name."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from test_import_cycles import _imports, import_graph, module_files
 
 ROOT = Path(__file__).resolve().parents[1]
-# floor → the floors it may import directly (ARCHITECTURE.md's table)
+# floor → the floors it may import directly (the table of docs/architecture.md)
 MAY_IMPORT: dict[str, set[str]] = {
     "io": set(),
     "models": set(),
