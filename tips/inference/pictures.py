@@ -135,7 +135,7 @@ def open_vocab_picture(image: torch.Tensor, labels: torch.Tensor, names: Sequenc
         y = 4 + row * 16
         name = "none of these" if c == none_id and c >= len(names) else names[c] if c < len(names) else f"id {c}"
         draw.rectangle((4, y, 16, y + 12), fill=tuple(int(v) for v in colours[c]), outline="grey")
-        draw.text((20, y), f"{name[:22]} {100 * counts[c] / lab.size:.1f}%", fill="black")
+        draw.text((20, y), f"{name[:22]}  {100 * counts[c] / lab.size:.1f} %", fill="black")
     if len(present) > max_rows:
         draw.text((4, 4 + max_rows * 16), f"+ {len(present) - max_rows} more classes", fill="black")
     return _side_by_side(_rgb(image), Image.fromarray(blended, "RGB"), legend)
