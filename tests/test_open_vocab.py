@@ -1,4 +1,4 @@
-"""Open-vocabulary segmentation: the library against an independent implementation of OPEN_VOCAB.md's steps,
+"""Open-vocabulary segmentation: the library against an independent implementation of the notebook's steps,
 ``tips-predict open-vocab`` on scikit-image photos, the background threshold, presets, and the eight loaders."""
 
 import json
@@ -18,7 +18,7 @@ from tips_eval import zero_shot_seg
 from tips_eval.datasets import open_dataset
 
 NAMES = ["road", "a red car", "tree", "sky"]
-TEMPLATES = (  # OPEN_VOCAB.md step 3, typed again here
+TEMPLATES = (  # step 3 (docs/open_vocabulary.md), typed again here
     "itap of a {}.", "a bad photo of a {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
     "art of the {}.", "a photo of the small {}.", "a photo of many {}.", "a photo of {}s.",
 )
