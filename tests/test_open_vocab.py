@@ -143,7 +143,8 @@ def test_probe_equals_an_independent_implementation_of_the_official_steps(model,
     size, stride = 56, 42  # 56 is not the model's 224: the geometry is the protocol's, scaled down for the CPU
     options = ov.OpenVocabOptions(mode=mode, size=size, window=size, stride=stride)
     gen = torch.Generator().manual_seed(0)
-    images = [_photo("coffee"), _photo("chelsea")]  # 600x400 and 451x300: non-square, long sides not multiples
+    # 600x400 and 451x300 (long side 84 at 56), and 512x380 (long side 75: whole resizes it up to the patch multiple 84)
+    images = [_photo("coffee"), _photo("chelsea"), _photo("astronaut").crop((0, 0, 512, 380))]
     targets = []
     for im in images:
         t = torch.randint(0, len(NAMES), (im.height, im.width), generator=gen)
@@ -159,7 +160,7 @@ def test_probe_equals_an_independent_implementation_of_the_official_steps(model,
         ref_preds.append(ref_pred)
     metrics = zero_shot_seg.evaluate_zero_shot_seg(model, zip(images, targets), NAMES, options, progress=False)
     assert metrics["mIoU"] == pytest.approx(_ref_miou(ref_preds, targets, len(NAMES)), abs=0.05)
-    assert metrics["num_images"] == 2
+    assert metrics["num_images"] == 3
 
 
 def test_preprocessing_is_pil_bicubic_on_uint8_with_the_long_side_rounded_down():
