@@ -135,4 +135,7 @@ def test_the_wheel_installs_exactly_our_top_level_packages(tmp_path):
     (wheel,) = tmp_path.glob("tips-*.whl")
     with zipfile.ZipFile(wheel) as z:
         tops = {n.split("/")[0] for n in z.namelist() if not n.split("/")[0].endswith(".dist-info")}
+        data = {n for n in z.namelist() if n.startswith("tips/inference/vocabularies/")}
     assert tops == TOP_LEVEL_PACKAGES
+    # the open-vocabulary presets and class lists are package data: tips-predict --preset works from a wheel
+    assert "tips/inference/vocabularies/presets.json" in data and len(data) == 9
