@@ -21,6 +21,7 @@ def _read_one_epoch(rank: int, world_size: int, init_file: str, pattern: str, ou
         dist.all_gather_object(gathered, seen)
         if rank == 0:
             Path(out_dir, "seen.json").write_text(json.dumps(gathered))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

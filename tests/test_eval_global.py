@@ -263,33 +263,36 @@ def test_value_readout_equals_the_forward_pass_when_all_tokens_are_equal():
         torch.testing.assert_close(zero_shot_seg.value_readout(model, images), model.encode_image(images).patch_tokens)
 
 
-def test_zero_shot_segment_is_the_upsampled_cosine_with_template_mean_class_embeddings():
+def test_whole_scores_are_the_cosine_with_template_mean_class_embeddings():
+    from tips.inference.open_vocab import encode_classes, whole_scores
+
     model = _tiny()
-    images = torch.rand(2, 3, 42, 56)
+    image = torch.rand(3, 42, 56)
     names = ["sky", "red sphere", "ground"]
-    scores = zero_shot_seg.zero_shot_segment(model, images, names)
-    assert scores.shape == (2, 3, 42, 56)
+    text = encode_classes(model, names)
     with torch.no_grad():
-        text = tips.l2_normalize(model.encode_text([render(t, n) for n in names for t in TCL_TEMPLATES]))
-        classes = tips.l2_normalize(text.reshape(3, 9, -1).mean(1))
-        feats = tips.l2_normalize(zero_shot_seg.value_readout(model, images))
+        prompts = tips.l2_normalize(model.encode_text([render(t, n) for n in names for t in TCL_TEMPLATES]))
+        classes = tips.l2_normalize(prompts.reshape(3, 9, -1).mean(1))
+        feats = tips.l2_normalize(zero_shot_seg.value_readout(model, image[None]))[0]
+        scores = whole_scores(model, image, text)
     torch.testing.assert_close(classes, class_embeddings(model, names, TCL_TEMPLATES, progress=False))
-    grid = zero_shot_seg.zero_shot_segment(model, images, text_embeddings=classes, output_size=(3, 4))
-    torch.testing.assert_close(grid, torch.einsum("bhwd,cd->bchw", feats, classes), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(scores, F.interpolate(grid, size=(42, 56), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(text.embeddings, classes)
+    torch.testing.assert_close(scores, torch.einsum("hwd,cd->chw", feats, classes), atol=1e-5, rtol=1e-5)
 
 
 def test_sliding_windows_cover_the_image_and_average_softmaxes():
-    assert zero_shot_seg._starts(448, 448, 336) == [0]
-    assert zero_shot_seg._starts(600, 448, 336) == [0, 152]
+    from tips.inference.open_vocab import ClassText, patch_cosines, slide_scores
+
     model = _tiny()
     image = torch.rand(3, 28, 42)
-    text = tips.l2_normalize(torch.randn(4, 192))
-    probs = zero_shot_seg.sliding_zero_shot_segment(model, image, text, window=28, stride=14)
-    left = zero_shot_seg.zero_shot_segment(model, image[None, :, :, :28], text_embeddings=text)[0].softmax(0)
-    right = zero_shot_seg.zero_shot_segment(model, image[None, :, :, 14:], text_embeddings=text)[0].softmax(0)
-    torch.testing.assert_close(probs[:, :, :14], left[:, :, :14])
-    torch.testing.assert_close(probs[:, :, 14:28], (left[:, :, 14:] + right[:, :, :14]) / 2)
+    text = ClassText([(f"c{i}",) for i in range(4)], tips.l2_normalize(torch.randn(4, 192)), torch.arange(4))
+    probs, cosines = slide_scores(model, image, text, window=28, stride=14, mean_cosines=True)
+    with torch.no_grad():
+        left, right = (F.interpolate(patch_cosines(model, image[None, :, :, a:a + 28], text), size=(28, 28),
+                                     mode="bilinear", align_corners=False)[0] for a in (0, 14))
+    torch.testing.assert_close(probs[:, :, :14], left.softmax(0)[:, :, :14])
+    torch.testing.assert_close(probs[:, :, 14:28], (left.softmax(0)[:, :, 14:] + right.softmax(0)[:, :, :14]) / 2)
+    torch.testing.assert_close(cosines[:, :, 14:28], (left[:, :, 14:] + right[:, :, :14]) / 2)
     torch.testing.assert_close(probs.sum(0), torch.ones(28, 42))
 
 
@@ -302,6 +305,13 @@ def test_miou_ignores_pixels_and_skips_classes_absent_from_prediction_and_truth(
     assert m["per_class_iou"] == pytest.approx({"sky": 200 / 3, "ground": 50.0, "sphere": None, "cube": 50.0})
     assert m["mIoU"] == pytest.approx((200 / 3 + 50 + 50) / 3)
     assert m["mIoU_objects"] == pytest.approx(50.0) and m["pixel_accuracy"] == pytest.approx(500 / 7)
+
+
+def test_a_none_prediction_is_a_miss_of_its_true_class_only():
+    target = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 255, 1, 1])  # one sky pixel left as "none of these"
+    m = zero_shot_seg.iou_metrics(zero_shot_seg.confusion_matrix(pred, target, 2), ["sky", "ground"])
+    assert m["per_class_iou"] == pytest.approx({"sky": 50.0, "ground": 100.0})
 
 
 def test_zero_shot_seg_command_on_a_probe_folder(official_checkpoint, tmp_path):
@@ -318,8 +328,10 @@ def test_zero_shot_seg_command_on_a_probe_folder(official_checkpoint, tmp_path):
     args = ["--data", str(root), *_model_args(official_checkpoint, tmp_path)]
     assert zero_shot_seg.main(args) == 0
     result = json.loads((tmp_path / "zero-shot-seg.json").read_text())
-    assert result["protocol"]["templates"] == "tcl" and result["protocol"]["object_classes"] == ["sphere"]
-    assert 0 <= result["metrics"]["mIoU"] <= 100 and "mIoU_objects" in result["metrics"]
+    (run,) = result["runs"]
+    assert result["protocol"]["templates"] == "tcl" and run["object_classes"] == ["sphere"]
+    assert run["settings"]["size"] == 112 and run["settings"]["stride"] == 84
+    assert 0 <= run["metrics"]["mIoU"] <= 100 and "mIoU_objects" in run["metrics"]
 
 
 # ----------------------------------------------------------------------------- readers and templates

@@ -1,4 +1,4 @@
-"""The library's floors (shared/ARCHITECTURE.md): each package imports only the floors below it, argparse lives
+"""The library's floors (docs/architecture.md): each package imports only the floors below it, argparse lives
 only in ``tips/cli``, ``tips/`` has no loose modules, and the wheel installs exactly the packages we name."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from test_import_cycles import _imports, import_graph, module_files
 
 ROOT = Path(__file__).resolve().parents[1]
-# floor → the floors it may import directly (ARCHITECTURE.md's table)
+# floor → the floors it may import directly (the table of docs/architecture.md)
 MAY_IMPORT: dict[str, set[str]] = {
     "io": set(),
     "models": set(),
@@ -135,4 +135,7 @@ def test_the_wheel_installs_exactly_our_top_level_packages(tmp_path):
     (wheel,) = tmp_path.glob("tips-*.whl")
     with zipfile.ZipFile(wheel) as z:
         tops = {n.split("/")[0] for n in z.namelist() if not n.split("/")[0].endswith(".dist-info")}
+        data = {n for n in z.namelist() if n.startswith("tips/inference/vocabularies/")}
     assert tops == TOP_LEVEL_PACKAGES
+    # the open-vocabulary presets and class lists are package data: tips-predict --preset works from a wheel
+    assert "tips/inference/vocabularies/presets.json" in data and len(data) == 9

@@ -28,6 +28,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         torch.save(gor_run(global_batch()[rank * B:(rank + 1) * B]), os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (SIGABRT in CI)
     finally:
         dist.destroy_process_group()
 

@@ -45,6 +45,12 @@ _PUBLIC: dict[str, str] = {
     "quantize": "tips.inference.quantize",
     "pca_picture": "tips.inference.pca",
     "pca_rgb": "tips.inference.pca",
+    "open_vocab_segment": "tips.inference.open_vocab",
+    "OpenVocabOptions": "tips.inference.open_vocab",
+    "encode_classes": "tips.inference.open_vocab",
+    "value_readout": "tips.inference.open_vocab",
+    "load_preset": "tips.inference.open_vocab",
+    "write_open_vocab": "tips.inference.open_vocab",
 }
 
 __all__ = sorted(_PUBLIC)
@@ -68,6 +74,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never runs
     from .formats.loading import load
     from .formats.registry import save
     from .inference.extract import ExtractOptions, extract, load_features
+    from .inference.open_vocab import (
+        OpenVocabOptions, encode_classes, load_preset, open_vocab_segment, value_readout, write_open_vocab,
+    )
     from .inference.pca import pca_picture, pca_rgb
     from .inference.precision import autocast, prepare_for_inference
     from .inference.predict import PredictOptions, predict, write_predictions

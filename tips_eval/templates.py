@@ -10,24 +10,15 @@ from pathlib import Path
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES as _OPENAI_CALLABLES
 
+from tips.inference.open_vocab import TCL_TEMPLATES as _TCL
+
 # open_clip stores the 80 CLIP ImageNet templates as lambdas; calling each with "{}" recovers the string.
 OPENAI_TEMPLATES: tuple[str, ...] = tuple(t("{}") for t in _OPENAI_CALLABLES)
 
 SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
-# The 9 prompts of the official TIPS zero-shot segmentation notebook (TCL's 7-template ImageNet subset
-# plus "many" and plural forms).
-TCL_TEMPLATES: tuple[str, ...] = (
-    "itap of a {}.",
-    "a bad photo of a {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-    "a photo of many {}.",
-    "a photo of {}s.",
-)
+# The 9 prompts of the official TIPS zero-shot segmentation notebook (one list, in the library).
+TCL_TEMPLATES: tuple[str, ...] = _TCL
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "openai": OPENAI_TEMPLATES,

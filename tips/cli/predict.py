@@ -1,7 +1,9 @@
-"""``tips-predict``: dense predictions (depth, normals, segmentation) with a DPT head on any image source.
+"""``tips-predict``: dense predictions (depth, normals, segmentation) with a DPT head, or open-vocabulary
+segmentation into classes you name, on any image source.
 
     tips-predict depth IMAGES... --model tips-v2-b14 --head tips-v2-b14-depth -o OUT
     tips-predict normals photos/ --random-init tiny --random-head -o OUT     # offline demo, random weights
+    tips-predict open-vocab photos/ --model tips-v2-b14 --classes "road, car, tree, sky" -o OUT
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from typing import Sequence
 
 from ..inference.extract import NoReadableImages
 from ..inference.loaded import resolve_device
+from ..inference.open_vocab import (
+    MODES, NONE_ID, TCL_TEMPLATES, OpenVocabOptions, OpenVocabRun, load_preset, parse_classes, preset_names,
+    read_class_file, write_open_vocab,
+)
 from ..inference.precision import print_bf16_hint
 from ..inference.predict import TASKS, PredictOptions, write_predictions
 from ..io.images import DEFAULT_MAX_PIXELS
 from .allocator import tune_cpu_allocator
 from .model_args import add_model_args, add_output_arg, model_from_args
+
+OPEN_VOCAB = "open-vocab"
 
 EXAMPLES = """\
 examples:
@@ -26,14 +34,17 @@ examples:
   tips-predict depth out/demo/images --random-init tiny --random-head -o out/depth
   # official model and head (downloaded once into the cache)
   tips-predict segmentation photos/ --model tips-v2-b14 --head tips-v2-b14-segmentation -o out/segmentation
+  # open vocabulary: your classes, "none of these" below a probability of 0.3 (docs/open_vocabulary.md)
+  tips-predict open-vocab photos/ --model tips-v2-b14 --classes "road, car, tree, sky" --background-threshold 0.3 -o out/ov
+  tips-predict open-vocab photos/ --model tips-v2-b14 --preset ade20k --mode whole -o out/ade
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-predict", description="Dense predictions (depth, normals, segmentation) "
-                                "with a DPT head on any image source.", epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=TASKS)
+                                "with a DPT head, or open-vocabulary segmentation (open-vocab), on any image source.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=(*TASKS, OPEN_VOCAB))
     p.add_argument("source", nargs="+", help="images: folders, globs, list files, image files, webdataset shards")
     add_output_arg(p, "output folder (per image a picture and the raw prediction, contact_sheet.png)", required=True)
     m = p.add_argument_group("model and head")
@@ -41,9 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--head", help="DPT head: Scenic zip, flat .npz, our folder, or official name (tips-v2-b14-depth)")
     m.add_argument("--random-head", action="store_true", help="randomly initialised official-preset head (demo)")
     r = p.add_argument_group("input")
-    r.add_argument("--resolution", type=int, help="square side, or shorter side with --keep-aspect (default: model's)")
+    r.add_argument("--resolution", type=int, help="square side, or shorter side with --keep-aspect and open-vocab "
+                                                  "(default: model's)")
     r.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio (sides rounded to the patch)")
     r.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (0 = no limit)")
+    v = p.add_argument_group("open-vocab (classes you name; docs/open_vocabulary.md)")
+    v.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "road, car, person|people"')
+    v.add_argument("--classes-file", help="one class per line, synonyms separated by ', '")
+    v.add_argument("--preset", help=f"a benchmark vocabulary and its paper's threshold: {', '.join(preset_names())}")
+    v.add_argument("--mode", choices=MODES, default="slide", help="slide windows (default) or the whole image at once")
+    v.add_argument("--stride", type=int, help="slide stride (default 3/4 of the window: 336 at 448)")
+    v.add_argument("--background-threshold", type=float, metavar="T",
+                   help="pixels whose best softmax(scale * cos) is below T become background (preset: its paper's)")
+    v.add_argument("--logit-scale", type=float, help="scale of that softmax (default: preset's, else the model's CLS1)")
+    v.add_argument("--probabilities", action="store_true", help="also store per-class probabilities (float16)")
+    v.add_argument("--fast-resize", action="store_true",
+                   help="resize with torch instead of PIL (faster, not the official protocol's pixels)")
     o = p.add_argument_group("output and run")
     o.add_argument("--no-logits", action="store_true", help="segmentation: store the argmax only")
     o.add_argument("--sheet", type=int, default=16, help="pictures on the contact sheet")
@@ -64,12 +88,43 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
     )
 
 
+def open_vocab_from_args(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], list[str] | None, OpenVocabOptions,
+                                                           OpenVocabRun]:
+    """Classes, their display names (a preset's), :class:`OpenVocabOptions` and :class:`OpenVocabRun` from
+    ``tips-predict open-vocab``'s flags."""
+    given = [f for f, v in (("--classes", args.classes), ("--classes-file", args.classes_file),
+                            ("--preset", args.preset)) if v]
+    if len(given) != 1:
+        raise ValueError(f"open-vocab needs exactly one of --classes, --classes-file, --preset (got {given or 'none'})")
+    if args.head or args.random_head:
+        raise ValueError("--head / --random-head are for depth, normals and segmentation; open-vocab uses the text tower")
+    threshold, scale, background, names = args.background_threshold, args.logit_scale, NONE_ID, None
+    if args.preset:
+        preset = load_preset(args.preset)
+        classes, names = list(preset.synonyms), preset.class_names
+        threshold = preset.background_threshold if threshold is None else threshold
+        scale = preset.logit_scale if scale is None else scale
+        background = preset.background_class if preset.background_class is not None else NONE_ID
+    else:
+        classes = parse_classes(args.classes) if args.classes else read_class_file(args.classes_file)
+    options = OpenVocabOptions(mode=args.mode, size=args.resolution, stride=args.stride, templates=TCL_TEMPLATES,
+                               background_threshold=threshold or None, logit_scale=scale, background_id=background,
+                               resize="torch" if args.fast_resize else "pil")
+    run = OpenVocabRun(device=args.device, max_pixels=args.max_pixels, dtype=args.dtype, quantize=args.quantize,
+                       probabilities=args.probabilities, sheet=args.sheet, progress=not args.no_progress)
+    return classes, names, options, run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``tips-predict``; returns 0 on success, 1 with a message on stderr on failure."""
     tune_cpu_allocator()
     args = build_parser().parse_args(argv)
     try:
-        result = write_predictions(args.source, args.out, model_from_args(args), options_from_args(args))
+        if args.task == OPEN_VOCAB:
+            classes, names, options, run = open_vocab_from_args(args)
+            result = write_open_vocab(args.source, args.out, model_from_args(args), classes, options, run, names)
+        else:
+            result = write_predictions(args.source, args.out, model_from_args(args), options_from_args(args))
     except (ValueError, KeyError, FileNotFoundError, NoReadableImages) as e:
         print(f"tips-predict: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1

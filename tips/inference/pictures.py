@@ -113,3 +113,29 @@ def contact_sheet(pictures: Sequence[Image.Image], captions: Sequence[str], widt
             sheet.paste(t, (j * cell_w, y))
         y += h
     return sheet
+
+
+def open_vocab_picture(image: torch.Tensor, labels: torch.Tensor, names: Sequence[str], none_id: int | None = None,
+                       max_rows: int = 24) -> Image.Image:
+    """image (3, H, W), labels (H, W) class ids (``none_id`` = none of these) → [image | overlay | legend].
+
+    The legend names every class present, largest first, with its share of the pixels (at most ``max_rows``)."""
+    lab = labels.detach().cpu().numpy().astype(np.int64)
+    colours = np.zeros((max(len(names), int(lab.max()) + 1), 3), np.uint8)
+    colours[: len(names)] = palette(len(names))
+    base = np.asarray(_rgb(image), dtype=np.float32)
+    blended = (0.65 * colours[lab] + 0.35 * base).astype(np.uint8)
+    counts = np.bincount(lab.ravel(), minlength=len(colours))
+    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    rows = present[:max_rows]
+    height = max(lab.shape[0], 8 + 16 * (len(rows) + (len(present) > max_rows)))
+    legend = Image.new("RGB", (190, height), "white")
+    draw = ImageDraw.Draw(legend)
+    for row, c in enumerate(rows):
+        y = 4 + row * 16
+        name = "none of these" if c == none_id and c >= len(names) else names[c] if c < len(names) else f"id {c}"
+        draw.rectangle((4, y, 16, y + 12), fill=tuple(int(v) for v in colours[c]), outline="grey")
+        draw.text((20, y), f"{name[:22]}  {100 * counts[c] / lab.size:.1f} %", fill="black")
+    if len(present) > max_rows:
+        draw.text((4, 4 + max_rows * 16), f"+ {len(present) - max_rows} more classes", fill="black")
+    return _side_by_side(_rgb(image), Image.fromarray(blended, "RGB"), legend)

@@ -1,7 +1,7 @@
 """ADE20K (SceneParsing 2016): ``ADEChallengeData2016/{images,annotations}/{training,validation}``.
 
 Labels are 8-bit PNGs with 0 = "other" and 1..150 the classes; as mmseg's ``reduce_zero_label`` they become
-0..149 with 0 → 255 (ignored).
+0..149 with 0 → 255 (ignored); a 255 stays ignored (the TIPS notebook's rule).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ class ADE20KDataset(DenseDataset):
     def load_seg(self, index: int) -> torch.Tensor:
         path = self.label_dir / f"{self.keys[index]}.png"
         raw = read_label_png(path).astype(np.int64)
-        if raw.max() > 150:
-            raise DatasetFormatError(path, f"label {int(raw.max())}; expected 0 (other) or 1..150")
+        bad = (raw > 150) & (raw != IGNORE_INDEX)
+        if bad.any():
+            raise DatasetFormatError(path, f"label {int(raw[bad].max())}; expected 0 (other), 1..150 or 255")
         seg = raw - 1
-        seg[raw == 0] = IGNORE_INDEX
+        seg[(raw == 0) | (raw == IGNORE_INDEX)] = IGNORE_INDEX  # the notebook ignores 0 and 255
         return torch.from_numpy(seg)
