@@ -13,6 +13,7 @@ from ..models.tips import TIPS
 from ..models.tokenizers import Tokenizer, build_tokenizer
 from . import hf, hub, official, pretrained, timm
 from .common import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+from .finite import warn_nonfinite
 
 
 def load(
@@ -41,6 +42,7 @@ def load(
     """
     dtype = resolve_dtype(dtype)
     model = _load_any(source, text, tokenizer, heads)
+    warn_nonfinite(model, source)
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)

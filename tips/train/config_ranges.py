@@ -69,7 +69,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.center_momentum": (unit, "in [0, 1]"),
     "teacher.momentum": (unit, "in [0, 1]"),
     "teacher.momentum_final": (unit, "in [0, 1]"),
-    "optim.lr": (optional(positive), "a finite number > 0, or null for the square-root batch rule"),
+    "optim.lr": (optional(non_negative), "a finite number >= 0, or null for the square-root batch rule"),
     "optim.min_lr": (non_negative, "a finite number >= 0"),
     "optim.warmup_frac": (unit, "in [0, 1]"),
     "optim.eps": (positive, "a finite number > 0"),
