@@ -44,7 +44,7 @@ class LRUCache(OrderedDict):
     """A dict that keeps the ``size`` most recently used entries, plus ``pinned`` ones it never evicts
     (open_clip's special tokens, whose cached value is their only definition)."""
 
-    def __init__(self, size: int, pinned: dict | None = None) -> None:
+    def __init__(self, size: int = BPE_CACHE_SIZE, pinned: dict | None = None) -> None:  # defaults: copy.deepcopy
         super().__init__()
         self.size, self.pinned = size, dict(pinned or {})
 
