@@ -85,7 +85,7 @@ def test_cli_trains_a_dpt_probe_on_scenes_and_saves_a_head_that_loads_back(small
                  "--head", "dpt", "--dpt-preset", preset, "--iterations", "4", "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--num-vis", "1", "dpt.fusion=16",
                  *extra]) == 0
-    name = f"{task}-scenes-fast-dpt-{preset}-random-tiny-s0"
+    name = next(out.glob(f"{task}-scenes-fast-dpt-{preset}-random-tiny-*-s0.json")).stem  # *: identity tag
     result = json.loads((out / f"{name}.json").read_text())
     d = result["details"]
     assert d["head"] == "dpt" and d["dpt_preset"] == preset and d["dpt_layers"] == [0, 1, 2, 3]

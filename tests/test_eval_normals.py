@@ -134,7 +134,7 @@ def test_cli_normals_on_scenes_writes_results_with_object_metrics(scenes, tmp_pa
     assert main(["normals", "--random-init", "tiny", "--dataset", f"scenes:{scenes}", "--resolution", "112",
                  "--iterations", "20", "--mask", "objects", "--out", str(tmp_path / "out"),
                  "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--num-vis", "2"]) == 0
-    name = "normals-scenes-fast-random-tiny-s0"
+    name = next((tmp_path / "out").glob("normals-scenes-fast-random-tiny-*-s0.json")).stem  # *: identity tag
     result = json.loads((tmp_path / "out" / f"{name}.json").read_text())
     assert result["task"] == "normals" and result["details"]["head"] == "lin1"
     for part in ("all", "objects"):

@@ -155,7 +155,7 @@ def test_cli_segmentation_on_scenes_writes_json_markdown_and_picture(scenes, tmp
     run_cli("segmentation", "--random-init", "tiny", "--dataset", f"scenes:{scenes}", "--resolution", "112",
             "--iterations", "20", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
             "--object-classes", "--no-progress", "--num-vis", "2")
-    name = "segmentation-scenes-fast-random-tiny-s0"
+    name = next((tmp_path / "out").glob("segmentation-scenes-fast-random-tiny-*-s0.json")).stem  # *: identity tag
     result = json.loads((tmp_path / "out" / f"{name}.json").read_text())
     assert result["protocol"] == "fast" and result["features"]["resolution"] == [112, 112]
     assert result["details"]["subset_classes"] == ["sphere", "cube", "cylinder", "cone"]
@@ -173,15 +173,16 @@ def test_cli_depth_from_a_save_pretrained_folder_with_object_mask_log_bins_and_f
     run_cli("depth", "--model", str(tmp_path / "ckpt"), "--dataset", f"scenes:{scenes}", "--resolution", "112",
             "--head", "lin4", "--spacing", "log", "--mask", "objects", "--flip-tta", "--iterations", "10",
             "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "depth.bins=32")
-    result = json.loads((tmp_path / "out" / "depth-scenes-fast-ckpt-s0.json").read_text())
+    name = next((tmp_path / "out").glob("depth-scenes-fast-ckpt-*-s0.json")).stem  # *: identity tag
+    result = json.loads((tmp_path / "out" / f"{name}.json").read_text())
     assert result["checkpoint"]["kind"] == "folder" and result["features"]["layers"] == [0, 1, 2, 3]
     assert not result["features"]["norm"] and result["features"]["cls"]
     assert result["details"]["spacing"] == "log" and result["details"]["bins"] == 32 and result["details"]["flip_tta"]
     assert result["metrics"]["all"]["images"] == 8 and result["metrics"]["objects"]["rmse"] > 0
-    assert (tmp_path / "out" / "depth-scenes-fast-ckpt-s0.png").is_file()
+    assert (tmp_path / "out" / f"{name}.png").is_file()
     assert len(list((tmp_path / "cache").iterdir())) == 3  # train, val, flipped val
     objects = result["metrics"]["objects"]
-    row = next(r for r in (tmp_path / "out" / "depth-scenes-fast-ckpt-s0.md").read_text().splitlines()
+    row = next(r for r in (tmp_path / "out" / f"{name}.md").read_text().splitlines()
                if r.startswith("| objects |"))
     assert f"| {objects['rmse_aligned']:.4f} | {objects['bias']:.4f} | 8 |" in row
     del objects["bias"]  # a result written before the bias column: the report still renders, with a dash
@@ -193,7 +194,7 @@ def test_dinov2_protocol_runs_on_augmented_crops_with_tiny_iteration_counts(scen
     run_cli(task, "--random-init", "tiny", "--dataset", f"scenes:{scenes}", "--protocol", "dinov2",
             "--iterations", "2", "--out", str(tmp_path), "--no-progress", "--num-vis", "1", "optim.batch_size=2",
             "optim.warmup=1", "augment.crop=[56,70]", "augment.stride=37", "augment.test_short_side=84")
-    result = json.loads((tmp_path / f"{task}-scenes-dinov2-random-tiny-s0.json").read_text())
+    result = json.loads(next(tmp_path.glob(f"{task}-scenes-dinov2-random-tiny-*-s0.json")).read_text())
     assert result["protocol"] == "dinov2" and result["details"]["crop"] == [56, 70]
     assert result["config"]["optim"]["iterations"] == 2 and not list(tmp_path.glob("*/patch.npy"))
 

@@ -125,7 +125,8 @@ def build_model(args: argparse.Namespace, device: str) -> tuple[tips.TIPS, dict,
         path = Path(args.model)
         label = args.model
         if path.exists():  # trainer exports are all called export/: name them by their run step too
-            label = path.name if path.name not in ("export", "") else f"{path.parent.name}-{path.name}"
+            # trainer exports are called export/ and final/: name them by their run (and step) too
+            label = path.name if path.name not in ("export", "final", "") else f"{path.parent.name}-{path.name}"
     if args.quantize:  # int8 weights are other weights: their features get their own cache entry
         identity = {**identity, "quantize": args.quantize}
         label = f"{label}-{args.quantize}"

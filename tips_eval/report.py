@@ -6,6 +6,7 @@ patch features (:func:`tips.pca_rgb`: first three components as RGB, fitted join
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -122,7 +123,7 @@ def markdown(result: dict) -> str:
         "",
         "| checkpoint | dataset (train → val) | resolution | layers | norm | CLS | iterations | seed |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {result['checkpoint']['label']} | {ds['name']} {ds['train_split']} ({ds['num_train']}) → {ds['val_split']} "
+        f"| {result['checkpoint']['label']} ({identity_tag(_identity(result['checkpoint']))}) | {ds['name']} {ds['train_split']} ({ds['num_train']}) → {ds['val_split']} "
         f"({ds['num_val']}) | {'x'.join(map(str, feats['resolution']))} | {','.join(map(str, feats['layers']))} | "
         f"{feats['norm']} | {feats['cls']} | {result['config']['optim']['iterations']} | {result['seed']} |",
         "",
@@ -164,9 +165,23 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_name(task: str, dataset: str, protocol: str, checkpoint_label: str, seed: int) -> str:
+def identity_tag(identity: dict | None) -> str:
+    """8 hex digits of the checkpoint's identity (``tips_eval.features.checkpoint_identity``): two checkpoints
+    with the same label (``runs/a/final``, ``runs/b/final``) never share a result file."""
+    return hashlib.sha256(json.dumps(identity or {}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_name(task: str, dataset: str, protocol: str, checkpoint_label: str, seed: int,
+             identity: dict | None = None) -> str:
+    """``{task}-{dataset}-{protocol}-{label}-{identity tag}-s{seed}``: the label for people, the tag so that two
+    checkpoints never write the same file."""
     tag = re.sub(r"[^A-Za-z0-9._-]+", "-", checkpoint_label).strip("-") or "model"
-    return f"{task}-{dataset}-{protocol}-{tag}-s{seed}"
+    return f"{task}-{dataset}-{protocol}-{tag}-{identity_tag(identity)}-s{seed}"
+
+
+def _identity(checkpoint: dict) -> dict:
+    """The identity part of a result's ``checkpoint`` (which also holds the label)."""
+    return {k: v for k, v in checkpoint.items() if k != "label"}
 
 
 def write_report(result: dict, vis: list[VisSample], out_dir: str | Path, name: str,

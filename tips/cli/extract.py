@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..inference.extract import ExtractOptions, ExtractResult, NoReadableImages, extract
+from ..inference.job_folder import FolderOwnedError
 from ..inference.loaded import build_model, resolve_device
 from ..inference.precision import print_bf16_hint
 from ..io.images import DEFAULT_MAX_PIXELS
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     add_inference_args(x)
     x.add_argument("--no-progress", action="store_true")
+    x.add_argument("--force", action="store_true",
+                   help="the output folder holds another job's extraction: replace its files (otherwise refused)")
     return p
 
 
@@ -73,7 +76,7 @@ def options_from_args(args: argparse.Namespace) -> ExtractOptions:
         num_workers=args.num_workers, device=args.device, dtype=args.dtype, save_dtype=args.save_dtype,
         quantize=args.quantize, patch_tokens=args.patch_tokens, pool_patches=args.pool_patches,
         shard_size=args.shard_size, max_pixels=args.max_pixels, texts=args.texts, pca=args.pca,
-        progress=not args.no_progress,
+        progress=not args.no_progress, force=args.force,
     )
 
 
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.source or not args.out:
                 parser.error("give a SOURCE and -o/--out DIR (or --demo -o DIR)")
             result = extract(args.source, args.out, model_from_args(args), options_from_args(args))
-    except (ValueError, KeyError, FileNotFoundError, NoReadableImages) as e:
+    except (ValueError, KeyError, FileNotFoundError, NoReadableImages, FolderOwnedError) as e:
         print(f"tips-extract: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     print(result.summary())

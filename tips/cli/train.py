@@ -42,10 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     force = ["run.force=true"] if args.force else []
     overrides = ([f"run.output_dir={args.out}"] if args.out is not None else []) + force + args.overrides
-    cfg = load_config(args.config, overrides)
-    from ..train.trainer import Trainer
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as e:  # a value out of range, named with its key: no traceback
+        print(f"tips-train: error: {e}", file=sys.stderr)
+        return 2
+    from ..train.finite import NonFiniteWeightsError
+    from ..train.trainer import NonFiniteLossError, Trainer
 
-    final = Trainer(cfg).fit()
+    try:
+        final = Trainer(cfg).fit()
+    except (NonFiniteWeightsError, NonFiniteLossError) as e:
+        print(f"tips-train: error: {e}", file=sys.stderr)
+        return 1
     print(f"final export: {final}", file=sys.stderr)
     return 0
 

@@ -27,6 +27,9 @@ from ..io.shards import expand_shards
 from .skips import SkipCounter, SkipSample
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+# The largest tar member a sample may hold (bytes). A larger one is skipped from its header, before it is read
+# (a 1 GiB member would otherwise be read whole, twice, before its image is refused).
+MAX_MEMBER_BYTES = 256 << 20
 TABLE_SUFFIXES = (".csv", ".jsonl")
 
 
@@ -130,6 +133,9 @@ def _captions(value: Any) -> list[str]:
 def record_from_sample(sample: dict[str, Any]) -> Record:
     """A webdataset sample (``__key__``, image, ``txt``, ``json``) → Record; raises SkipSample."""
     key = sample.get("__key__", "?")
+    too_large = next((v for v in sample.values() if isinstance(v, TooLarge)), None)
+    if too_large is not None:
+        raise SkipSample("too_large", f"{key}: {too_large}")
     image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if image is None:
         raise SkipSample("missing_image", key)
@@ -212,7 +218,7 @@ def pass_records(
         units = rows
     mine = wds.split_by_worker(split_by_rank(units, rank, world_size))
     if source.kind == "shards":
-        mine = wds.tarfile_to_samples(handler=skips)(mine)
+        mine = tar_samples(mine, skips)
     return _records(mine, source, skips)
 
 
@@ -220,11 +226,61 @@ def resampled_records(source: Source, seed: int, skips: SkipCounter) -> Iterator
     """An endless stream: shards (or rows) drawn with replacement by a generator seeded with ``seed``."""
     if source.kind == "shards":
         shards = wds.ResampledShards(source.units, seed=seed, worker_seed=lambda: 0, deterministic=True)
-        samples: Iterable[dict[str, Any]] = wds.tarfile_to_samples(handler=skips)(iter(shards))
+        samples: Iterable[dict[str, Any]] = tar_samples(iter(shards), skips)
     else:
         rng = np.random.default_rng(seed)
         samples = (source.units[int(i)] for i in _endless_integers(rng, len(source.units)))
     return _records(samples, source, skips)
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """Stands in a sample for a tar member that was not read: larger than the bound."""
+
+    name: str
+    size: int
+    limit: int
+
+    def __str__(self) -> str:
+        return f"member {self.name} has {self.size} bytes, more than {self.limit} (not read)"
+
+
+def tar_samples(urls: Iterable[dict[str, Any]], skips: SkipCounter,
+                max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
+    """webdataset's ``tarfile_to_samples`` with a bound: a member larger than ``max_member_bytes`` is not read
+    (its header says the size; the streaming reader passes over its bytes in small blocks) and its sample is
+    dropped as ``too_large``."""
+    from webdataset.tariterators import group_by_keys, url_opener
+
+    return group_by_keys(_bounded_members(url_opener(urls, handler=skips), skips, max_member_bytes), handler=skips)
+
+
+def _bounded_members(streams: Iterable[dict[str, Any]], skips: SkipCounter,
+                     max_member_bytes: int) -> Iterator[dict[str, Any]]:
+    """(fname, data, __url__) of every regular member within the bound; ``{}`` at the end of each shard."""
+    import tarfile
+
+    for source in streams:
+        url = source["url"]
+        try:
+            with tarfile.open(fileobj=source["stream"], mode="r|*") as tar:
+                for info in tar:
+                    if not info.isreg() or info.name.startswith("__") or "/__" in info.name:
+                        continue
+                    if info.size > max_member_bytes:  # its sample is dropped once, by record_from_sample
+                        yield {"fname": info.name, "data": TooLarge(info.name, info.size, max_member_bytes),
+                               "__url__": url}
+                        continue
+                    yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+                    tar.members = []  # streaming: keep no history of members
+        except Exception as exn:  # noqa: BLE001 - a damaged shard is counted and the next one read
+            if not skips(exn):
+                raise
+        finally:
+            stream = source.get("stream")
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()
+        yield {}
 
 
 def _endless_integers(rng: np.random.Generator, high: int, chunk: int = 1024) -> Iterator[int]:

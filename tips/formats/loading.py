@@ -13,6 +13,7 @@ from ..models.tokenizers import Tokenizer, build_tokenizer
 from . import hub, pretrained
 from .common import TOKENIZER_NAME
 from .detect import detect
+from .finite import warn_nonfinite
 from .registry import MODEL_READERS as READERS_OF_MODELS
 
 
@@ -42,6 +43,7 @@ def load(
     """
     dtype = resolve_dtype(dtype)
     model = _load_any(source, text, tokenizer, heads)
+    warn_nonfinite(model, source)
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)

@@ -10,6 +10,7 @@ Output folder layout (rows follow ``ids``; see docs in ``extract``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from ..io.sources import find_images
 from ..models.dtypes import resolve_dtype
 from ..models.preprocess import Preprocess
 from ..models.tips import TIPS
+from . import job_folder
 from .images import Decoded, ImageDataset, collate_decoded
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .pca import save_pca_picture
@@ -155,8 +157,15 @@ class Features:
 
 
 def load_features(out_dir: str | os.PathLike) -> Features:
-    """Read an extraction folder (single file or shards) back into memory."""
+    """Read an extraction folder (single file or shards) back into memory; an incomplete one (its manifest says
+    so, or its files are missing) is refused naming the folder."""
     out_dir = Path(out_dir)
+    job_folder.check_complete(out_dir)
+    needed = ["index.json", "ids.jsonl"] if (out_dir / "index.json").is_file() else ["features.safetensors", "ids.json"]
+    missing = [n for n in needed if not (out_dir / n).is_file()]
+    if missing:
+        raise job_folder.IncompleteExtraction(f"{out_dir} is not a complete extraction (no {', '.join(missing)}): "
+                                              "run tips-extract into it (again) to finish it")
     if (out_dir / "index.json").is_file():
         index = json.loads((out_dir / "index.json").read_text())
         files = [out_dir / s["file"] for s in index["shards"]]
@@ -273,6 +282,7 @@ class ExtractOptions:
     max_pixels: larger images are skipped as decompression bombs (None/0 = no limit).
     texts: a prompts file (one per line) or a list of prompts → ``text_embeddings.safetensors``.
     pca: a PCA picture of the first ``pca`` images (``pca.png``).
+    force: the output folder holds another job's extraction: replace it (otherwise refused, naming both jobs).
     """
 
     resolution: int | None = None
@@ -290,6 +300,7 @@ class ExtractOptions:
     texts: str | os.PathLike | Sequence[str] | None = None
     pca: int = 0
     progress: bool = True
+    force: bool = False  # replace another job's extraction in ``output`` (tips.inference.job_folder)
 
 
 def extract(
@@ -315,9 +326,10 @@ def extract(
     prompts = _check_options(net, resolution, o.pool_patches, o.texts)
     dev = next(net.parameters()).device if o.device is None and isinstance(model, TIPS) else resolve_device(o.device)
     dtype, save_dtype = resolve_dtype(o.dtype), resolve_dtype(o.save_dtype)
-    prepare_for_inference(net, dev, o.quantize)
     out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = job_identity(sources, loaded, resolution, prompts, o)
+    job_folder.claim(out_dir, identity, o.force)  # one job per folder: before anything is written
+    prepare_for_inference(net, dev, o.quantize)
 
     metadata = {"format": FORMAT, "model": model_name, "resolution": str(resolution), "keep_aspect": str(o.keep_aspect),
                 "patch_size": str(net.patch_size), "pool_patches": str(o.pool_patches),
@@ -345,7 +357,24 @@ def extract(
     if prompts is not None:
         result.text = _write_text_embeddings(out_dir, prompts, encode_prompts(net, prompts), model_name)
         result.files += [result.text, out_dir / "texts.json"]
+    job_folder.complete(out_dir, identity, result.files)  # last: the folder now holds exactly this job
     return result
+
+
+def job_identity(sources, loaded: LoadedModel, resolution: int, prompts: list[str] | None,
+                 o: ExtractOptions) -> dict:
+    """What makes two extractions the same job (JSON): the model (name, provenance, weights fingerprint), the
+    sources and every option that changes what the files hold (not batch size, workers, device or progress)."""
+    items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    texts = None if prompts is None else hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+    options = {"resolution": resolution, "keep_aspect": o.keep_aspect, "dtype": str(resolve_dtype(o.dtype)),
+               "save_dtype": str(resolve_dtype(o.save_dtype)), "quantize": o.quantize,
+               "patch_tokens": o.patch_tokens, "pool_patches": o.pool_patches, "shard_size": o.shard_size,
+               "max_pixels": o.max_pixels or None, "texts": texts, "pca": o.pca}
+    model = {"name": loaded.name, "record": json.loads(json.dumps(loaded.record, default=str)),
+             "weights": job_folder.weights_fingerprint(loaded.model)}
+    return {"model": model, "sources": [str(Path(i).resolve()) if Path(i).exists() else str(i) for i in items],
+            "options": options}
 
 
 def _check_options(net: TIPS, resolution: int, pool_patches: int | None, texts) -> list[str] | None:

@@ -11,6 +11,10 @@ from PIL import Image
 from ..io.images import DEFAULT_MAX_PIXELS, ImageDecodeError
 from ..io.sources import ImageRef, decode_ref
 
+# The largest resized image an item may become (pixels): 4096 x 4096, 200 MB as float32. A thin image far under
+# max_pixels (20000 x 1) resized with its aspect kept would otherwise ask for gigabytes.
+MAX_RESIZED_PIXELS = 4096 * 4096
+
 
 @dataclass
 class Decoded:
@@ -39,12 +43,22 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.refs)
 
     def __getitem__(self, index: int) -> Decoded:
+        """Any failure of one image (decode, an output shape too large, resize, allocation) is this item's
+        reason, never the run's end."""
         ref = self.refs[index]
         try:
             image = decode_ref(ref, self.max_pixels)
+            out = getattr(self.preprocess, "output_size", None)
+            if out is not None:
+                h, w = out(*image.size)
+                if h * w > MAX_RESIZED_PIXELS:
+                    raise ImageDecodeError("too_large", f"{image.size[0]}x{image.size[1]} would be resized to {h}x{w} "
+                                           f"= {h * w} pixels, more than {MAX_RESIZED_PIXELS} (an extreme aspect ratio)")
+            return Decoded(index, ref.id, self.preprocess(image))
         except ImageDecodeError as e:
             return Decoded(index, ref.id, None, str(e))
-        return Decoded(index, ref.id, self.preprocess(image))
+        except Exception as e:  # noqa: BLE001 - a resize or an allocation of this image only
+            return Decoded(index, ref.id, None, f"bad_image: {type(e).__name__}: {str(e)[:200]}")
 
 
 def collate_decoded(items: list[Decoded]) -> list[Decoded]:

@@ -9,6 +9,7 @@ folder), a single image, or webdataset shards (``shards-{000..009}.tar``). Every
 from __future__ import annotations
 
 import glob
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from .shards import expand_shards
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
+# The largest encoded image read (bytes): a bigger file or tar member is skipped from its size (the tar header
+# or stat) before any byte is read. A PNG of DEFAULT_MAX_PIXELS RGB pixels compresses below this.
+MAX_IMAGE_BYTES = 256 << 20
 # Webdataset member extensions that hold the image of a sample, in order of preference.
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -126,12 +130,17 @@ def _resolve(source: str, prefix_folders: bool) -> list[ImageRef]:
 
 
 # ----------------------------------------------------------------------------------------------- decoding
-def read_bytes(ref: ImageRef) -> bytes:
-    """The encoded bytes of an image, from disk or from inside its shard; raises ImageDecodeError."""
+def read_bytes(ref: ImageRef, max_bytes: int | None = MAX_IMAGE_BYTES) -> bytes:
+    """The encoded bytes of an image, from disk or from inside its shard; raises ImageDecodeError. An image
+    larger than ``max_bytes`` is refused from its size, before it is read."""
     try:
+        size = ref.size if ref.in_shard else os.stat(ref.path).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ImageDecodeError("too_large", f"{size} bytes, more than the {max_bytes} an image may have "
+                                   "(not read)")
         with open(ref.path, "rb") as f:
             if not ref.in_shard:
-                return f.read()
+                return f.read(max_bytes + 1 if max_bytes is not None else -1)
             f.seek(ref.offset)
             data = f.read(ref.size)
     except FileNotFoundError:

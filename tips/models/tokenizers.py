@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import os
+import re
+from collections import OrderedDict
+from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +20,49 @@ import numpy as np
 import torch
 
 DEFAULT_LENGTH = 64
+# Words of a caption longer than this (characters) are cut before tokenising; no word of a natural caption is.
+MAX_WORD_CHARS = 256
+# Entries of the BPE word cache (open_clip's grows without bound in a long-lived data worker).
+BPE_CACHE_SIZE = 50_000
+_WORD = re.compile(r"\S+")
+
+
+def cut_caption(text: str, length: int, max_word: int = MAX_WORD_CHARS) -> str:
+    """The first ``length`` whitespace-separated words of ``text``, each cut to ``max_word`` characters.
+
+    Why the first ``length`` ids survive: cleaning (whitespace folding, lower case, HTML unescaping) never joins
+    two words; the tokenizers' pre-tokens never span whitespace, every word holds at least one pre-token and
+    every pre-token gives at least one id, computed from that pre-token alone. So the first ``length`` ids come
+    from the first ``length`` words, which are kept whole when no word is longer than ``max_word``.
+    Cost: O(kept text), not O(caption): a 10 MB caption is never split or encoded whole.
+    """
+    words = [m.group()[:max_word] for m in islice(_WORD.finditer(text), length)]
+    return " ".join(words)
+
+
+class LRUCache(OrderedDict):
+    """A dict that keeps the ``size`` most recently used entries, plus ``pinned`` ones it never evicts
+    (open_clip's special tokens, whose cached value is their only definition)."""
+
+    def __init__(self, size: int = BPE_CACHE_SIZE, pinned: dict | None = None) -> None:  # defaults: copy.deepcopy
+        super().__init__()
+        self.size, self.pinned = size, dict(pinned or {})
+
+    def __contains__(self, key) -> bool:
+        return key in self.pinned or super().__contains__(key)
+
+    def __getitem__(self, key):
+        if key in self.pinned:
+            return self.pinned[key]
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
 
 
 def _as_list(texts: str | Sequence[str]) -> list[str]:
@@ -64,7 +110,8 @@ class SentencePieceTokenizer:
         return self.processor.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.processor.encode(text.lower(), add_bos=False, add_eos=False)
+        """Ids of the first ``length`` words (:func:`cut_caption`: the first ``length`` ids are unchanged)."""
+        return self.processor.encode(cut_caption(text, self.length).lower(), add_bos=False, add_eos=False)
 
     def __call__(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.encode(t) for t in _as_list(texts)]
@@ -87,6 +134,7 @@ class BPETokenizer:
         self._full_clean = getattr(oc, "_clean_lower", None)
         if self._full_clean is not None and getattr(self._bpe, "clean_fn", None) is self._full_clean:
             self._bpe.clean_fn = self._clean
+        self._bpe.cache = LRUCache(BPE_CACHE_SIZE, pinned=self._bpe.cache)  # holds the special tokens
 
     def _clean(self, text: str) -> str:
         """open_clip's cleaning (ftfy, HTML unescaping twice, whitespace folding, lower case). On printable ASCII
@@ -101,7 +149,8 @@ class BPETokenizer:
         return len(self._bpe.encoder)
 
     def encode(self, text: str) -> list[int]:
-        return self._bpe.encode(text.lower())
+        """Ids of the first ``length`` words (:func:`cut_caption`: the first ``length`` ids are unchanged)."""
+        return self._bpe.encode(cut_caption(text, self.length).lower())
 
     def __call__(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.encode(t) for t in _as_list(texts)]

@@ -15,6 +15,7 @@ from ..models.tips import TIPS
 from ..models.variants import get_variant, override_config
 from ..models.tokenizers import build_tokenizer
 from .config import TrainConfig
+from .finite import NonFiniteWeightsError, describe, nonfinite_names
 from .objective import TIPSObjective
 from .plan import TrainPlan, heads_file, make_plan
 from .student import TIPSStudent, TIPSTeacher
@@ -28,6 +29,10 @@ def build_model(cfg: TrainConfig, plan: TrainPlan) -> TIPS:
     m = cfg.model
     if m.init_from:
         model = load(m.init_from, tokenizer=m.tokenizer)
+        bad = nonfinite_names(model.state_dict().items())
+        if bad:
+            raise NonFiniteWeightsError(f"model.init_from={m.init_from} holds {len(bad)} non-finite weight tensors "
+                                        f"({describe(bad)}): fine-tune from a finite checkpoint")
         model.train()
         model_cfg = override_config(model.cfg, **{"vision.drop_path_rate": m.drop_path_rate})
         if model_cfg != model.cfg:  # rebuild so drop-path takes effect, then copy the weights over

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from ..data.masking import MaskConfig
 from ..data.views import ViewConfig
 from ..io.overrides import parse_override
+from ..models.variants import get_variant
+from .config_ranges import check_crop_sizes, check_mixed_precision, check_output_dir, check_ranges
 from .plan import make_plan
 
 log = logging.getLogger(__name__)
@@ -89,7 +93,7 @@ class OptimSection:
     weight_decay: float = 0.04
     weight_decay_end: float = 0.2
     layerwise_decay: float = 1.0
-    clip_grad: float = 3.0
+    clip_grad: float | None = 3.0  # per sub-module gradient-norm cap; 0 or null: no clipping
     freeze_last_layer_frac: float = 0.0
 
 
@@ -212,9 +216,23 @@ def validate(cfg: TrainConfig) -> None:
     bad = [t for t in cfg.model.freeze if t not in ("vision", "text")]
     if bad:
         raise ValueError(f"model.freeze={bad}: only 'vision' and 'text' can be frozen")
-    if cfg.run.steps <= 0 or cfg.run.batch_size <= 0:
-        raise ValueError("run.steps and run.batch_size must be positive")
+    check_ranges(cfg)  # every numeric field, key and accepted range named
+    check_crop_sizes(cfg, _patch_size(cfg))
+    check_mixed_precision(cfg.run.mixed_precision, cuda=torch.cuda.is_available()
+                          and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"))
+    check_output_dir(cfg.run.output_dir)
     make_plan(cfg)  # loss terms, views and teacher that cannot train together fail here, keys named
+
+
+def _patch_size(cfg: TrainConfig) -> int | None:
+    """The patch size every crop must hold at least once: the variant's with its overrides; None with
+    ``model.init_from`` (the checkpoint decides, and it is not read while the config loads)."""
+    if cfg.model.init_from:
+        return None
+    try:
+        return get_variant(cfg.model.variant, **cfg.model.overrides).vision.patch_size
+    except (KeyError, TypeError, ValueError):
+        return None  # an unknown variant or override fails with its own message when the model is built
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

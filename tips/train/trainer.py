@@ -32,6 +32,7 @@ from .checkpointer import Checkpointer, DiskFullError, micro_batch_seed, resumed
 from .flops import peak_tflops, step_flops
 from .builders import TrainModule, build_modules, data_config, default_epoch_size, peak_lr
 from .config import TrainConfig, save_config
+from .finite import NonFiniteWeightsError, nonfinite_everywhere, stop_message
 from .optim import build_optimizer, param_groups, set_lr_wd
 from .plan import TrainPlan, make_plan
 from .run_lock import RunLock
@@ -169,14 +170,18 @@ class Trainer:
         return StepResult(losses, grad_norms, skipped, len(batch) * accum)
 
     def after_step(self, result: StepResult, schedule: Schedule) -> None:
-        """Clamp the temperatures and move the teacher after a taken step; count skipped ones."""
+        """Clamp the temperatures and move the teacher after a taken step; count skipped ones. A skipped step
+        whose weights are already non-finite (a NaN update by the step before) stops the run: skipping cannot
+        undo it."""
         if result.skipped:
+            self.ensure_finite("a non-finite loss")
             self.nonfinite_total += 1
             self.consecutive_nonfinite += 1
             if self.consecutive_nonfinite > self.cfg.run.max_nonfinite:
                 raise NonFiniteLossError(
                     f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss (last at step {self.step}); "
-                    "lower optim.lr, check the data, or use run.mixed_precision=bf16 instead of fp16"
+                    "lower optim.lr, check the data, or use run.mixed_precision=bf16 instead of fp16; last good "
+                    f"checkpoint: {ckpt.latest_checkpoint(self.output_dir) or 'none'}"
                 )
         else:
             self.consecutive_nonfinite = 0
@@ -213,7 +218,7 @@ class Trainer:
             module = _submodule(student, name)
             params = [p for p in module.parameters() if p.grad is not None] if module is not None else []
             if params:
-                norms[name] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
+                norms[name] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad or math.inf)
         return norms
 
     # ------------------------------------------------------------------ the loop
@@ -301,8 +306,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints and exports
     def save(self) -> Path:
-        """A resumable checkpoint of this step (every rank calls; :class:`Checkpointer`)."""
+        """A resumable checkpoint of this step (every rank calls; :class:`Checkpointer`); never of non-finite
+        weights (:meth:`ensure_finite`)."""
         acc = self.accelerator
+        self.ensure_finite("before saving a checkpoint")
         # the loader's own position (batches this rank consumed) is what it resumes from
         positions = acc.gather(torch.tensor([self.loader.state_dict()["batches_seen"]], device=acc.device)).tolist()
         state = {"step": self.step, "data_positions": positions, "skips": self.skips(),
@@ -312,6 +319,17 @@ class Trainer:
         return self.checkpointer.save(
             self.step, self.core, self.optimizer.optimizer, self.teacher, state,
             lambda folder: self.export(folder / "export", folder / "export_teacher" if export_teacher else None))
+
+    def ensure_finite(self, when: str) -> None:
+        """Raise :class:`NonFiniteWeightsError` on every rank when any rank's student, objective or teacher holds
+        a non-finite tensor: the message names the step, the tensors and the last good checkpoint, which stays
+        (pruning happens only after a newer checkpoint is complete, and none is written from these weights)."""
+        tensors = list(self.core.state_dict().items())
+        if self.teacher is not None:
+            tensors += [(f"teacher.{k}", v) for k, v in self.teacher.state_dict().items()]
+        ranks, bad = nonfinite_everywhere(tensors, self.accelerator)
+        if ranks:
+            raise NonFiniteWeightsError(stop_message(self.step, bad, ckpt.latest_checkpoint(self.output_dir), when))
 
     def resume(self, path: Path) -> int:
         """Restore model, optimiser, teacher and counters from ``path``; returns this rank's data position."""
@@ -367,6 +385,7 @@ class Trainer:
         removes its temporary folders; a full disk is reported as one."""
         acc = self.accelerator
         self.parallel.check_replicas(self.core)
+        self.ensure_finite("before writing final/")
         final = self.output_dir / "final"
         before = set(self.output_dir.glob(".final*.tmp-*"))
         try:

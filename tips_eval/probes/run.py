@@ -95,7 +95,7 @@ def run_probe(
     }
     if out_dir is not None:
         tag = cfg.protocol if outcome.head is None else f"{cfg.protocol}-dpt-{cfg.dpt.preset}"
-        name = run_name(cfg.task, val.info.name, tag, checkpoint_label, cfg.seed)
+        name = run_name(cfg.task, val.info.name, tag, checkpoint_label, cfg.seed, checkpoint)
         if outcome.head is not None:
             result["head_paths"] = save_head(outcome.head, Path(out_dir), name)
         write_report(result, outcome.vis, out_dir, name, val.info.class_names or None,
