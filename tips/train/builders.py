@@ -23,12 +23,24 @@ from .teacher import make_teacher
 log = logging.getLogger(__name__)
 
 
+def continued_temperatures(model: TIPS) -> None:
+    """Start CLS1's temperature from the checkpoint's and CLS2's from its ``temperature_syn`` when it has one,
+    else from the same value (released files carry one temperature); a checkpoint without any keeps the init."""
+    tau, tau_syn = model.temperature, model.temperature_syn
+    if tau is not None and tau_syn is None:
+        log.info("init_from has no temperature_syn: CLS2 starts from CLS1's temperature %.4g", tau)
+        with torch.no_grad():
+            model.logit_scale_syn.copy_(model.logit_scale_alt)
+    model.has_temperature = {"alt": True, "syn": True}
+
+
 def build_model(cfg: TrainConfig, plan: TrainPlan) -> TIPS:
     """A TIPS model from the variant table, or initialised from any checkpoint ``tips.load`` reads."""
     m = cfg.model
     if m.init_from:
-        model = load(m.init_from, tokenizer=m.tokenizer)
+        model = load(m.init_from, text=m.init_text, tokenizer=m.tokenizer)
         model.train()
+        continued_temperatures(model)
         model_cfg = override_config(model.cfg, **{"vision.drop_path_rate": m.drop_path_rate})
         if model_cfg != model.cfg:  # rebuild so drop-path takes effect, then copy the weights over
             fresh = TIPS(model_cfg, tokenizer=model.tokenizer)

@@ -27,6 +27,7 @@ class ModelSection:
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"vision.depth": 6}
     tokenizer: str = "bpe"  # "bpe" or a SentencePiece .model path
     init_from: str | None = None  # any checkpoint tips.load reads (fine-tuning)
+    init_text: str | None = None  # the text tower file of an init_from that comes as two (official .npz)
     freeze: list[str] = field(default_factory=list)  # towers to freeze: "vision", "text"
     drop_path_rate: float = 0.1
     layerscale_trainable: bool = False
@@ -89,6 +90,7 @@ class OptimSection:
     weight_decay: float = 0.04
     weight_decay_end: float = 0.2
     layerwise_decay: float = 1.0
+    text_layerwise_decay: float | None = None  # the same rule over the text tower's blocks; None: layerwise_decay
     clip_grad: float = 3.0
     freeze_last_layer_frac: float = 0.0
 
@@ -139,6 +141,19 @@ class RunSection:
 
 
 @dataclass
+class FinetuneSection:
+    """Continued pretraining from released weights (docs/finetuning.md)."""
+
+    head_warmup_steps: int = 0  # towers' LR 0 while the fresh DINO/iBOT heads warm up (tips.train.warmup)
+    tower_warmup_steps: int = 0  # then the towers' own linear warm-up
+    retention_weight: float = 0.0  # dense retention guard: patch features kept close to the original's
+    retention_loss: str = "cosine"  # or "smooth_l1" (on L2-normalised patch tokens)
+    lora_rank: int = 0  # > 0: LoRA adapters (peft) instead of full fine-tuning (tips.train.lora)
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     loss: LossSection = field(default_factory=LossSection)
@@ -146,6 +161,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     data: DataSection = field(default_factory=DataSection)
     run: RunSection = field(default_factory=RunSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
 
 def load_config(
@@ -212,6 +228,13 @@ def validate(cfg: TrainConfig) -> None:
     bad = [t for t in cfg.model.freeze if t not in ("vision", "text")]
     if bad:
         raise ValueError(f"model.freeze={bad}: only 'vision' and 'text' can be frozen")
+    f = cfg.finetune
+    if f.retention_loss not in ("cosine", "smooth_l1"):
+        raise ValueError(f"finetune.retention_loss={f.retention_loss!r}: expected one of ('cosine', 'smooth_l1')")
+    if min(f.head_warmup_steps, f.tower_warmup_steps, f.lora_rank) < 0 or f.retention_weight < 0:
+        raise ValueError("finetune.head_warmup_steps, tower_warmup_steps, lora_rank and retention_weight must be >= 0")
+    if (f.head_warmup_steps or f.retention_weight or f.lora_rank) and not cfg.model.init_from:
+        raise ValueError("finetune.head_warmup_steps / retention_weight / lora_rank need model.init_from=<checkpoint>")
     if cfg.run.steps <= 0 or cfg.run.batch_size <= 0:
         raise ValueError("run.steps and run.batch_size must be positive")
     make_plan(cfg)  # loss terms, views and teacher that cannot train together fail here, keys named

@@ -38,6 +38,7 @@ from .run_lock import RunLock
 from .schedules import cosine, ema_momentum, fraction_to_steps, linear_warmup, warmup_cosine
 from .student import with_patch_selection
 from .validation import validate
+from .warmup import tower_lr_factor
 
 log = logging.getLogger("tips.train")
 CLIPPED = ("model.vision", "model.text", "dino_head", "ibot_head", "pixel_decoder", "feature_proj")
@@ -56,6 +57,7 @@ class Schedule:
     momentum: float
     teacher_temp: float
     freeze_last_layer: bool
+    tower_lr_factor: float = 1.0  # 0 during a fine-tune's head warm-up (tips.train.warmup)
 
 
 @dataclass
@@ -102,7 +104,10 @@ class Trainer:
             compile_blocks(self.module.student, r.compile_backend)
 
         def make_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
-            groups = param_groups(module, cfg.optim.layerwise_decay, "student.model.vision.", model.cfg.vision.depth)
+            o = cfg.optim
+            text_decay = o.layerwise_decay if o.text_layerwise_decay is None else o.text_layerwise_decay
+            groups = param_groups(module, o.layerwise_decay, "student.model.vision.", model.cfg.vision.depth,
+                                  text_decay, "student.model.text.", model.cfg.text.depth, "student.model.")
             return build_optimizer(groups, cfg.optim.optimizer, tuple(cfg.optim.betas), cfg.optim.eps)
 
         self.module, self.optimizer = self.parallel.prepare(self.module, self.teacher, self.plan.teacher,
@@ -143,6 +148,8 @@ class Trainer:
             teacher_temp=linear_warmup(step, fraction_to_steps(l.teacher_temp_warmup_frac, total),
                                        l.teacher_temp_warmup, l.teacher_temp),
             freeze_last_layer=step < fraction_to_steps(o.freeze_last_layer_frac, total),
+            tower_lr_factor=tower_lr_factor(step, self.cfg.finetune.head_warmup_steps,
+                                            self.cfg.finetune.tower_warmup_steps),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ one step
@@ -150,7 +157,7 @@ class Trainer:
         """One optimiser step over ``run.grad_accum`` micro-batches; a non-finite loss on any rank in any
         micro-batch skips the whole step (no weight moves). ``with_stats``: teacher statistics (logging steps)."""
         acc, accum = self.accelerator, self.cfg.run.grad_accum
-        set_lr_wd(self.optimizer, schedule.lr, schedule.wd, schedule.freeze_last_layer)
+        set_lr_wd(self.optimizer, schedule.lr, schedule.wd, schedule.freeze_last_layer, schedule.tower_lr_factor)
         finite = torch.ones((), dtype=torch.bool, device=acc.device)
         for micro in range(accum):
             batch = self._next_batch(batches)
