@@ -17,6 +17,7 @@ from ..models.tokenizers import build_tokenizer
 from .config import TrainConfig
 from .objective import TIPSObjective
 from .plan import TrainPlan, heads_file, make_plan
+from .retention import RetentionGuard
 from .student import TIPSStudent, TIPSTeacher
 from .teacher import make_teacher
 
@@ -90,10 +91,13 @@ class TrainModule(nn.Module):
     and the student checkpoint hold (a head-only-EMA teacher even shares the student's tower).
     """
 
-    def __init__(self, student: TIPSStudent, objective: TIPSObjective) -> None:
+    def __init__(self, student: TIPSStudent, objective: TIPSObjective, retention: RetentionGuard | None = None,
+                 retention_weight: float = 0.0) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
+        self.retention = retention  # the dense retention guard of a fine-tune (None: off)
+        self.retention_weight = retention_weight
 
     def forward(
         self, batch: Batch, teacher: TIPSTeacher | None, teacher_temp: float, with_stats: bool = False
@@ -101,7 +105,14 @@ class TrainModule(nn.Module):
         """The student's passes, then the teacher's targets, then the loss terms (device tensors)."""
         out = self.student(batch)
         targets = teacher(batch.global_crop, out.patch_index) if teacher is not None else None
-        return self.objective(self.student, out, targets, batch, teacher_temp, with_stats)
+        losses = self.objective(self.student, out, targets, batch, teacher_temp, with_stats)
+        if self.retention is not None:
+            if out.plain_patches is None:
+                raise ValueError("finetune.retention_weight > 0 needs a pass on the global crop: switch a contrastive "
+                                 "term or loss.weights.mask on")
+            losses["retention"] = self.retention(batch.global_crop, out.plain_patches, out.plain_keep)
+            losses["loss"] = losses["loss"] + self.retention_weight * losses["retention"]
+        return losses
 
 
 def build_train_module(cfg: TrainConfig, plan: TrainPlan, model: TIPS, frozen_teacher: TIPS | None) -> TrainModule:
@@ -109,8 +120,11 @@ def build_train_module(cfg: TrainConfig, plan: TrainPlan, model: TIPS, frozen_te
         raise ValueError(f"loss.matryoshka_dims={list(plan.matryoshka_dims)} exceed the embedding width "
                          f"{model.width} of model.variant={cfg.model.variant}")
     teacher_width = frozen_teacher.width if (frozen_teacher is not None and plan.feature_targets) else None
+    f = cfg.finetune
+    # the guard copies the tower as loaded, before any training step (or adapter) changes it
+    guard = RetentionGuard(model.vision, f.retention_loss) if f.retention_weight > 0 else None
     student = TIPSStudent(model, plan, cfg.loss, teacher_width)
-    return TrainModule(student, TIPSObjective(cfg.loss, plan, model.patch_size))
+    return TrainModule(student, TIPSObjective(cfg.loss, plan, model.patch_size), guard, f.retention_weight)
 
 
 def build_teacher(cfg: TrainConfig, plan: TrainPlan, student: TIPSStudent, frozen: TIPS | None) -> TIPSTeacher | None:
