@@ -141,17 +141,84 @@ def test_pairs_only_recipe_trains_both_cls_with_the_retention_guard(scenes, offi
     check_official_round_trip(final, tmp_path / "official")
 
 
-def test_retention_guard_loss_is_zero_at_the_start_and_grows_as_the_tower_moves(scenes, official, tmp_path):
-    trainer = make_trainer("pairs_only.yaml", scenes, official, tmp_path / "run", "run.steps=1",
-                           "finetune.retention_weight=1.0")
-    guard = trainer.core.retention
+def test_retention_guard_loss_is_zero_at_the_start_and_grows_as_the_tower_moves():
+    from tips.train.retention import RetentionGuard
+
+    for kind in ("cosine", "smooth_l1"):
+        model = tips.create_model("tiny", tokenizer="bpe", **SIZES)
+        guard = RetentionGuard(model.vision, kind)
+        x = torch.rand(2, 3, 64, 64)
+        with torch.no_grad():
+            patches = model.vision.forward_features(x)[:, 2:]
+            assert guard(x, patches).item() == pytest.approx(0.0, abs=1e-6)
+            proj = model.vision.patch_embed.proj.weight
+            proj.add_(torch.randn_like(proj))
+            moved = model.vision.forward_features(x)[:, 2:]
+            assert guard(x, moved).item() > 1e-4
+            keep = torch.zeros(moved.shape[:2], dtype=torch.bool)
+            assert guard(x, moved, keep).item() == 0.0  # nothing kept, nothing compared
+        assert not any(p.requires_grad for p in guard.parameters())
+
+
+# ------------------------------------------------------------------------------------------------- LoRA
+LORA = ["finetune.lora_rank=4", "finetune.lora_alpha=8", "finetune.head_warmup_steps=0"]
+
+
+def test_lora_trains_only_the_adapters_and_exports_merged_weights_equal_to_the_unmerged_model(
+    scenes, official, tmp_path
+):
+    from safetensors import safe_open
+
+    trainer = make_trainer("captions.yaml", scenes, official, tmp_path / "run", "run.steps=1", *LORA)
+    before = tower_state(trainer)
+    adapters = [k for k in before if ".lora_" in k]
+    assert any("attn.qkv.lora_A" in k for k in adapters) and any("attn.lora_A" in k for k in adapters)  # in_proj
+    assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} == set(adapters)
+    final = trainer.fit()
+    after = tower_state(trainer)
+    assert all(torch.equal(after[k], before[k]) for k in before if k not in adapters)
+    assert any(not torch.equal(after[k], before[k]) for k in adapters if ".lora_B." in k)
+
+    merged = tips.load(final)
+    assert not any("lora" in k or "base_layer" in k for k in merged.state_dict())
+    live = trainer.model.eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        patches = trainer.model.vision.forward_features(x)[:, 2:]
-        assert guard(x, patches).item() == pytest.approx(0.0, abs=1e-6)
-        proj = trainer.model.vision.patch_embed.proj.weight
-        proj.add_(torch.randn_like(proj))
-        moved = trainer.model.vision.forward_features(x)[:, 2:]
-        assert guard(x, moved).item() > 1e-4
-    assert not any(p.requires_grad for p in guard.parameters())
-    trainer.close()
+        a, b = live.encode_image(x), merged.encode_image(x)
+        assert (a.patch_tokens - b.patch_tokens).abs().max() <= 1e-5 and (a.cls_alt - b.cls_alt).abs().max() <= 1e-5
+        assert (live.encode_text(["a blue cube"]) - merged.encode_text(["a blue cube"])).abs().max() <= 1e-5
+    with safe_open(str(final / "adapters.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == sorted(adapters) and f.metadata()["rank"] == "4"
+    check_official_round_trip(final, tmp_path / "official")
+
+
+@pytest.mark.slow
+def test_lora_resume_after_sigkill_is_bit_identical(scenes, official, tmp_path):
+    import signal
+    import time
+
+    from test_trainer import finish, run_train
+
+    from tips.train import checkpointing
+    from tips.train.checkpointer import read_tensors
+
+    common = ["--config", str(RECIPES / "captions.yaml"), f"model.init_from={official['vision']}",
+              f"model.init_text={official['text']}", f"data.train={scenes}/pretrain/shard-{{000000..000001}}.tar",
+              *TINY_RUN, *LORA, "finetune.head_warmup_steps=1", "run.steps=6", "run.save_every=2",
+              "model.drop_path_rate=0.1"]
+    finish(run_train(common + [f"run.output_dir={tmp_path / 'straight'}"]))
+    killed = tmp_path / "killed"
+    proc = run_train(common + [f"run.output_dir={killed}"])
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "checkpoints" / "step-00000002" / "trainer.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert checkpointing.latest_checkpoint(killed) is not None
+    assert not (killed / "checkpoints" / "step-00000006").exists()  # killed mid-run
+    finish(run_train(common + [f"run.output_dir={killed}", "run.resume=latest"]))
+    for prefix in ("model.", "teacher."):
+        a = read_tensors(tmp_path / "straight" / "checkpoints" / "step-00000006", prefix)
+        b = read_tensors(killed / "checkpoints" / "step-00000006", prefix)
+        assert a.keys() == b.keys() and any(".lora_B." in k for k in a)
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]

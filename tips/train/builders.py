@@ -17,6 +17,7 @@ from ..models.tokenizers import build_tokenizer
 from .config import TrainConfig
 from .objective import TIPSObjective
 from .plan import TrainPlan, heads_file, make_plan
+from .lora import apply_lora
 from .retention import RetentionGuard
 from .student import TIPSStudent, TIPSTeacher
 from .teacher import make_teacher
@@ -78,6 +79,9 @@ def build_model(cfg: TrainConfig, plan: TrainPlan) -> TIPS:
         model.logit_scale_syn.requires_grad_(False)
     if not plan.masked_view:
         model.vision.mask_token.requires_grad_(False)
+    f = cfg.finetune
+    if f.lora_rank > 0:  # adapters on both towers, every base weight frozen (before DDP/FSDP wrapping)
+        apply_lora(model, f.lora_rank, f.lora_alpha, f.lora_targets)
     if m.grad_checkpointing:
         model.vision.set_grad_checkpointing(True)
         model.text.set_grad_checkpointing(True)

@@ -38,6 +38,7 @@ from .run_lock import RunLock
 from .schedules import cosine, ema_momentum, fraction_to_steps, linear_warmup, warmup_cosine
 from .student import with_patch_selection
 from .validation import validate
+from .lora import merge_lora, save_adapters
 from .warmup import tower_lr_factor
 
 log = logging.getLogger("tips.train")
@@ -349,13 +350,21 @@ class Trainer:
         teacher_sd = self.parallel.full_state_dict(self.teacher) if export_teacher else None
         if student_sd is None:
             return
-        model = self._plain_model(
-            {k[len("student.model."):]: v for k, v in student_sd.items() if k.startswith("student.model.")})
+        lora = self.cfg.finetune
+        tower_sd = {k[len("student.model."):]: v for k, v in student_sd.items() if k.startswith("student.model.")}
+        adapters = None
+        if lora.lora_rank > 0:  # exports hold merged weights; the adapters alone go beside them
+            tower_sd, adapters = merge_lora(tower_sd, lora.lora_rank, lora.lora_alpha)
+            if teacher_sd is not None:
+                teacher_sd, _ = merge_lora(teacher_sd, lora.lora_rank, lora.lora_alpha)
+        model = self._plain_model(tower_sd)
         heads = {}
         for name in ("dino_head", "ibot_head"):
             prefix = f"student.{name}."
             heads.update({f"heads.{name}.{k[len(prefix):]}": v for k, v in student_sd.items() if k.startswith(prefix)})
         save_pretrained(model, student_dir, heads)
+        if adapters is not None:
+            save_adapters(adapters, student_dir, lora.lora_rank, lora.lora_alpha, lora.lora_targets)
         if export_teacher:
             teacher_model = self._plain_model(model.state_dict())
             teacher_model.vision.load_state_dict({k[len("vision."):]: v for k, v in teacher_sd.items()
