@@ -417,7 +417,7 @@ class Trainer:
         logged.update({f"grad_norm/{k}": float(parallel.full_value(v)) for k, v in result.grad_norms.items()})
         logged.update({
             "lr": schedule.lr, "wd": schedule.wd, "teacher_momentum": schedule.momentum,
-            "teacher_temp": schedule.teacher_temp,
+            "teacher_temp": schedule.teacher_temp, "tower_lr": schedule.lr * schedule.tower_lr_factor,
             "temperature/alt": math.exp(-parallel.full_value(self.model.logit_scale_alt).item()),
             "temperature/syn": math.exp(-parallel.full_value(self.model.logit_scale_syn).item()),
             "samples_per_s": w["samples"] / max(w["total"], 1e-9),
