@@ -127,3 +127,42 @@ def test_the_parallel_strategy_is_chosen_in_one_place():
     found = [f"{p.name}:{i}" for p in sorted(root.glob("*.py"))
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert len(found) == 1 and found[0].startswith("parallel.py:"), found
+
+
+def test_text_tower_layerwise_decay_follows_the_dinov2_rule_over_its_blocks():
+    """λ^(L+1−l) over a 2-block text tower, λ = 0.5: table computed by hand."""
+    from tips import create_model
+
+    model = nn.Module()
+    model.model = create_model("tiny", **{"vision.depth": 1, "text.depth": 2})
+    groups = param_groups(model, 0.5, "model.vision.", 1, 0.5, "model.text.", 2, tower_prefix="model.")
+    lr = {n: g["lr_mult"] for g in groups for n in g["param_names"]}
+    expected = {  # layer l: embedding 0, block i → i + 1, final norm 3; multiplier 0.5 ** (3 − l)
+        "model.text.token_embedding.weight": 0.125,
+        "model.text.transformer.resblocks.0.attn.in_proj_weight": 0.25,
+        "model.text.transformer.resblocks.0.mlp.c_fc.weight": 0.25,
+        "model.text.transformer.resblocks.1.attn.in_proj_weight": 0.5,
+        "model.text.transformer.resblocks.1.ln_2.bias": 0.5,
+        "model.text.ln_final.weight": 1.0,
+        "model.logit_scale_alt": 1.0,
+    }
+    for name, mult in expected.items():
+        assert lr[name] == mult, (name, lr[name], mult)
+    assert lr["model.vision.patch_embed.proj.weight"] == 0.25  # image tower: depth 1, 0.5 ** 2
+    assert all(g["is_tower"] for g in groups)  # everything under the tower prefix
+
+
+def test_head_warmup_zeroes_the_towers_lr_then_ramps_and_leaves_heads_alone():
+    from tips import create_model
+    from tips.train.warmup import tower_lr_factor
+
+    assert [tower_lr_factor(s, 3, 2) for s in range(7)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+    assert tower_lr_factor(0, 0, 0) == 1.0
+    model = nn.Module()
+    model.model = create_model("tiny", **{"vision.depth": 1, "text.depth": 1})
+    model.head = nn.Linear(4, 4)
+    groups = param_groups(model, tower_prefix="model.")
+    opt = build_optimizer(groups, "adamw", (0.9, 0.98), 1e-6)
+    set_lr_wd(opt, 1e-3, 0.1, freeze_last_layer=False, tower_lr_factor=0.0)
+    lrs = {n: o["lr"] for g, o in zip(groups, opt.param_groups) for n in g["param_names"]}
+    assert lrs["head.weight"] == 1e-3 and lrs["model.vision.pos_embed"] == 0.0

@@ -26,7 +26,8 @@ from tips.inference.loaded import ModelArgumentError
 from .options import examples
 
 FORWARDED = {"zero-shot": "tips_eval.zero_shot", "retrieval": "tips_eval.retrieval", "knn": "tips_eval.knn",
-             "zero-shot-seg": "tips_eval.zero_shot_seg", "compression": "tips_eval.compression"}
+             "zero-shot-seg": "tips_eval.zero_shot_seg", "compression": "tips_eval.compression",
+             "retention": "tips_eval.retention"}
 DENSE = ("segmentation", "depth", "normals")
 DENSE_EXAMPLES = {
     "segmentation": "tips-probe segmentation --random-init tiny_p8 --dataset scenes:data/scenes/probe --resolution 64 "
@@ -157,7 +158,7 @@ def top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0], epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command",
-                           metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression}")
+                           metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression,retention}")
     for name in DENSE:
         sub.add_parser(name, help=f"{name} probe on frozen features (tips-probe {name} --help)", add_help=False)
     for name, module in FORWARDED.items():

@@ -6,6 +6,7 @@ from .distill import DINOLoss, TeacherCentering, centered_softmax, sinkhorn_knop
 from .feature import FeatureDistillLoss
 from .matryoshka import MatryoshkaContrastiveLoss
 from .spread import SPREAD_KINDS, GlobalOrthogonalRegularizer, KoLeoLoss, build_spread_loss
+from .retention import RETENTION_KINDS, retention_loss
 from .mim import IBOTPatchLoss, PixelReconstructionLoss, patchify, select_patches
 
 __all__ = [
@@ -18,12 +19,14 @@ __all__ = [
     "SPREAD_KINDS",
     "IBOTPatchLoss",
     "PixelReconstructionLoss",
+    "RETENTION_KINDS",
     "SigmoidBias",
     "TeacherCentering",
     "build_spread_loss",
     "centered_softmax",
     "gather_with_grad",
     "patchify",
+    "retention_loss",
     "select_patches",
     "sinkhorn_knopp",
     "target_statistics",

@@ -18,22 +18,36 @@ from .config import TrainConfig
 from .finite import NonFiniteWeightsError, describe, nonfinite_names
 from .objective import TIPSObjective
 from .plan import TrainPlan, heads_file, make_plan
+from .lora import apply_lora
+from .retention import RetentionGuard
 from .student import TIPSStudent, TIPSTeacher
 from .teacher import make_teacher
 
 log = logging.getLogger(__name__)
 
 
+def continued_temperatures(model: TIPS) -> None:
+    """Start CLS1's temperature from the checkpoint's and CLS2's from its ``temperature_syn`` when it has one,
+    else from the same value (released files carry one temperature); a checkpoint without any keeps the init."""
+    tau, tau_syn = model.temperature, model.temperature_syn
+    if tau is not None and tau_syn is None:
+        log.info("init_from has no temperature_syn: CLS2 starts from CLS1's temperature %.4g", tau)
+        with torch.no_grad():
+            model.logit_scale_syn.copy_(model.logit_scale_alt)
+    model.has_temperature = {"alt": True, "syn": True}
+
+
 def build_model(cfg: TrainConfig, plan: TrainPlan) -> TIPS:
     """A TIPS model from the variant table, or initialised from any checkpoint ``tips.load`` reads."""
     m = cfg.model
     if m.init_from:
-        model = load(m.init_from, tokenizer=m.tokenizer)
+        model = load(m.init_from, text=m.init_text, tokenizer=m.tokenizer)
         bad = nonfinite_names(model.state_dict().items())
         if bad:
             raise NonFiniteWeightsError(f"model.init_from={m.init_from} holds {len(bad)} non-finite weight tensors "
                                         f"({describe(bad)}): fine-tune from a finite checkpoint")
         model.train()
+        continued_temperatures(model)
         model_cfg = override_config(model.cfg, **{"vision.drop_path_rate": m.drop_path_rate})
         if model_cfg != model.cfg:  # rebuild so drop-path takes effect, then copy the weights over
             fresh = TIPS(model_cfg, tokenizer=model.tokenizer)
@@ -70,6 +84,9 @@ def build_model(cfg: TrainConfig, plan: TrainPlan) -> TIPS:
         model.logit_scale_syn.requires_grad_(False)
     if not plan.masked_view:
         model.vision.mask_token.requires_grad_(False)
+    f = cfg.finetune
+    if f.lora_rank > 0:  # adapters on both towers, every base weight frozen (before DDP/FSDP wrapping)
+        apply_lora(model, f.lora_rank, f.lora_alpha, f.lora_targets)
     if m.grad_checkpointing:
         model.vision.set_grad_checkpointing(True)
         model.text.set_grad_checkpointing(True)
@@ -83,10 +100,13 @@ class TrainModule(nn.Module):
     and the student checkpoint hold (a head-only-EMA teacher even shares the student's tower).
     """
 
-    def __init__(self, student: TIPSStudent, objective: TIPSObjective) -> None:
+    def __init__(self, student: TIPSStudent, objective: TIPSObjective, retention: RetentionGuard | None = None,
+                 retention_weight: float = 0.0) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
+        self.retention = retention  # the dense retention guard of a fine-tune (None: off)
+        self.retention_weight = retention_weight
 
     def forward(
         self, batch: Batch, teacher: TIPSTeacher | None, teacher_temp: float, with_stats: bool = False
@@ -94,7 +114,14 @@ class TrainModule(nn.Module):
         """The student's passes, then the teacher's targets, then the loss terms (device tensors)."""
         out = self.student(batch)
         targets = teacher(batch.global_crop, out.patch_index) if teacher is not None else None
-        return self.objective(self.student, out, targets, batch, teacher_temp, with_stats)
+        losses = self.objective(self.student, out, targets, batch, teacher_temp, with_stats)
+        if self.retention is not None:
+            if out.plain_patches is None:
+                raise ValueError("finetune.retention_weight > 0 needs a pass on the global crop: switch a contrastive "
+                                 "term or loss.weights.mask on")
+            losses["retention"] = self.retention(batch.global_crop, out.plain_patches, out.plain_keep)
+            losses["loss"] = losses["loss"] + self.retention_weight * losses["retention"]
+        return losses
 
 
 def build_train_module(cfg: TrainConfig, plan: TrainPlan, model: TIPS, frozen_teacher: TIPS | None) -> TrainModule:
@@ -102,8 +129,11 @@ def build_train_module(cfg: TrainConfig, plan: TrainPlan, model: TIPS, frozen_te
         raise ValueError(f"loss.matryoshka_dims={list(plan.matryoshka_dims)} exceed the embedding width "
                          f"{model.width} of model.variant={cfg.model.variant}")
     teacher_width = frozen_teacher.width if (frozen_teacher is not None and plan.feature_targets) else None
+    f = cfg.finetune
+    # the guard copies the tower as loaded, before any training step (or adapter) changes it
+    guard = RetentionGuard(model.vision, f.retention_loss) if f.retention_weight > 0 else None
     student = TIPSStudent(model, plan, cfg.loss, teacher_width)
-    return TrainModule(student, TIPSObjective(cfg.loss, plan, model.patch_size))
+    return TrainModule(student, TIPSObjective(cfg.loss, plan, model.patch_size), guard, f.retention_weight)
 
 
 def build_teacher(cfg: TrainConfig, plan: TrainPlan, student: TIPSStudent, frozen: TIPS | None) -> TIPSTeacher | None:

@@ -31,6 +31,7 @@ class ModelSection:
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"vision.depth": 6}
     tokenizer: str = "bpe"  # "bpe" or a SentencePiece .model path
     init_from: str | None = None  # any checkpoint tips.load reads (fine-tuning)
+    init_text: str | None = None  # the text tower file of an init_from that comes as two (official .npz)
     freeze: list[str] = field(default_factory=list)  # towers to freeze: "vision", "text"
     drop_path_rate: float = 0.1
     layerscale_trainable: bool = False
@@ -93,6 +94,7 @@ class OptimSection:
     weight_decay: float = 0.04
     weight_decay_end: float = 0.2
     layerwise_decay: float = 1.0
+    text_layerwise_decay: float | None = None  # the same rule over the text tower's blocks; None: layerwise_decay
     clip_grad: float | None = 3.0  # per sub-module gradient-norm cap; 0 or null: no clipping
     freeze_last_layer_frac: float = 0.0
 
@@ -143,6 +145,19 @@ class RunSection:
 
 
 @dataclass
+class FinetuneSection:
+    """Continued pretraining from released weights (docs/finetuning.md)."""
+
+    head_warmup_steps: int = 0  # towers' LR 0 while the fresh DINO/iBOT heads warm up (tips.train.warmup)
+    tower_warmup_steps: int = 0  # then the towers' own linear warm-up
+    retention_weight: float = 0.0  # dense retention guard: patch features kept close to the original's
+    retention_loss: str = "cosine"  # or "smooth_l1" (on L2-normalised patch tokens)
+    lora_rank: int = 0  # > 0: LoRA adapters (peft) instead of full fine-tuning (tips.train.lora)
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     loss: LossSection = field(default_factory=LossSection)
@@ -150,6 +165,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     data: DataSection = field(default_factory=DataSection)
     run: RunSection = field(default_factory=RunSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
 
 def load_config(
@@ -205,6 +221,7 @@ def validate(cfg: TrainConfig) -> None:
         "run.mixed_precision": (cfg.run.mixed_precision, ("no", "bf16", "fp16")),
         "run.compile_backend": (cfg.run.compile_backend, ("inductor", "aot_eager", "eager")),
         "run.parallel": (cfg.run.parallel, ("ddp", "fsdp")),
+        "finetune.retention_loss": (cfg.finetune.retention_loss, ("cosine", "smooth_l1")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -221,6 +238,9 @@ def validate(cfg: TrainConfig) -> None:
     check_mixed_precision(cfg.run.mixed_precision, cuda=torch.cuda.is_available()
                           and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"))
     check_output_dir(cfg.run.output_dir)
+    f = cfg.finetune
+    if (f.head_warmup_steps or f.retention_weight or f.lora_rank) and not cfg.model.init_from:
+        raise ValueError("finetune.head_warmup_steps / retention_weight / lora_rank need model.init_from=<checkpoint>")
     make_plan(cfg)  # loss terms, views and teacher that cannot train together fail here, keys named
 
 

@@ -76,6 +76,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.weight_decay": (non_negative, "a finite number >= 0"),
     "optim.weight_decay_end": (non_negative, "a finite number >= 0"),
     "optim.layerwise_decay": (lambda v: _finite(v) and 0 < v <= 1, "in (0, 1]"),
+    "optim.text_layerwise_decay": (optional(lambda v: _finite(v) and 0 < v <= 1), "in (0, 1], or null for optim.layerwise_decay"),
     "optim.clip_grad": (optional(non_negative), "> 0, or 0 / null for no clipping"),
     "optim.freeze_last_layer_frac": (unit, "in [0, 1]"),
     "data.num_workers": (at_least(0), "an integer >= 0"),
@@ -99,6 +100,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "run.max_nonfinite": (at_least(0), "an integer >= 0"),
     "run.world_size": (optional(at_least(1)), "an integer >= 1, or null"),
     "run.peak_tflops": (optional(positive), "a finite number > 0, or null"),
+    "finetune.head_warmup_steps": (at_least(0), "an integer >= 0"),
+    "finetune.tower_warmup_steps": (at_least(0), "an integer >= 0"),
+    "finetune.retention_weight": (non_negative, "a finite number >= 0"),
+    "finetune.lora_rank": (at_least(0), "an integer >= 0 (0 = full fine-tuning)"),
+    "finetune.lora_alpha": (positive, "a finite number > 0"),
 }
 
 # Pairs and lists: key → (check, range)

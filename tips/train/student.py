@@ -34,6 +34,8 @@ class StudentOutputs:
     masked_patches: (B, N, D) patch tokens of the masked view; ibot_logits (T, K) the iBOT head on the selected
         ones; pixel_pred (B, N, p²·3) the pixel decoder's output.
     patch_index, patch_weights: (T,) the patches the masked-modelling loss uses and their weights.
+    plain_patches: (B, N, D) patch tokens of the global crop from a pass that is run anyway (the retention
+        guard's input); plain_keep (B, N) bool the patches of it that were not masked (None: all).
     """
 
     cls_alt: torch.Tensor | None = None
@@ -47,6 +49,8 @@ class StudentOutputs:
     pixel_pred: torch.Tensor | None = None
     patch_index: torch.Tensor | None = None
     patch_weights: torch.Tensor | None = None
+    plain_patches: torch.Tensor | None = None
+    plain_keep: torch.Tensor | None = None
 
 
 def with_patch_selection(batch: Batch, plan: TrainPlan) -> Batch:
@@ -87,11 +91,14 @@ class TIPSStudent(nn.Module):
         if plan.masked_view and contrastive and self.loss_cfg.contrastive_view == "unmasked":
             tokens = vision.forward_features(torch.cat([x, x]), torch.cat([torch.zeros_like(mask), mask]))  # (2B, 2+N, D)
             cls, out.masked_patches = tokens[:B, :NUM_PREFIX_TOKENS], tokens[B:, NUM_PREFIX_TOKENS:]
+            out.plain_patches = tokens[:B, NUM_PREFIX_TOKENS:]
         elif plan.masked_view:
             tokens = vision.forward_features(x, mask)
             cls, out.masked_patches = tokens[:, :NUM_PREFIX_TOKENS], tokens[:, NUM_PREFIX_TOKENS:]
+            out.plain_patches, out.plain_keep = out.masked_patches, ~mask
         elif contrastive:
-            cls = vision.forward_features(x)[:, :NUM_PREFIX_TOKENS]
+            tokens = vision.forward_features(x)
+            cls, out.plain_patches = tokens[:, :NUM_PREFIX_TOKENS], tokens[:, NUM_PREFIX_TOKENS:]
         if cls is not None:
             out.cls_alt, out.cls_syn = cls[:, 0], cls[:, 1]
 

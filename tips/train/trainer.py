@@ -39,6 +39,8 @@ from .run_lock import RunLock
 from .schedules import cosine, ema_momentum, fraction_to_steps, linear_warmup, warmup_cosine
 from .student import with_patch_selection
 from .validation import validate
+from .lora import merge_lora, save_adapters
+from .warmup import tower_lr_factor
 
 log = logging.getLogger("tips.train")
 CLIPPED = ("model.vision", "model.text", "dino_head", "ibot_head", "pixel_decoder", "feature_proj")
@@ -57,6 +59,7 @@ class Schedule:
     momentum: float
     teacher_temp: float
     freeze_last_layer: bool
+    tower_lr_factor: float = 1.0  # 0 during a fine-tune's head warm-up (tips.train.warmup)
 
 
 @dataclass
@@ -103,7 +106,10 @@ class Trainer:
             compile_blocks(self.module.student, r.compile_backend)
 
         def make_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
-            groups = param_groups(module, cfg.optim.layerwise_decay, "student.model.vision.", model.cfg.vision.depth)
+            o = cfg.optim
+            text_decay = o.layerwise_decay if o.text_layerwise_decay is None else o.text_layerwise_decay
+            groups = param_groups(module, o.layerwise_decay, "student.model.vision.", model.cfg.vision.depth,
+                                  text_decay, "student.model.text.", model.cfg.text.depth, "student.model.")
             return build_optimizer(groups, cfg.optim.optimizer, tuple(cfg.optim.betas), cfg.optim.eps)
 
         self.module, self.optimizer = self.parallel.prepare(self.module, self.teacher, self.plan.teacher,
@@ -144,6 +150,8 @@ class Trainer:
             teacher_temp=linear_warmup(step, fraction_to_steps(l.teacher_temp_warmup_frac, total),
                                        l.teacher_temp_warmup, l.teacher_temp),
             freeze_last_layer=step < fraction_to_steps(o.freeze_last_layer_frac, total),
+            tower_lr_factor=tower_lr_factor(step, self.cfg.finetune.head_warmup_steps,
+                                            self.cfg.finetune.tower_warmup_steps),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ one step
@@ -151,7 +159,7 @@ class Trainer:
         """One optimiser step over ``run.grad_accum`` micro-batches; a non-finite loss on any rank in any
         micro-batch skips the whole step (no weight moves). ``with_stats``: teacher statistics (logging steps)."""
         acc, accum = self.accelerator, self.cfg.run.grad_accum
-        set_lr_wd(self.optimizer, schedule.lr, schedule.wd, schedule.freeze_last_layer)
+        set_lr_wd(self.optimizer, schedule.lr, schedule.wd, schedule.freeze_last_layer, schedule.tower_lr_factor)
         finite = torch.ones((), dtype=torch.bool, device=acc.device)
         for micro in range(accum):
             batch = self._next_batch(batches)
@@ -360,13 +368,21 @@ class Trainer:
         teacher_sd = self.parallel.full_state_dict(self.teacher) if export_teacher else None
         if student_sd is None:
             return
-        model = self._plain_model(
-            {k[len("student.model."):]: v for k, v in student_sd.items() if k.startswith("student.model.")})
+        lora = self.cfg.finetune
+        tower_sd = {k[len("student.model."):]: v for k, v in student_sd.items() if k.startswith("student.model.")}
+        adapters = None
+        if lora.lora_rank > 0:  # exports hold merged weights; the adapters alone go beside them
+            tower_sd, adapters = merge_lora(tower_sd, lora.lora_rank, lora.lora_alpha)
+            if teacher_sd is not None:
+                teacher_sd, _ = merge_lora(teacher_sd, lora.lora_rank, lora.lora_alpha)
+        model = self._plain_model(tower_sd)
         heads = {}
         for name in ("dino_head", "ibot_head"):
             prefix = f"student.{name}."
             heads.update({f"heads.{name}.{k[len(prefix):]}": v for k, v in student_sd.items() if k.startswith(prefix)})
         save_pretrained(model, student_dir, heads)
+        if adapters is not None:
+            save_adapters(adapters, student_dir, lora.lora_rank, lora.lora_alpha, lora.lora_targets)
         if export_teacher:
             teacher_model = self._plain_model(model.state_dict())
             teacher_model.vision.load_state_dict({k[len("vision."):]: v for k, v in teacher_sd.items()
@@ -420,7 +436,7 @@ class Trainer:
         logged.update({f"grad_norm/{k}": float(parallel.full_value(v)) for k, v in result.grad_norms.items()})
         logged.update({
             "lr": schedule.lr, "wd": schedule.wd, "teacher_momentum": schedule.momentum,
-            "teacher_temp": schedule.teacher_temp,
+            "teacher_temp": schedule.teacher_temp, "tower_lr": schedule.lr * schedule.tower_lr_factor,
             "temperature/alt": math.exp(-parallel.full_value(self.model.logit_scale_alt).item()),
             "temperature/syn": math.exp(-parallel.full_value(self.model.logit_scale_syn).item()),
             "samples_per_s": w["samples"] / max(w["total"], 1e-9),
