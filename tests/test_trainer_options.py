@@ -267,8 +267,9 @@ def test_compiled_student_trains_and_keeps_its_parameter_names(shards, tmp_path)
 
 
 def test_adafactor_with_layerwise_lr_decay_runs_and_scales_the_image_tower_lr(shards, tmp_path):
+    # text_layerwise_decay=1: the text tower keeps its full LR, so it is the yardstick for the image tower's decay
     trainer = make_trainer(shards, tmp_path, "optim.optimizer=adafactor", "optim.layerwise_decay=0.8",
-                           "optim.lr=1e-3", "optim.warmup_frac=0")
+                           "optim.text_layerwise_decay=1.0", "optim.lr=1e-3", "optim.warmup_frac=0")
     from timm.optim import AdafactorBigVision
 
     assert isinstance(trainer.optimizer.optimizer, AdafactorBigVision)
