@@ -16,18 +16,26 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 import tips
 from tips.cli.allocator import tune_cpu_allocator
 from tips.cli.model_args import add_model_args, add_output_arg, model_from_args
-from tips.inference.loaded import ModelArgumentError
+from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
+from tips.inference.loaded import resolve_device
 
 from .options import examples
 
 FORWARDED = {"zero-shot": "tips_eval.zero_shot", "retrieval": "tips_eval.retrieval", "knn": "tips_eval.knn",
              "zero-shot-seg": "tips_eval.zero_shot_seg", "compression": "tips_eval.compression",
              "retention": "tips_eval.retention"}
+SUMMARY = "tips-probe: measure frozen TIPS features (dense probes, zero-shot, retrieval, kNN, compression, retention)."
+SUBCOMMAND_HELP = {
+    "zero-shot": "zero-shot classification of a class-per-folder image set",
+    "retrieval": "image-to-text and text-to-image retrieval from image-caption pairs",
+    "knn": "weighted kNN of a val image folder against a train folder",
+    "zero-shot-seg": "zero-shot (open-vocabulary) segmentation benchmarks",
+    "compression": "global and dense metrics across precisions and embedding widths",
+    "retention": "how much of the dense probes a fine-tuned checkpoint keeps",
+}
 DENSE = ("segmentation", "depth", "normals")
 DENSE_EXAMPLES = {
     "segmentation": "tips-probe segmentation --random-init tiny_p8 --dataset scenes:data/scenes/probe --resolution 64 "
@@ -45,7 +53,7 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
                 "normals": "--dataset nyu-normals:NYUv2 --head lin1"}[task]
     epilog = examples(DENSE_EXAMPLES[task], "# an official model on a public benchmark",
                       f"tips-probe {task} --model tips-v2-b14 {official} -o results")
-    p = argparse.ArgumentParser(prog=f"tips-probe {task}", description=f"{task} probe on frozen features",
+    p = CliParser(prog=f"tips-probe {task}", description=f"{task} probe on frozen features",
                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, seed_help="seed of the probe and of --random-init (default 0)")
     p.add_argument("--dataset", required=True,
@@ -56,17 +64,19 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="YAML",
                    help="probe config (configs/probe/*.yaml); flags and KEY=VALUE overrides win over it")
     p.add_argument("--protocol", choices=("fast", "dinov2"))
-    p.add_argument("--resolution", help="N or HxW fed to the model (fast protocol)")
+    p.add_argument("--resolution", help="N or HxW fed to the model (fast protocol), multiples of the patch size")
     p.add_argument("--layers", help="last | last4 | quarters | 2,5,8,11")
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     add_output_arg(p, "folder for the JSON, markdown and PNG (default results)", default="results")
     p.add_argument("--cache-dir", help="feature cache (default $TIPS_CACHE/probe-features or ~/.cache/tips/...)")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--workers", type=int, help="data-loading processes for feature extraction")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:1 …")
+    p.add_argument("--num-workers", type=int, help="data-loading processes for feature extraction")
+    renamed(p, "--workers", "--num-workers")
     p.add_argument("--num-vis", type=int, help="validation images in the picture")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_arg(p)
     p.add_argument("--dpt-preset", choices=("tips", "probe3d"),
                    help="with --head dpt: the official TIPSv2 decoder (default) or probe3d's DPT probe")
     if task == "segmentation":
@@ -95,7 +105,7 @@ def flag_overrides(task: str, args: argparse.Namespace) -> dict:
     top = {
         "task": task, "protocol": args.protocol, "seed": args.seed, "features.resolution": args.resolution,
         "features.layers": args.layers, "optim.iterations": args.iterations, "optim.batch_size": args.batch_size,
-        "optim.lr": args.lr, "num_workers": args.workers, "num_vis": args.num_vis,
+        "optim.lr": args.lr, "num_workers": args.num_workers, "num_vis": args.num_vis,
         "progress": False if args.no_progress else None, "dpt.preset": args.dpt_preset,
         "features.dtype": None if args.dtype == "float32" else args.dtype,
     }
@@ -140,9 +150,14 @@ def run_dense(task: str, argv: list[str]) -> int:
     from .probes.config import load_probe_config
     from .probes.run import run_probe
 
+    from .datasets import parse_spec
+
     args = dense_parser(task).parse_args(argv)
+    _, data_path, _ = parse_spec(args.dataset)
+    if not data_path.exists():  # before the model is built (an official one downloads)
+        raise FileNotFoundError(f"--dataset {args.dataset}: {data_path} does not exist")
     cfg = load_probe_config(args.config, args.overrides, **flag_overrides(task, args))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     model, identity, label = build_model(args, device)
     result = run_probe(model, args.dataset, cfg, args.out, identity, label, args.cache_dir, args.train_split,
                        args.val_split, command=["tips-probe", task, *argv])
@@ -155,39 +170,35 @@ def run_dense(task: str, argv: list[str]) -> int:
 def top_parser() -> argparse.ArgumentParser:
     retrieval = "tips-probe retrieval --random-init tiny_p8 --data data/scenes/probe/val --resolution 64 -o results"
     epilog = examples(DENSE_EXAMPLES["segmentation"], retrieval)
-    p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0], epilog=epilog,
+    p = CliParser(prog="tips-probe", description=SUMMARY, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command",
                            metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression,retention}")
     for name in DENSE:
         sub.add_parser(name, help=f"{name} probe on frozen features (tips-probe {name} --help)", add_help=False)
     for name, module in FORWARDED.items():
-        sub.add_parser(name, help=f"forwards to {module} (tips-probe {name} --help)", add_help=False)
+        sub.add_parser(name, help=f"{SUBCOMMAND_HELP[name]} (tips-probe {name} --help)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tips-probe SUBCOMMAND ...``; 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
     tune_cpu_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = top_parser()
-    if not argv or argv[0] not in (*DENSE, *FORWARDED):
+    commands = (*DENSE, *FORWARDED)
+    if argv and argv[0] in ("-h", "--help"):
         parser.print_help()
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0
+    if not argv:
+        parser.error(f"give a subcommand: {', '.join(commands)}")
+    if argv[0] not in commands:
+        parser.error(f"no subcommand {argv[0]!r}; choose one of {', '.join(commands)}")
     command, rest = argv[0], argv[1:]
-    try:
-        if command in DENSE:
-            return run_dense(command, rest)
-        try:
-            module = importlib.import_module(FORWARDED[command])
-        except ModuleNotFoundError as e:
-            if e.name != FORWARDED[command]:
-                raise
-            print(f"tips-probe {command}: {FORWARDED[command]} is not available ({e})", file=sys.stderr)
-            return 2
-        return int(module.main(rest) or 0)
-    except ModelArgumentError as e:
-        print(f"tips-probe {command}: error: {e}", file=sys.stderr)
-        return 1
+    if command in DENSE:
+        return run_main(f"tips-probe {command}", lambda: run_dense(command, rest), debug="--debug" in rest)
+    module = importlib.import_module(FORWARDED[command])
+    return run_main(f"tips-probe {command}", lambda: int(module.main(rest) or 0), debug="--debug" in rest)
 
 
 if __name__ == "__main__":

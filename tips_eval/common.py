@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import tips
+from tips.cli.errors import add_debug_arg, renamed
 from tips.cli.model_args import add_model_args, add_output_arg, model_from_args
+from tips.inference.loaded import resolve_device
 
 from .options import add_config_args
 from .templates import render
@@ -34,15 +36,18 @@ def add_global_task_args(parser: argparse.ArgumentParser) -> None:
                      help="image embedding: CLS1 (alt, default), CLS2 (syn) or the mean of both normalised")
     run.add_argument("--resolution", type=int, default=None, help="square input side (default: the model's native one)")
     run.add_argument("--batch-size", type=int, default=64)
-    run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    renamed(run, "--workers", "--num-workers")
+    run.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:1 …")
     add_output_arg(run, "folder for the JSON result and the markdown table (default: print the table only)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_debug_arg(run)
     add_config_args(parser)
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """The model the flags name, in eval mode on ``args.device``, and a record of where it came from."""
+    args.device = str(resolve_device(args.device))  # decided now, and recorded as decided
     torch.manual_seed(args.seed)
     loaded = model_from_args(args)
     return tips.prepare_for_inference(loaded.model, args.device, getattr(args, "quantize", None)), loaded.record

@@ -25,6 +25,8 @@ import torch
 
 import tips
 
+from tips.cli.errors import CliParser
+
 from . import common
 from .options import examples, parse_task_args
 from .global_data import read_caption_pairs, read_image_folder
@@ -52,7 +54,7 @@ def global_metrics(model: tips.TIPS, args: argparse.Namespace, dims: Sequence[in
     if args.retrieval:
         # The probe format's caption kind follows the CLS, as in tips-probe retrieval (CLS2 ↔ synthetic captions).
         pairs = read_caption_pairs(args.retrieval, default_caption_field(Path(args.retrieval), args.cls))
-        feats, _ = common.encode_images(model, pairs.dataset(transform), args.batch_size, args.workers, progress)
+        feats, _ = common.encode_images(model, pairs.dataset(transform), args.batch_size, args.num_workers, progress)
         images = common.select_cls(feats, args.cls)
         texts = common.encode_texts(model, pairs.captions, progress=progress)
         for d in dims:
@@ -62,15 +64,15 @@ def global_metrics(model: tips.TIPS, args: argparse.Namespace, dims: Sequence[in
     if args.knn_train:
         train = read_image_folder(args.knn_train, find_names=False)
         val = read_image_folder(args.knn_val, folders=train.folders, find_names=False)
-        tf, tl = common.encode_images(model, train.dataset(transform), args.batch_size, args.workers, progress)
-        vf, vl = common.encode_images(model, val.dataset(transform), args.batch_size, args.workers, progress)
+        tf, tl = common.encode_images(model, train.dataset(transform), args.batch_size, args.num_workers, progress)
+        vf, vl = common.encode_images(model, val.dataset(transform), args.batch_size, args.num_workers, progress)
         tf, vf = common.select_cls(tf, args.cls), common.select_cls(vf, args.cls)
         for d in dims:
             votes = knn_votes(truncate(tf, d), tl, truncate(vf, d), len(train.folders), args.k)
             out[d]["kNN top-1"] = common.topk_accuracy(votes, vl, (1,))["top1"]
     if args.zero_shot:
         data = read_image_folder(args.zero_shot)
-        feats, labels = common.encode_images(model, data.dataset(transform), args.batch_size, args.workers, progress)
+        feats, labels = common.encode_images(model, data.dataset(transform), args.batch_size, args.num_workers, progress)
         images = common.select_cls(feats, args.cls)
         classes = common.class_embeddings(model, data.class_names, get_templates(args.templates), progress=progress)
         for d in dims:
@@ -134,7 +136,7 @@ EXAMPLES = examples(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe compression", description=__doc__.split("\n\n")[0],
+    p = CliParser(prog="tips-probe compression", description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_global_task_args(p)  # its --dtype/--quantize are refused here: --precisions sets them
     p.add_argument("--precisions", default="fp32,bf16,int8", help=f"comma-separated subset of {','.join(PRECISIONS)}")

@@ -88,12 +88,12 @@ def probe_commands(model_args: list[str], probe: Path, out: Path, cache: Path, r
     settings differ, DINOv2's: final norm for segmentation, raw tokens + CLS for depth, so each has its own)."""
     dense = model_args + ["--dataset", f"scenes:{probe}", "--resolution", str(resolution), "--seed", str(seed),
                           "--out", str(out), "--protocol", "fast", "--cache-dir", str(cache),
-                          "--iterations", str(iterations), "--num-vis", "3", "--workers", "0"]
+                          "--iterations", str(iterations), "--num-vis", "3", "--num-workers", "0"]
     # Global tasks at the recipe's global-crop size (whole 128 px scenes shrunk to 64 px are what pretraining saw);
     # data-loading workers cost more to start than 64-320 small PNGs take to decode.
     # CLS2 and the synthetic captions: the alt-text is noisy by design and its CLS barely moves in a demo's steps.
     global_args = model_args + ["--resolution", str(GLOBAL_RESOLUTION), "--seed", str(seed), "--out", str(out),
-                                "--workers", "0", "--cls", "syn"]
+                                "--num-workers", "0", "--cls", "syn"]
     return {
         "segmentation": ["segmentation", *dense, "--object-classes"],
         # 64 depth bins, not 256: the head's upsampled logits were most of a depth probe's time; the prediction

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import tips
+from tips.inference.extract import check_resolution
 from tips.io import sha256_file
 from tips.models import to_rgb
 
@@ -80,7 +81,8 @@ def resolve_layers(choice: str, depth: int) -> tuple[int, ...]:
 
 
 def parse_resolution(text: str | int, patch_size: int) -> tuple[int, int]:
-    """``"224"`` → (224, 224); ``"480x640"`` → (H, W); each side rounded to a multiple of the patch size."""
+    """``"224"`` → (224, 224); ``"480x640"`` → (H, W). A side that is not a multiple of the patch size is refused,
+    naming the nearest valid sizes (as ``tips-extract`` does), instead of being rounded behind the user's back."""
     parts = str(text).lower().split("x")
     try:
         sides = [int(p) for p in parts]
@@ -90,7 +92,9 @@ def parse_resolution(text: str | int, patch_size: int) -> tuple[int, int]:
         sides = sides * 2
     if len(sides) != 2 or min(sides) <= 0:
         raise ValueError(f"resolution {text!r}: expected N or HxW")
-    h, w = (max(patch_size, round(s / patch_size) * patch_size) for s in sides)
+    for side in sides:
+        check_resolution(side, patch_size)
+    h, w = sides
     return h, w
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tips.cli.errors import CliParser
+
 from . import common
 from .options import examples, parse_task_args
 from .global_data import ImageFolder, read_image_folder
@@ -58,7 +60,7 @@ EXAMPLES = examples(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe knn", description="DINO-style weighted kNN (weights exp(cos / T)) of a val image folder against a train image folder.",
+    p = CliParser(prog="tips-probe knn", description="DINO-style weighted kNN (weights exp(cos / T)) of a val image folder against a train image folder.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=Path, required=True, help="TRAIN/<class_folder>/<images>")
     p.add_argument("--val", type=Path, required=True, help="VAL/<class_folder>/<images> (same class folders)")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     model, checkpoint = common.load_model(args)
     with common.precision(model, args):
         metrics = evaluate_knn(model, train, val, args.cls, args.k, args.temperature, args.resolution,
-                               args.batch_size, args.workers, not args.no_progress)
+                               args.batch_size, args.num_workers, not args.no_progress)
     protocol = common.base_protocol("knn", args, checkpoint, metrics.pop("resolution"))
     protocol.update({
         "dataset": {"train": str(args.train.resolve()), "val": str(args.val.resolve())},

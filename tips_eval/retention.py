@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import tips
+from tips.cli.errors import CliParser, add_debug_arg
+from tips.inference.loaded import resolve_device
 from tips.io import write_json_atomic
 
 from .demo_report import METRICS, RELATIVE_MARGIN, _get
@@ -71,7 +73,7 @@ def markdown(rows: dict[str, dict], cosine: dict[str, float]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe retention", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="tips-probe retention", description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True, help="the original checkpoint (anything tips.load reads)")
     p.add_argument("--after", required=True, help="the fine-tuned checkpoint (e.g. runs/ft/final)")
     p.add_argument("--dataset", required=True, help="a dense dataset with train and val splits, e.g. scenes:data/scenes/probe")
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=300, help="probe optimiser steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", required=True, help="folder for both models' probe results and retention.json")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:1 …")
+    add_debug_arg(p)
     return p
 
 
@@ -90,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     results: dict[str, dict[str, dict]] = {}
     for label, checkpoint in (("before", args.before), ("after", args.after)):
         folder = out / label
         dense = ["--model", checkpoint, "--dataset", args.dataset, "--resolution", str(args.resolution),
                  "--seed", str(args.seed), "--out", str(folder), "--protocol", "fast", "--cache-dir",
-                 str(out / "cache"), "--iterations", str(args.iterations), "--num-vis", "0", "--workers", "0",
+                 str(out / "cache"), "--iterations", str(args.iterations), "--num-vis", "0", "--num-workers", "0",
                  "--device", device]
         for argv_task in (["segmentation", *dense, "--object-classes"],
                           ["depth", *dense, "--mask", "objects", "--bins", str(DEPTH_BINS)]):

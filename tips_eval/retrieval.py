@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from tips.cli.errors import CliParser
+
 from . import common
 from .options import examples, parse_task_args
 from .global_data import CaptionPairs, read_caption_pairs
@@ -73,7 +75,7 @@ EXAMPLES = examples(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe retrieval", description="Image-to-text and text-to-image retrieval (R@1/5/10, mean and median rank) from image-caption pairs.",
+    p = CliParser(prog="tips-probe retrieval", description="Image-to-text and text-to-image retrieval (R@1/5/10, mean and median rank) from image-caption pairs.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True,
                    help="captions .jsonl/.csv/.tsv (image + caption[s]) or a probe split folder with captions.jsonl")
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = read_caption_pairs(args.data, field, args.image_root)
     model, checkpoint = common.load_model(args)
     with common.precision(model, args):
-        metrics = evaluate_retrieval(model, pairs, args.cls, args.resolution, args.batch_size, args.workers,
+        metrics = evaluate_retrieval(model, pairs, args.cls, args.resolution, args.batch_size, args.num_workers,
                                      not args.no_progress)
     protocol = common.base_protocol("retrieval", args, checkpoint, metrics.pop("resolution"))
     protocol.update({

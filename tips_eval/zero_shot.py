@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from tips.cli.errors import CliParser
+
 from . import common
 from .options import examples, parse_task_args
 from .global_data import ImageFolder, read_image_folder, read_scene_objects
@@ -73,7 +75,7 @@ EXAMPLES = examples(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe zero-shot", description="Zero-shot classification of a class-per-folder image set with prompt templates.",
+    p = CliParser(prog="tips-probe zero-shot", description="Zero-shot classification of a class-per-folder image set with prompt templates.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True,
                    help="ROOT/<class_folder>/<images>, or scenes:DIR (a probe split folder with classes.json): each "
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     model, checkpoint = common.load_model(args)
     with common.precision(model, args):
         metrics = evaluate_zero_shot(model, data, templates, args.cls, args.resolution, args.batch_size,
-                                     args.workers, not args.no_progress)
+                                     args.num_workers, not args.no_progress)
     protocol = common.base_protocol("zero-shot", args, checkpoint, metrics.pop("resolution"))
     protocol.update({
         "dataset": str(data.root.resolve()),

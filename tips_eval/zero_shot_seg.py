@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from tips.cli.errors import CliParser
 from tips.inference.open_vocab import (
     MODES, NONE_ID, ClassList, OpenVocabOptions, OpenVocabPreset, encode_classes, load_preset, open_vocab_segment,
     preset_names, value_readout,
@@ -134,7 +135,7 @@ EXAMPLES = examples(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-probe zero-shot-seg",
+    p = CliParser(prog="tips-probe zero-shot-seg",
                                 description="Zero-shot segmentation mIoU with the official TIPS protocol (value readout "
                                             "of the last block, TCL prompts, whole or slide).",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..inference.extract import ExtractOptions, ExtractResult, NoReadableImages, extract
-from ..inference.job_folder import FolderOwnedError
+from ..inference.extract import ExtractOptions, ExtractResult, extract
 from ..inference.loaded import build_model, resolve_device
-from ..inference.precision import print_bf16_hint
+from ..io.sources import check_sources
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..models.dtypes import DTYPES
 from .allocator import tune_cpu_allocator
 from .demo_images import write_demo_images
+from .errors import CliParser, add_debug_arg, report, run_main
 from .model_args import add_inference_args, add_model_args, add_output_arg, model_from_args
 
 EXAMPLES = """\
@@ -40,7 +40,7 @@ def demo(out_dir: str | os.PathLike, device: str | None = None, progress: bool =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-extract", description="Encode images with a TIPS model into safetensors.",
+    p = CliParser(prog="tips-extract", description="Encode images with a TIPS model into safetensors.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="*", help="folder, glob, list file, image, or webdataset shards (a-{000..009}.tar)")
     add_output_arg(p, "output folder (features.safetensors, ids.json, skipped.json, ...)")
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     add_inference_args(x)
     x.add_argument("--no-progress", action="store_true")
+    add_debug_arg(x)
     x.add_argument("--force", action="store_true",
                    help="the output folder holds another job's extraction: replace its files (otherwise refused)")
     return p
@@ -81,25 +82,25 @@ def options_from_args(args: argparse.Namespace) -> ExtractOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tips-extract``; returns 0 on success, 1 with a message on stderr on failure."""
+    """``tips-extract``; returns 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
     tune_cpu_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.demo is not None:
-            if not (args.demo or args.out):
-                parser.error("--demo needs a folder: --demo DIR or --demo -o DIR")
-            result = demo(args.demo or args.out, device=args.device, progress=not args.no_progress)
-        else:
-            if not args.source or not args.out:
-                parser.error("give a SOURCE and -o/--out DIR (or --demo -o DIR)")
-            result = extract(args.source, args.out, model_from_args(args), options_from_args(args))
-    except (ValueError, KeyError, FileNotFoundError, NoReadableImages, FolderOwnedError) as e:
-        print(f"tips-extract: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 1
-    print(result.summary())
-    print_bf16_hint("tips-extract", resolve_device(args.device), args.dtype, args.quantize)
-    return 0
+    if args.demo is not None and not (args.demo or args.out):
+        parser.error("--demo needs a folder: --demo DIR or --demo -o DIR")
+    if args.demo is None and (not args.source or not args.out):
+        parser.error("give a SOURCE and -o/--out DIR (or --demo -o DIR)")
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.demo is not None:
+        result = demo(args.demo or args.out, device=args.device, progress=not args.no_progress)
+    else:
+        resolve_device(args.device)  # a device that is not there, before anything is read or built
+        check_sources(args.source)
+        result = extract(args.source, args.out, model_from_args(args), options_from_args(args))
+    return report("tips-extract", result, args.device, args.dtype, args.quantize)
 
 
 if __name__ == "__main__":

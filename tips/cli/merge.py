@@ -14,11 +14,11 @@ shapes differ are refused, naming the first difference. The result is a ``save_p
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from ..formats.pretrained import save_pretrained
 from ..inference.merge import merge
+from .errors import CliParser, add_debug_arg, run_main
 from .model_args import add_output_arg
 
 EXAMPLES = """\
@@ -32,22 +32,25 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-merge", description="Average checkpoints of one architecture into one (a model soup).", epilog=EXAMPLES,
+    p = CliParser(prog="tips-merge", description="Average checkpoints of one architecture into one (a model soup).", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="save_pretrained or training checkpoint folders")
     p.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per CKPT (normalised; default equal)")
     p.add_argument("--with-heads", action="store_true", help="also average the heads.* tensors of training exports")
     add_output_arg(p, "output save_pretrained folder", required=True)
+    add_debug_arg(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        model, heads = merge(args.checkpoints, args.weights, args.with_heads)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"tips-merge: error: {e}", file=sys.stderr)
-        return 1
+    """``tips-merge``; returns 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
+    model, heads = merge(args.checkpoints, args.weights, args.with_heads)
     path = save_pretrained(model, args.out, heads)
     print(f"merged {len(args.checkpoints)} checkpoints into {path}" + (f" ({len(heads)} head tensors)" if heads else ""))
     return 0

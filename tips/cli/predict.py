@@ -13,16 +13,16 @@ import os
 import sys
 from typing import Sequence
 
-from ..inference.extract import NoReadableImages
 from ..inference.loaded import resolve_device
 from ..inference.open_vocab import (
     MODES, NONE_ID, TCL_TEMPLATES, OpenVocabOptions, OpenVocabRun, load_preset, parse_classes, preset_names,
     read_class_file, write_open_vocab,
 )
-from ..inference.precision import print_bf16_hint
 from ..inference.predict import TASKS, PredictOptions, write_predictions
 from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.sources import check_sources
 from .allocator import tune_cpu_allocator
+from .errors import CliParser, add_debug_arg, report, run_main
 from .model_args import add_model_args, add_output_arg, model_from_args
 
 OPEN_VOCAB = "open-vocab"
@@ -41,7 +41,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-predict", description="Dense predictions (depth, normals, segmentation) "
+    p = CliParser(prog="tips-predict", description="Dense predictions (depth, normals, segmentation) "
                                 "with a DPT head, or open-vocabulary segmentation (open-vocab), on any image source.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=(*TASKS, OPEN_VOCAB))
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
     o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     o.add_argument("--no-progress", action="store_true")
+    add_debug_arg(o)
     return p
 
 
@@ -116,21 +117,22 @@ def open_vocab_from_args(args: argparse.Namespace) -> tuple[list[tuple[str, ...]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tips-predict``; returns 0 on success, 1 with a message on stderr on failure."""
+    """``tips-predict``; returns 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
     tune_cpu_allocator()
-    args = build_parser().parse_args(argv)
-    try:
-        if args.task == OPEN_VOCAB:
-            classes, names, options, run = open_vocab_from_args(args)
-            result = write_open_vocab(args.source, args.out, model_from_args(args), classes, options, run, names)
-        else:
-            result = write_predictions(args.source, args.out, model_from_args(args), options_from_args(args))
-    except (ValueError, KeyError, FileNotFoundError, NoReadableImages) as e:
-        print(f"tips-predict: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 1
-    print(result.summary())
-    print_bf16_hint("tips-predict", resolve_device(args.device), args.dtype, args.quantize)
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
+    resolve_device(args.device)  # a device that is not there, before anything is read or built
+    check_sources(args.source)
+    if args.task == OPEN_VOCAB:
+        classes, names, options, run = open_vocab_from_args(args)
+        result = write_open_vocab(args.source, args.out, model_from_args(args), classes, options, run, names)
+    else:
+        result = write_predictions(args.source, args.out, model_from_args(args), options_from_args(args))
+    return report("tips-predict", result, args.device, args.dtype, args.quantize)
 
 
 if __name__ == "__main__":

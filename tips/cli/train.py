@@ -8,6 +8,7 @@ import sys
 
 from ..train.config import load_config
 from .allocator import tune_cpu_allocator
+from .errors import CliParser, UsageError, add_debug_arg, run_main
 from .model_args import add_output_arg
 
 EXAMPLES = """\
@@ -21,7 +22,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-train", description="TIPS pretraining (launch with accelerate launch -m "
+    p = CliParser(prog="tips-train", description="TIPS pretraining (launch with accelerate launch -m "
                                 "tips.cli.train)", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", metavar="YAML",
                    help="YAML recipe, e.g. configs/pretrain/demo_cpu.yaml; repeat to merge more (e.g. a "
@@ -29,32 +30,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_arg(p, "run folder: checkpoints, logs and the final export (run.output_dir; KEY=VALUE overrides win)")
     p.add_argument("--force", action="store_true",
                    help="start afresh in a run folder that holds an earlier run, deleting its contents (run.force=true)")
+    add_debug_arg(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, applied last, e.g. run.steps=100 loss.weights.mask=0")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tips-train``; returns 0 on success, 2 for a bad config or override, 1 with one line on stderr on failure."""
     tune_cpu_allocator()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     force = ["run.force=true"] if args.force else []
     overrides = ([f"run.output_dir={args.out}"] if args.out is not None else []) + force + args.overrides
     try:
         cfg = load_config(args.config, overrides)
-    except (ValueError, FileNotFoundError) as e:  # a value out of range, named with its key: no traceback
-        print(f"tips-train: error: {e}", file=sys.stderr)
-        return 2
-    from ..train.finite import NonFiniteWeightsError
-    from ..train.trainer import NonFiniteLossError, Trainer
+    except (ValueError, FileNotFoundError) as e:  # a value out of range, named with its key: a usage error
+        raise UsageError(str(e)) from None
+    from ..train.trainer import Trainer
 
-    try:
-        final = Trainer(cfg).fit()
-    except (NonFiniteWeightsError, NonFiniteLossError) as e:
-        print(f"tips-train: error: {e}", file=sys.stderr)
-        return 1
+    final = Trainer(cfg).fit()
     print(f"final export: {final}", file=sys.stderr)
     return 0
 

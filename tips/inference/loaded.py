@@ -93,4 +93,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``auto`` (or None) is CUDA when available, else the CPU; anything else as torch reads it."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA device is available here; use --device auto or cpu")
+    return resolved

@@ -107,6 +107,22 @@ def find_images(sources: str | Path | Sequence[str | Path]) -> list[ImageRef]:
     return refs
 
 
+def check_sources(sources: str | Path | Sequence[str | Path]) -> None:
+    """Raise FileNotFoundError naming the first source that names nothing (no file, folder, glob match or shard),
+    without listing any image: a cheap check before a model is built."""
+    items = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    for item in items:
+        source = str(item)
+        if Path(source).exists():
+            continue
+        expanded = expand_shards(source)
+        if len(expanded) > 1 and any(Path(name).exists() for name in expanded):
+            continue
+        if any(c in source for c in "*?[") and glob.glob(source, recursive=True):
+            continue
+        raise FileNotFoundError(f"{source}: no such file, folder, glob match or shard")
+
+
 def _resolve(source: str, prefix_folders: bool) -> list[ImageRef]:
     path = Path(source)
     expanded = expand_shards(source) if not path.exists() else [source]

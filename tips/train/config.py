@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from ..data.masking import MaskConfig
 from ..data.views import ViewConfig
-from ..io.overrides import parse_override
+from ..io.overrides import ACCEPTED_FORMS, parse_override
 from ..models.variants import get_variant
 from .config_ranges import check_crop_sizes, check_mixed_precision, check_output_dir, check_ranges
 from .plan import make_plan
@@ -180,12 +181,32 @@ def load_config(
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"config file {p} not found")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        except OmegaConfBaseException as e:
+            raise ValueError(f"config file {p}: {_merge_error(e, cfg)}") from None
     for override in overrides or []:
-        cfg = OmegaConf.merge(cfg, _parse_override(override, cfg))
+        try:
+            cfg = OmegaConf.merge(cfg, _parse_override(override, cfg))
+        except OmegaConfBaseException as e:
+            forms = "" if isinstance(e, ConfigKeyError) else f". Accepted forms: {ACCEPTED_FORMS}{SHARD_LIST_HINT}"
+            raise ValueError(f"override {override!r}: {_merge_error(e, cfg)}{forms}") from None
     out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(out)
     return out
+
+
+def _merge_error(error: OmegaConfBaseException, cfg: Any) -> str:
+    """OmegaConf's multi-line merge error as one clause: the unknown key with the keys its section has, or the
+    value that does not fit the field's type."""
+    key = getattr(error, "full_key", None) or ""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, ConfigKeyError) and key:
+        section, _, _ = key.rpartition(".")
+        node = OmegaConf.select(cfg, section) if section else cfg
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
+        return f"no key {key}" + (f" (the keys of {section or 'the config'}: {known})" if known else "")
+    return f"{key}: {reason}" if key else reason
 
 
 # Flat data keys of earlier releases; the options now live in data.views / data.mask.

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [(split, i, args.seed, args.size, args.image_format, args.pretrain_normals)
              for split, n in splits.items() for i in range(n)]
     bar = tqdm(total=len(tasks), desc="tips-scenes", unit="img")
-    with sample_map(min(args.workers, len(tasks))) as lazy_map, bar:
+    with sample_map(min(args.num_workers, len(tasks))) as lazy_map, bar:
         samples = _counting(lazy_map(make_sample, tasks), bar)
         shards = write_pretrain(out, samples, args.num_pretrain, args.shard_size)
         (out / "probe").mkdir(parents=True, exist_ok=True)
