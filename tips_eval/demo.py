@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from tips.cli.allocator import tune_cpu_allocator
+from tips.cli.errors import CliParser, add_debug_arg, run_main
 from tips.cli.model_args import add_output_arg
 
 from . import cli as probe_cli
@@ -121,8 +122,8 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-demo", description=__doc__, epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="tips-demo", description=(__doc__ or "").replace("``", ""), epilog=EXAMPLES,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_output_arg(p, "folder for data, run and results (default ./tips-demo)", default="tips-demo")
     p.add_argument("--steps", type=int, help="override the recipe's training steps")
     p.add_argument("--seed", type=int, default=0)
@@ -132,12 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=128, help="probe input size (the recipe pretrains at 64)")
     p.add_argument("--probe-iterations", type=int, default=PROBE_ITERATIONS,
                    help=f"training iterations of each dense probe (default {PROBE_ITERATIONS})")
+    add_debug_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tips-demo``; 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
     tune_cpu_allocator()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     if not RECIPE.is_file():
         raise SystemExit(f"tips-demo: recipe {RECIPE} not found; run tips-demo from a checkout installed with pip install -e .")
     work = args.out.resolve()
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["data"] = run("1/4 scenes dataset", command("tips-scenes") + [
         "--out", str(data), "--num-pretrain", str(args.num_pretrain), "--num-train", str(args.num_train),
         "--num-val", str(args.num_val),
-        "--size", "128", "--seed", str(args.seed), "--shard-size", str(max(1, args.num_pretrain // 4)),
+        "--resolution", "128", "--seed", str(args.seed), "--shard-size", str(max(1, args.num_pretrain // 4)),
     ], logs)  # fmt: skip
     shards = sorted((data / "pretrain").glob("shard-*.tar"))
     pattern = str(data / "pretrain" / f"shard-{{000000..{len(shards) - 1:06d}}}.tar")

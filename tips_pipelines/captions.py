@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from tips.io import DEFAULT_MAX_PIXELS, ImageDecodeError, ShardFile, decode_image, encode_sample, sha256_file, write_json_atomic
 from tips.models import to_rgb
+from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
 from tips.cli.model_args import add_output_arg
 
 from .tario import (
@@ -328,19 +329,21 @@ def caption_shards(
 EXAMPLES = """\
 examples:
   # shards written by tips-shards, captioned with a captioner saved locally (save_pretrained folder)
-  tips-caption shards/ -o shards-captioned --model models/blip-image-captioning-base
+  tips-caption shards/ -o shards-captioned --captioner models/blip-image-captioning-base
   # Florence-2 with its task prompt, on 8 GPUs (shard i on process i % 8)
   accelerate launch --num_processes 8 -m tips_pipelines.captions 'shards/shard-{000000..000999}.tar' \\
-      -o shards-captioned --model microsoft/Florence-2-large --prompt '<MORE_DETAILED_CAPTION>'
+      -o shards-captioned --captioner microsoft/Florence-2-large --prompt '<MORE_DETAILED_CAPTION>'
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-caption", description=__doc__.split("\n\n")[0].replace("``", ""),
+    p = CliParser(prog="tips-caption", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", help="input shards: a folder of .tar files, a brace pattern or a glob")
     add_output_arg(p, "output folder (captioned shards, done markers, report.json)", required=True)
-    p.add_argument("--model", required=True, help="local folder saved with save_pretrained, or a cached hub id")
+    p.add_argument("--captioner", required=True, help="the captioning model: a local folder saved with "
+                   "save_pretrained, or a cached hub id")
+    renamed(p, "--model", "--captioner")
     p.add_argument("--prompt", help="text prompt, e.g. '<MORE_DETAILED_CAPTION>' (Florence-2), 'caption en' "
                    "(PaliGemma); none for BLIP's unconditional captions")
     p.add_argument("--max-new-tokens", type=int, default=40)
@@ -348,21 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (older Florence-2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_arg(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``tips-caption``; 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        report = caption_shards(
-            args.shards, args.out, args.model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, max_pixels=args.max_pixels, trust_remote_code=args.trust_remote_code,
-            progress=not args.no_progress,
-        )
-    except (CaptionerLoadError, ValueError, OSError) as e:
-        print(f"tips-caption: error: {e}", file=sys.stderr)
-        return 2
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = caption_shards(
+        args.shards, args.out, args.captioner, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, max_pixels=args.max_pixels, trust_remote_code=args.trust_remote_code,
+        progress=not args.no_progress,
+    )
     print(f"{report.captioned}/{report.samples} images captioned in {report.shards} shards; "
           f"{len(report.failures)} without a caption {report.failed_by_reason()} (see {args.out}/report.json)")
     if report.missing:

@@ -26,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tips.io import DEFAULT_MAX_PIXELS, ImageDecodeError, ShardFile, encode_sample, sha256_file, write_json_atomic
+from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
 from tips.cli.model_args import add_output_arg
 
 from .shard_inputs import Record, shard_records, table_records, table_rows
@@ -150,7 +151,7 @@ def _resume(out: Path, fingerprint: str, overwrite: bool) -> tuple[list[ShardInf
             return [], []
         raise FileExistsError(
             f"{out} holds shards made from another input or with other options (manifest.json fingerprint differs); "
-            "pass --overwrite to replace them, or choose another folder"
+            "pass --force to replace them, or choose another folder"
         )
     if report is None or report.get("fingerprint") != fingerprint:
         return [], []
@@ -325,7 +326,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-shards", description=__doc__.split("\n\n")[0].replace("``", ""),
+    p = CliParser(prog="tips-shards", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_output_arg(p, "output folder for shard-*.tar, manifest.json and report.json", required=True)
     p.add_argument("--images", type=Path, help="folder the table's image paths are relative to")
@@ -338,27 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="json 'source' value (default: the image folder's name)")
     p.add_argument("--image-column", default="image", help="table column holding the image path")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit")
-    p.add_argument("--overwrite", action="store_true", help="replace shards made from another input or options")
+    p.add_argument("--force", action="store_true", help="replace shards made from another input or options")
+    renamed(p, "--overwrite", "--force")
     p.add_argument("--fail-on-skip", action="store_true", help="exit with status 1 if any row was skipped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_arg(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``tips-shards``; 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.captions is None) == (args.from_shards is None) or (args.captions is not None and args.images is None):
         parser.error("give either --images and --captions, or --from-shards")
-    try:
-        report = write_shards(
-            args.out, images=args.images, captions=args.captions, from_shards=args.from_shards,
-            max_count=args.max_count, max_size=args.max_size, resize=args.resize, source=args.source,
-            image_column=args.image_column, max_pixels=args.max_pixels, overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except (ValueError, OSError) as e:
-        print(f"tips-shards: error: {e}", file=sys.stderr)
-        return 2
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = write_shards(
+        args.out, images=args.images, captions=args.captions, from_shards=args.from_shards,
+        max_count=args.max_count, max_size=args.max_size, resize=args.resize, source=args.source,
+        image_column=args.image_column, max_pixels=args.max_pixels, overwrite=args.force,
+        progress=not args.no_progress,
+    )
     print(f"{report.written} samples in {len(report.shards)} shards ({report.reused_shards} reused) in {args.out}; "
           f"{report.skipped} rows skipped {report.skipped_by_reason()} (see report.json)")
     if report.without_synthetic_captions:

@@ -57,12 +57,18 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+def _deliberate(exc: BaseException) -> bool:
+    """An error raised on purpose with a message for the user: ours, or the kinds that name a value or a file."""
+    return isinstance(exc, (ValueError, KeyError, OSError, UsageError)) or type(exc).__module__.split(".")[0] in (
+        "tips", "tips_eval", "tips_pipelines")
+
+
 def error_line(prog: str, exc: BaseException) -> str:
     """``PROG: error: MESSAGE`` from an exception's first line (a KeyError's message without its quotes); an
     exception we did not raise on purpose also names its type."""
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
     text = _first_line(str(message)) or type(exc).__name__
-    if not isinstance(exc, (ValueError, KeyError, OSError, UsageError)):
+    if not _deliberate(exc):
         text = f"{type(exc).__name__}: {text}"
     return f"{prog}: error: {text}"
 
@@ -80,7 +86,7 @@ def run_main(prog: str, body: Callable[[], int | None], *, debug: bool = False) 
     except Exception as e:
         if debug_requested(debug):
             raise
-        hint = "" if isinstance(e, (ValueError, KeyError, OSError, UsageError)) else " (rerun with --debug for the traceback)"
+        hint = "" if _deliberate(e) else " (rerun with --debug for the traceback)"
         print(error_line(prog, e) + hint, file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
 

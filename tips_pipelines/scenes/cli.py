@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
+
 from .generate import render_scene, scene_seed
 from .render import CLASS_NAMES, DEPTH_MIN, MAX_DEPTH
 
@@ -177,30 +179,33 @@ def sample_map(workers: int) -> Iterator[Callable[[Callable, list], Iterator]]:
 EXAMPLES = """\
 examples:
   # the demo's dataset: 2,048 pretraining scenes in 4 shards and a 256/64 probe split at 128 px
-  tips-scenes -o data/scenes --num-pretrain 2048 --num-train 256 --num-val 64 --size 128 --shard-size 512
+  tips-scenes -o data/scenes --num-pretrain 2048 --num-train 256 --num-val 64 --resolution 128 --shard-size 512
   # a probe split only, small and fast (no pretraining shards)
-  tips-scenes -o data/scenes-probe --num-pretrain 0 --num-train 64 --num-val 16 --size 64
+  tips-scenes -o data/scenes-probe --num-pretrain 0 --num-train 64 --num-val 16 --resolution 64
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     # -o/--out written out here rather than with tips.cli.model_args: importing tips loads torch, which the no-op
     # (up-to-date) path of this command avoids.
-    parser = argparse.ArgumentParser(prog="tips-scenes", description=__doc__.split("\n")[0], epilog=EXAMPLES,
+    parser = CliParser(prog="tips-scenes", description=__doc__.split("\n")[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
                         help="output folder (pretrain/ shards, probe/ split, manifest.json)")
     parser.add_argument("--num-pretrain", type=int, default=5000, help="images in the pretraining shards")
     parser.add_argument("--num-train", type=int, default=500, help="images in the probe train split")
     parser.add_argument("--num-val", type=int, default=100, help="images in the probe val split")
-    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--resolution", dest="size", type=int, default=224, help="image side in pixels")
+    renamed(parser, "--size", "--resolution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per pretraining shard")
     parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="pretraining image encoding")
     parser.add_argument("--pretrain-normals", action="store_true",
                         help="also store normals.png (uint16 RGB, as in the probe split) in the pretraining shards")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    renamed(parser, "--workers", "--num-workers")
     parser.add_argument("--force", action="store_true", help="regenerate even if the output is up to date")
+    add_debug_arg(parser)
     return parser
 
 
@@ -208,12 +213,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.num_pretrain, args.num_train, args.num_val) < 0 or args.size < 8 or args.shard_size < 1:
-        parser.error("counts must be ≥ 0, --size ≥ 8 and --shard-size ≥ 1")
+        parser.error("counts must be ≥ 0, --resolution ≥ 8 and --shard-size ≥ 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``tips-scenes``; 0 on success, 2 for a usage error, 1 with one line on stderr on failure."""
     args = parse_args(argv)
+    return run_main("tips-scenes", lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     out: Path = args.out
     record = run_record(args)
     if not args.force and is_up_to_date(out, record):
