@@ -30,7 +30,7 @@ def run_probe(args: argparse.Namespace, scenes: Path, model: Path, cache: Path, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     env |= {"TIPS_MALLOC": malloc, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "tips_eval.cli", "depth", "--model", str(model), "--dataset", f"scenes:{scenes}",
-           "--resolution", str(args.size), "--protocol", "fast", "--head", "dpt", "--workers", "0", "--no-progress",
+           "--resolution", str(args.size), "--protocol", "fast", "--head", "dpt", "--num-workers", "0", "--no-progress",
            "--iterations", str(args.iterations), "--cache-dir", str(cache), "-o", str(out), f"dpt.fusion={args.fusion}"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         scenes_main(["--out", str(tmp / "scenes"), "--num-train", str(args.num_train), "--num-val", "8",
-                     "--num-pretrain", "0", "--size", str(args.size), "--seed", "0", "--workers", "1"])
+                     "--num-pretrain", "0", "--resolution", str(args.size), "--seed", "0", "--num-workers", "1"])
         tips.save(tips.create_model(args.variant), tmp / "model")
         # The first run also fills the feature cache; a throw-away 1-iteration run keeps that out of both timings.
         args_warm = argparse.Namespace(**{**vars(args), "iterations": 1})

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tips-bench-probe-") as tmp:
         tmp = Path(tmp)
         scenes_main(["--out", str(tmp / "scenes"), "--num-train", str(args.num_train), "--num-val", "1",
-                     "--num-pretrain", "0", "--size", str(args.size), "--seed", "0", "--workers", "1"])
+                     "--num-pretrain", "0", "--resolution", str(args.size), "--seed", "0", "--num-workers", "1"])
         dataset = open_dataset(f"scenes:{tmp / 'scenes'}", "train")
         torch.manual_seed(0)
         model = tips.create_model(args.variant).eval()

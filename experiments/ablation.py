@@ -146,7 +146,7 @@ def make_scenes(preset: dict, data: Path, log: Path) -> None:
     """The preset's scenes dataset in ``data`` (tips-scenes leaves an up-to-date folder alone)."""
     sc = preset["scenes"]
     run(script("tips-scenes") + ["--out", str(data), "--num-pretrain", str(sc["num_pretrain"]), "--num-train",
-                                 str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--size", str(sc["size"]),
+                                 str(sc["num_train"]), "--num-val", str(sc["num_val"]), "--resolution", str(sc["size"]),
                                  "--shard-size", str(max(1, sc["num_pretrain"] // 8))], log)
 
 

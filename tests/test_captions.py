@@ -134,13 +134,13 @@ def test_interrupted_run_resumes_without_rewriting_finished_shards(
 
 def test_a_hub_id_offline_fails_clearly_and_names_the_model(shards: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main([str(shards), "-o", str(tmp_path / "out"), "--model", "Salesforce/blip-image-captioning-base",
+    code = main([str(shards), "-o", str(tmp_path / "out"), "--captioner", "Salesforce/blip-image-captioning-base",
                  "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 1
     assert "'Salesforce/blip-image-captioning-base'" in err and "local path" in err and "HF_HUB_OFFLINE" in err
     assert not list((tmp_path / "out").glob("*.tar"))
-    assert main([str(shards), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "no-such-model")]) == 2
+    assert main([str(shards), "-o", str(tmp_path / "out"), "--captioner", str(tmp_path / "no-such-model")]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -15,7 +15,7 @@ def data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("compression")
     assert scenes_main(["--out", str(root / "scenes"), "--num-train", "8", "--num-val", "4", "--num-pretrain", "0",
-                        "--size", "56", "--seed", "0", "--workers", "1"]) == 0
+                        "--resolution", "56", "--seed", "0", "--num-workers", "1"]) == 0
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
@@ -28,7 +28,7 @@ def data(tmp_path_factory):
 
 def test_compression_report_covers_every_precision_and_width(data, tmp_path):
     out = tmp_path / "report"
-    argv = ["compression", "--random-init", "tiny", "--resolution", "56", "--workers", "0", "--no-progress",
+    argv = ["compression", "--random-init", "tiny", "--resolution", "56", "--num-workers", "0", "--no-progress",
             "--device", "cpu", "--dims", "192,96,24", "--retrieval", str(data / "scenes" / "probe" / "val"),
             "--knn-train", str(data / "train"), "--knn-val", str(data / "val"), "--zero-shot", str(data / "val"),
             "--dense", f"scenes:{data / 'scenes' / 'probe'}", "--dense-tasks", "segmentation",
@@ -48,7 +48,7 @@ def test_compression_report_covers_every_precision_and_width(data, tmp_path):
 
 def test_probe_global_tasks_take_dtype_and_quantize(data, tmp_path):
     for flags in (["--dtype", "bfloat16"], ["--quantize", "int8"]):
-        argv = ["knn", "--random-init", "tiny", "--resolution", "56", "--workers", "0", "--no-progress",
+        argv = ["knn", "--random-init", "tiny", "--resolution", "56", "--num-workers", "0", "--no-progress",
                 "--device", "cpu", "--train", str(data / "train"), "--val", str(data / "val"), "--out", str(tmp_path),
                 *flags]
         assert probe_main(argv) == 0
@@ -59,7 +59,7 @@ def test_probe_global_tasks_take_dtype_and_quantize(data, tmp_path):
 def test_compression_retrieval_at_full_width_equals_tips_probe_retrieval(data, tmp_path):
     """Same model, same CLS, same captions: the compression report's fp32 full-width row is tips-probe retrieval's
     result (the probe format's caption kind follows --cls in both: CLS2 ↔ synthetic captions)."""
-    common = ["--random-init", "tiny", "--resolution", "56", "--workers", "0", "--no-progress", "--device", "cpu",
+    common = ["--random-init", "tiny", "--resolution", "56", "--num-workers", "0", "--no-progress", "--device", "cpu",
               "--cls", "syn"]
     val = str(data / "scenes" / "probe" / "val")
     assert probe_main(["compression", *common, "--precisions", "fp32", "--dims", "192", "--retrieval", val,

@@ -114,7 +114,7 @@ def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path):
 
     model = tiny(**{"vision.depth": 1, "text.depth": 1})  # the exporter's cost grows with depth
     tips.save(model, tmp_path / "model")
-    assert export_main([str(tmp_path / "model"), "--format", "onnx", "--image-size", "56", "--out", str(tmp_path)]) == 0
+    assert export_main(["--model", str(tmp_path / "model"), "--format", "onnx", "--resolution", "56", "--out", str(tmp_path)]) == 0
     paths = {"vision": tmp_path / "tips_vision.onnx", "text": tmp_path / "tips_text.onnx"}
     x = torch.rand(5, 3, 56, 56, generator=torch.Generator().manual_seed(3))  # another batch size
     cls_alt, cls_syn, patches = session(paths["vision"]).run(None, {"images": x.numpy()})

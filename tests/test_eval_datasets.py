@@ -195,7 +195,7 @@ def test_scenes_probe_split_written_by_tips_scenes(tmp_path):
     from tips_pipelines.scenes import main as scenes_main
 
     assert scenes_main(["--out", str(tmp_path), "--num-train", "2", "--num-val", "1", "--num-pretrain", "0",
-                        "--size", "32", "--seed", "0", "--workers", "1"]) == 0
+                        "--resolution", "32", "--seed", "0", "--num-workers", "1"]) == 0
     for spec in (f"scenes:{tmp_path}", f"scenes:{tmp_path}/probe"):
         ds = open_dataset(spec, "train")
         assert ds.info.name == "scenes" and len(ds) == 2

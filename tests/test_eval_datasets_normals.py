@@ -33,7 +33,7 @@ def max_angle_deg(a: torch.Tensor, b: np.ndarray, valid: np.ndarray) -> float:
 
 def test_scenes_probe_split_yields_the_rendered_normals(tmp_path):
     assert scenes_main(["--out", str(tmp_path), "--num-pretrain", "0", "--num-train", "2", "--num-val", "1",
-                        "--size", "32", "--workers", "1"]) == 0
+                        "--resolution", "32", "--num-workers", "1"]) == 0
     ds = open_dataset(f"scenes:{tmp_path}", "train")
     assert ds.info.has_normals and ds.fingerprint()["normals"] is True
     sample = ds[1]

@@ -26,7 +26,7 @@ def small_scenes(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("scenes")
     assert scenes_main(["--out", str(out), "--num-train", "8", "--num-val", "3", "--num-pretrain", "0",
-                        "--size", str(RES), "--seed", "2", "--workers", "1"]) == 0
+                        "--resolution", str(RES), "--seed", "2", "--num-workers", "1"]) == 0
     return out / "probe"
 
 

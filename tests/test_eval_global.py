@@ -68,7 +68,7 @@ def official_checkpoint(tmp_path_factory):
 
 def _model_args(ckpt, out, *extra):
     return ["--model", str(ckpt["vision"]), "--text", str(ckpt["text"]), "--tokenizer", "bpe", "--resolution", "112",
-            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(out), *extra]
+            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress", "--out", str(out), *extra]
 
 
 # ----------------------------------------------------------------------------- end to end, official checkpoint

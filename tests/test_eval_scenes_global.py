@@ -45,12 +45,12 @@ def test_a_split_without_object_pixels_is_refused_with_the_folder_named(tmp_path
 def scenes(tmp_path_factory):
     out = tmp_path_factory.mktemp("scenes")
     assert scenes_main(["--out", str(out), "--num-pretrain", "2", "--num-train", "2", "--num-val", "6",
-                        "--size", "32", "--shard-size", "2", "--workers", "1"]) == 0
+                        "--resolution", "32", "--shard-size", "2", "--num-workers", "1"]) == 0
     return out / "probe"
 
 
 def _random(out):
-    return ["--random-init", "tiny_p8", "--tokenizer", "bpe", "--resolution", "32", "--workers", "0",
+    return ["--random-init", "tiny_p8", "--tokenizer", "bpe", "--resolution", "32", "--num-workers", "0",
             "--no-progress", "--out", str(out)]
 
 

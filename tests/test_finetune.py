@@ -33,7 +33,7 @@ def scenes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scenes")
     made = subprocess.run([sys.executable, "-c", "import sys; from tips_pipelines.scenes import main; sys.exit(main())",
                            "--out", str(root), "--num-pretrain", "16", "--num-train", "0", "--num-val", "0",
-                           "--size", "64", "--shard-size", "8"], capture_output=True, text=True, env=env())
+                           "--resolution", "64", "--shard-size", "8"], capture_output=True, text=True, env=env())
     assert made.returncode == 0, made.stderr[-2000:]
     return root
 

@@ -37,7 +37,7 @@ def test_retention_report_runs_on_two_checkpoints_and_prints_a_table(tmp_path, c
     scenes = tmp_path / "scenes"
     made = subprocess.run([sys.executable, "-c", "import sys; from tips_pipelines.scenes import main; sys.exit(main())",
                            "--out", str(scenes), "--num-pretrain", "0", "--num-train", "16", "--num-val", "8",
-                           "--size", "64"], capture_output=True, text=True, env=env())
+                           "--resolution", "64"], capture_output=True, text=True, env=env())
     assert made.returncode == 0, made.stderr[-2000:]
     torch.manual_seed(0)
     before = tips.create_model("tiny_p8", tokenizer="bpe", **{"vision.depth": 2, "text.depth": 1})

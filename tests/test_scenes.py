@@ -175,8 +175,8 @@ def test_alt_text_is_noisy_like_web_alt_text():
 
 
 def run_cli(out: Path, *extra: str) -> None:
-    args = ["--out", str(out), "--num-pretrain", "5", "--num-train", "3", "--num-val", "2", "--size", "48",
-            "--seed", "1", "--shard-size", "2", "--workers", "1", *extra]
+    args = ["--out", str(out), "--num-pretrain", "5", "--num-train", "3", "--num-val", "2", "--resolution", "48",
+            "--seed", "1", "--shard-size", "2", "--num-workers", "1", *extra]
     assert main(args) == 0
 
 
@@ -221,7 +221,7 @@ def test_cli_rerun_is_a_no_op_and_force_regenerates_identical_bytes(tmp_path, ca
     run_cli(tmp_path)
     assert "up to date" in capsys.readouterr().out
     assert shard.stat().st_mtime_ns == stamp
-    run_cli(tmp_path, "--force", "--workers", "2")  # the process pool must give the same bytes in the same order
+    run_cli(tmp_path, "--force", "--num-workers", "2")  # the process pool must give the same bytes in the same order
     assert shard.read_bytes() == before
     run_cli(tmp_path, "--num-val", "1")  # other arguments: regenerated, stale files gone
     assert len(list((tmp_path / "probe" / "val").glob("*.seg.png"))) == 1

@@ -143,7 +143,7 @@ def test_no_surface_and_too_far_pixels_are_invalid_zero_vectors():
 def test_probe_split_holds_normals_png_and_pretrain_shards_only_when_asked(tmp_path):
     import webdataset as wds
 
-    args = ["--num-pretrain", "2", "--num-train", "2", "--num-val", "1", "--size", "32", "--workers", "1"]
+    args = ["--num-pretrain", "2", "--num-train", "2", "--num-val", "1", "--resolution", "32", "--num-workers", "1"]
     assert main(["--out", str(tmp_path / "a"), *args]) == 0
     path = tmp_path / "a" / "probe" / "train" / "train-000000.normals.png"
     code = read_png16(path)

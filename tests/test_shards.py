@@ -146,7 +146,7 @@ def test_a_finished_run_rewrites_nothing_and_other_options_need_overwrite(photos
     stats = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")}
     assert _write(photos, tmp_path).reused_shards == 3
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")} == stats
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="--force"):
         _write(photos, tmp_path, max_count=4)
     report = _write(photos, tmp_path, max_count=4, overwrite=True)
     assert len(report.shards) == 2 and sorted(p.name for p in tmp_path.glob("*.tar")) == [
@@ -222,7 +222,7 @@ def test_cli_fails_on_skip_and_notes_missing_synthetic_captions(photos: Path, tm
     out = capsys.readouterr().out
     assert "6 samples in 2 shards" in out and "3 samples have no synthetic caption" in out
     assert main(argv + ["--max-count", "3"]) == 0
-    assert main(["-o", str(tmp_path / "x"), "--images", str(photos), "--captions", str(photos / "nope.csv")]) == 2
+    assert main(["-o", str(tmp_path / "x"), "--images", str(photos), "--captions", str(photos / "nope.csv")]) == 1
     assert "nope.csv" in capsys.readouterr().err
 
 

@@ -145,7 +145,7 @@ def test_demo_recipe_runs_end_to_end_and_its_export_loads_and_exports(tmp_path):
     scenes = tmp_path / "scenes"
     made = subprocess.run([sys.executable, "-c", "import sys; from tips_pipelines.scenes import main; sys.exit(main())",
                            "--out", str(scenes), "--num-pretrain", "64", "--num-train", "0", "--num-val", "0",
-                           "--size", "64", "--shard-size", "16"], capture_output=True, text=True, env=env())
+                           "--resolution", "64", "--shard-size", "16"], capture_output=True, text=True, env=env())
     assert made.returncode == 0, made.stderr[-2000:]
     recipe = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo_cpu.yaml"
     out = tmp_path / "run"

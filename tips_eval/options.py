@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from tips.io.overrides import override_items
 
 NOT_OPTIONS = {"help", "config", "overrides"}
-SCENES = "tips-scenes -o data/scenes --num-pretrain 0 --num-train 64 --num-val 16 --size 64"
+SCENES = "tips-scenes -o data/scenes --num-pretrain 0 --num-train 64 --num-val 16 --resolution 64"
 
 
 def examples(*commands: str, scenes: bool = True) -> str:

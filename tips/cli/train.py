@@ -14,7 +14,7 @@ from .model_args import add_output_arg
 EXAMPLES = """\
 examples:
   # the demo recipe on the embedded scenes (tips-scenes writes the shards), 20 steps on the CPU
-  tips-scenes -o data/scenes --num-pretrain 256 --num-train 0 --num-val 0 --size 128 --shard-size 64
+  tips-scenes -o data/scenes --num-pretrain 256 --num-train 0 --num-val 0 --resolution 128 --shard-size 64
   tips-train --config configs/pretrain/demo_cpu.yaml -o runs/demo "data.train=[data/scenes/pretrain/shard-{000000..000003}.tar]" run.steps=20
   # the TIPS B/14 recipe on every GPU of a machine
   accelerate launch -m tips.cli.train --config configs/pretrain/tips_v1_b14.yaml -o runs/b14 "data.train=shards/train-{000000..000999}.tar"
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     """``tips-train``; returns 0 on success, 2 for a bad config or override, 1 with one line on stderr on failure."""
     tune_cpu_allocator()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after -o / --config alike
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)

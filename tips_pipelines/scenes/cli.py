@@ -188,7 +188,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     # -o/--out written out here rather than with tips.cli.model_args: importing tips loads torch, which the no-op
     # (up-to-date) path of this command avoids.
-    parser = CliParser(prog="tips-scenes", description=__doc__.split("\n")[0], epilog=EXAMPLES,
+    parser = CliParser(prog="tips-scenes", description=(__doc__ or "").split("\n")[0].replace("``", ""), epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
                         help="output folder (pretrain/ shards, probe/ split, manifest.json)")
