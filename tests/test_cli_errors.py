@@ -175,6 +175,7 @@ def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 def test_every_help_spells_each_idea_one_way():
     for name, parser in every_parser().items():
         text, flags = parser.format_help(), options(parser)
+        assert isinstance(parser, CliParser), f"{name}: errors are not one line"
         assert "``" not in text, f"{name} --help prints RST markup"
         assert "forwards to" not in text, name
         for old in ("--workers", "--size", "--image-size", "--overwrite", "--image-side"):

@@ -26,7 +26,11 @@ class UsageError(Exception):
 
 class CliParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE (PROG --help lists the options)``,
-    instead of the whole usage block; exit status 2 as argparse's."""
+    instead of the whole usage block (exit status 2 as argparse's), and whose help prints no RST markup."""
+
+    def format_help(self) -> str:
+        # descriptions come from module docstrings, whose ``code`` spans are RST, not text for a terminal
+        return super().format_help().replace("``", "")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_first_line(message)} ({self.prog} --help lists the options)\n")
