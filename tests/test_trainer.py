@@ -74,13 +74,16 @@ def shards(tmp_path_factory) -> str:
 def test_two_cpu_processes_train_and_agree_on_weights(shards, tmp_path):
     e = env()
     e["ACCELERATE_USE_CPU"] = "1"
+    # every value accelerate would otherwise default (and print a 4-line notice about) is given
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", "0", "-m"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--num_cpu_threads_per_process", "1", "--main_process_port", "0", "-m"]
     out_dir = tmp_path / "run"
     proc = run_train([f"data.train={shards}", f"run.output_dir={out_dir}", "run.steps=3", "run.save_every=3",
                       "run.world_size=2", "data.num_workers=1", *TINY], launcher=launcher, env=e)
     out = finish(proc)
     assert "all 2 ranks hold identical weights" in out
+    assert "had defaults used instead" not in out and "was set to a value of" not in out
     final = checkpointing.latest_checkpoint(out_dir)
     state = json.loads((final / "trainer.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 3 and state["parallel"] == "ddp"
