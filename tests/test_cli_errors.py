@@ -253,3 +253,21 @@ def test_a_misspelt_override_key_lists_the_keys_of_its_section():
     with pytest.raises(ValueError, match=r"no key loss\.contrastiv \(the keys of loss: .*contrastive,") as e:
         load_config(ROOT / "configs/pretrain/demo_cpu.yaml", ["loss.contrastiv=softmax"])
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------------ noise
+def test_export_filters_exactly_the_known_notices(caplog):
+    import logging
+
+    from tips.formats.noise import known_noise_filtered
+
+    pytree, root = logging.getLogger("torch.utils._pytree"), logging.getLogger()
+    with caplog.at_level(logging.WARNING), known_noise_filtered():
+        pytree.warning("%s is an Enum subclass and is now natively supported by torch.compile as an opaque value type.", "E")
+        root.warning("Please consider to run pre-processing before quantization. Refer to example: ...")
+        pytree.warning("a pytree warning nobody has seen before")
+        root.warning("an onnxruntime warning nobody has seen before")
+    assert [r.getMessage() for r in caplog.records] == ["a pytree warning nobody has seen before",
+                                                        "an onnxruntime warning nobody has seen before"]
+    pytree.warning("%s is an Enum subclass and is now natively supported by torch.compile", "E")  # outside: shown
+    assert len(caplog.records) == 3

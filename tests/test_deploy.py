@@ -108,13 +108,18 @@ def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_fp32_cpu_run
     assert precision.bf16_hint(cpu, "float32", None) is None
 
 
-def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path):
+def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path, capfd):
     from tips.cli.export import main as export_main
     from tips.formats.onnx import example_text, session
 
     model = tiny(**{"vision.depth": 1, "text.depth": 1})  # the exporter's cost grows with depth
     tips.save(model, tmp_path / "model")
-    assert export_main(["--model", str(tmp_path / "model"), "--format", "onnx", "--resolution", "56", "--out", str(tmp_path)]) == 0
+    capfd.readouterr()
+    assert export_main(["--model", str(tmp_path / "model"), "--format", "onnx", "--resolution", "56", "--int8",
+                        "--out", str(tmp_path)]) == 0
+    err = capfd.readouterr().err  # neither onnxruntime's pre-processing hint nor torchao's pytree notices
+    assert "pre-processing before quantization" not in err and "_pytree" not in err, err
+    assert (tmp_path / "tips_vision.int8.onnx").is_file()
     paths = {"vision": tmp_path / "tips_vision.onnx", "text": tmp_path / "tips_text.onnx"}
     x = torch.rand(5, 3, 56, 56, generator=torch.Generator().manual_seed(3))  # another batch size
     cls_alt, cls_syn, patches = session(paths["vision"]).run(None, {"images": x.numpy()})

@@ -16,6 +16,7 @@ from typing import Any
 from ..formats import registry
 from ..formats.heads import load_head
 from ..formats.loading import load
+from ..formats.noise import known_noise_filtered
 from .errors import CliParser, UsageError, add_debug_arg, renamed, run_main
 from .model_args import TEXT_HELP, TOKENIZER_HELP, add_output_arg
 
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the model is now a flag: --model {args.old_source}")
     if not (args.head or args.model):
         parser.error("give --model SOURCE (or --head HEAD)")
-    return run_main(parser.prog, lambda: _run(args), debug=args.debug)
+    with known_noise_filtered():  # torchao's and onnxruntime's notices, by their exact text
+        return run_main(parser.prog, lambda: _run(args), debug=args.debug)
 
 
 def _run(args: argparse.Namespace) -> int:

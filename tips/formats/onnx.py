@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..io.atomic import atomic_path, write_text_atomic
+from .noise import known_noise_filtered
 from ..models.tips import TIPS
 from .optional import require
 
@@ -108,7 +109,7 @@ def write_onnx(
         quantization = require("onnxruntime.quantization", "int8 ONNX export")
         for kind in list(paths):
             q = out / f"{name}_{kind}.int8.onnx"
-            with atomic_path(q, suffix=".onnx") as tmp:
+            with atomic_path(q, suffix=".onnx") as tmp, known_noise_filtered():
                 quantization.quantize_dynamic(str(paths[kind]), str(tmp), weight_type=quantization.QuantType.QInt8)
             paths[f"{kind}_int8"] = q
     meta = {"format": "tips-onnx", "opset": OPSET, "image_size": size, "patch_size": model.patch_size,
