@@ -284,3 +284,17 @@ def test_export_filters_exactly_the_known_notices():
     assert "a pytree warning nobody has seen before" in inside and "an onnxruntime warning nobody has seen before" in inside
     assert not any("pre-processing" in m or "Enum subclass" in m for m in inside)
     assert any("Enum subclass" in m for m in seen[len(inside):])
+
+
+def test_config_choices_are_enums_that_omegaconf_checks_with_the_key_named(tmp_path):
+    from tips.train.choices import Contrastive, MixedPrecision
+    from tips.train.config import load_config
+
+    base, recipe = ROOT / "configs/pretrain/demo_cpu.yaml", tmp_path / "r.yaml"
+    recipe.write_text("loss:\n  contrastive: sigmoid\n")
+    cfg = load_config([base, recipe], ["run.mixed_precision=no"])
+    assert cfg.loss.contrastive is Contrastive.sigmoid and cfg.loss.contrastive == "sigmoid"
+    assert cfg.run.mixed_precision is MixedPrecision.no and f"{cfg.run.mixed_precision}" == "no"
+    recipe.write_text("loss:\n  contrastive: hinge\n")
+    with pytest.raises(ValueError, match=r"r\.yaml: loss\.contrastive: Invalid value 'hinge', expected one of \[softmax, sigmoid\]"):
+        load_config([base, recipe])

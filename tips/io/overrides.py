@@ -11,6 +11,7 @@ Values are YAML (``3``, ``0.5``, ``text``, ``[1, 2]``, ``{a: 1}``); a value for 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -48,7 +49,8 @@ def _is_text_field(base: Any, key: str) -> bool:
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(base, parent) if parent else base
     try:
-        return node is not None and OmegaConf.get_type(node, leaf) is str
+        kind = OmegaConf.get_type(node, leaf)
+        return node is not None and (kind is str or (isinstance(kind, type) and issubclass(kind, Enum)))
     except Exception:  # not a structured field (e.g. a free-form dict): YAML decides
         return False
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ from ..data.masking import MaskConfig
 from ..data.views import ViewConfig
 from ..io.overrides import ACCEPTED_FORMS, parse_override
 from ..models.variants import get_variant
+from .choices import (
+    CenterInit, Centering, Choice, CompileBackend, Contrastive, ContrastiveView, MimTarget, MixedPrecision, Optimizer,
+    Parallel, Reduction, RetentionLoss, Spread, TeacherMode,
+)
 from .config_ranges import check_crop_sizes, check_mixed_precision, check_output_dir, check_ranges
 from .plan import make_plan
 
@@ -51,8 +56,8 @@ class LossWeights:
 @dataclass
 class LossSection:
     weights: LossWeights = field(default_factory=LossWeights)
-    contrastive: str = "softmax"  # or "sigmoid" (SigLIP)
-    contrastive_view: str = "unmasked"  # or "masked": CLS tokens from the masked pass (one student pass fewer)
+    contrastive: Contrastive = Contrastive.softmax  # or "sigmoid" (SigLIP)
+    contrastive_view: ContrastiveView = ContrastiveView.unmasked  # or "masked": CLS tokens from the masked pass (one student pass fewer)
     logit_scale_max: float = 500.0
     dino_k: int = 32768
     ibot_k: int = 32768
@@ -62,23 +67,23 @@ class LossSection:
     teacher_temp: float = 0.07
     teacher_temp_warmup: float = 0.04
     teacher_temp_warmup_frac: float = 0.06
-    centering: str = "ema"  # or "sinkhorn_knopp"
+    centering: Centering = Centering.ema  # or "sinkhorn_knopp"
     center_momentum: float = 0.9
-    center_init: str = "first_batch"  # or "zeros" (DINO); see tips.losses.distill.TeacherCentering
+    center_init: CenterInit = CenterInit.first_batch  # or "zeros" (DINO); see tips.losses.distill.TeacherCentering
     ibot_plus_plus: bool = False  # TIPSv2: patch loss on all patches
-    mim_target: str = "features"  # or "pixels" (MAE-style decoder)
-    distill_reduction: str = "mean"
+    mim_target: MimTarget = MimTarget.features  # or "pixels" (MAE-style decoder)
+    distill_reduction: Reduction = Reduction.mean
     # Truncatable embeddings (Matryoshka): both contrastive losses also on these nested prefixes of the CLS and
     # text embeddings, e.g. [768, 384, 192, 96] (list the full width to keep it trained); [] = off.
     matryoshka_dims: list[int] = field(default_factory=list)
     matryoshka_weights: list[float] | None = None  # one per width; None = equal
-    spread: str = "none"  # "gor" (EmbeddingGemma) or "koleo" (DINOv2), weighted by loss.weights.spread
+    spread: Spread = Spread.none  # "gor" (EmbeddingGemma) or "koleo" (DINOv2), weighted by loss.weights.spread
     spread_on: list[str] = field(default_factory=lambda: ["image", "text"])  # embeddings of the contrastive terms
 
 
 @dataclass
 class TeacherSection:
-    mode: str = "ema"  # "ema" (full EMA), "head_only_ema" (TIPSv2), "frozen" (distillation)
+    mode: TeacherMode = TeacherMode.ema  # "ema" (full EMA), "head_only_ema" (TIPSv2), "frozen" (distillation)
     momentum: float = 0.994
     momentum_final: float = 1.0
     checkpoint: str | None = None  # frozen teacher: any checkpoint tips.load reads
@@ -86,7 +91,7 @@ class TeacherSection:
 
 @dataclass
 class OptimSection:
-    optimizer: str = "adamw"
+    optimizer: Optimizer = Optimizer.adamw
     lr: float | None = None  # None: 2.5e-4 * sqrt(global_batch / 1024)
     min_lr: float = 1e-6
     warmup_frac: float = 0.05
@@ -123,7 +128,7 @@ class RunSection:
     steps: int = 1000
     batch_size: int = 64  # per process
     grad_accum: int = 1
-    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    mixed_precision: MixedPrecision = MixedPrecision.no  # "no", "bf16", "fp16"
     seed: int = 0
     log_every: int = 10
     save_every: int = 500
@@ -134,13 +139,13 @@ class RunSection:
     resume: str | None = None
     force: bool = False  # start afresh in a folder that holds an earlier run, deleting its contents (--force)
     compile: bool = False  # torch.compile each transformer block and head (parameter names unchanged)
-    compile_backend: str = "inductor"  # "aot_eager" compiles in seconds (tests); "inductor" is the fast one
+    compile_backend: CompileBackend = CompileBackend.inductor  # "aot_eager" compiles in seconds (tests); "inductor" is the fast one
     val_every: int = 0
     val_batches: int = 4
     max_nonfinite: int = 10
     world_size: int | None = None  # when set, the launch must provide exactly this many processes
     export_teacher: bool = False
-    parallel: str = "ddp"  # "fsdp": FSDP2 per block, sharded EMA teacher (docs/scaling.md); one process: "ddp" is single
+    parallel: Parallel = Parallel.ddp  # "fsdp": FSDP2 per block, sharded EMA teacher (docs/scaling.md); one process: "ddp" is single
     reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (re-gather in backward)
     peak_tflops: float | None = None  # per-device peak for perf/mfu; None: looked up from the GPU name
 
@@ -152,7 +157,7 @@ class FinetuneSection:
     head_warmup_steps: int = 0  # towers' LR 0 while the fresh DINO/iBOT heads warm up (tips.train.warmup)
     tower_warmup_steps: int = 0  # then the towers' own linear warm-up
     retention_weight: float = 0.0  # dense retention guard: patch features kept close to the original's
-    retention_loss: str = "cosine"  # or "smooth_l1" (on L2-normalised patch tokens)
+    retention_loss: RetentionLoss = RetentionLoss.cosine  # or "smooth_l1" (on L2-normalised patch tokens)
     lora_rank: int = 0  # > 0: LoRA adapters (peft) instead of full fine-tuning (tips.train.lora)
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
@@ -189,8 +194,10 @@ def load_config(
         try:
             cfg = OmegaConf.merge(cfg, _parse_override(override, cfg))
         except OmegaConfBaseException as e:
-            forms = "" if isinstance(e, ConfigKeyError) else f". Accepted forms: {ACCEPTED_FORMS}{SHARD_LIST_HINT}"
-            raise ValueError(f"override {override!r}: {_merge_error(e, cfg)}{forms}") from None
+            reason = _merge_error(e, cfg)
+            plain = isinstance(e, ConfigKeyError) or "expected one of" in reason  # the choices say it already
+            forms = "" if plain else f". Accepted forms: {ACCEPTED_FORMS}{SHARD_LIST_HINT}"
+            raise ValueError(f"override {override!r}: {reason}{forms}") from None
     out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(out)
     return out
@@ -227,26 +234,26 @@ def _parse_override(override: str, base=None):
     return parse_override(override, base, _LIST_KEYS, SHARD_LIST_HINT)
 
 
+CHOICE_KEYS = ("loss.contrastive", "loss.contrastive_view", "loss.centering", "loss.center_init", "loss.mim_target",
+               "loss.distill_reduction", "loss.spread", "teacher.mode", "optim.optimizer", "run.mixed_precision",
+               "run.compile_backend", "run.parallel", "finetune.retention_loss")
+
+
+def _choice_type(section: str, leaf: str) -> type[Choice]:
+    """The Enum of a choice field, read from the dataclass annotations (``from __future__`` keeps them as text)."""
+    section_type = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}[section]  # type: ignore[misc]
+    hints = typing.get_type_hints(section_type)
+    return hints[leaf]
+
+
 def validate(cfg: TrainConfig) -> None:
     """Choices that would otherwise fail deep inside a run, checked up front with the key named."""
-    choices = {
-        "loss.contrastive": (cfg.loss.contrastive, ("softmax", "sigmoid")),
-        "loss.contrastive_view": (cfg.loss.contrastive_view, ("unmasked", "masked")),
-        "loss.centering": (cfg.loss.centering, ("ema", "sinkhorn_knopp")),
-        "loss.center_init": (cfg.loss.center_init, ("first_batch", "zeros")),
-        "loss.mim_target": (cfg.loss.mim_target, ("features", "pixels")),
-        "loss.distill_reduction": (cfg.loss.distill_reduction, ("mean", "sum")),
-        "loss.spread": (cfg.loss.spread, ("none", "gor", "koleo")),
-        "teacher.mode": (cfg.teacher.mode, ("ema", "head_only_ema", "frozen")),
-        "optim.optimizer": (cfg.optim.optimizer, ("adamw", "adafactor")),
-        "run.mixed_precision": (cfg.run.mixed_precision, ("no", "bf16", "fp16")),
-        "run.compile_backend": (cfg.run.compile_backend, ("inductor", "aot_eager", "eager")),
-        "run.parallel": (cfg.run.parallel, ("ddp", "fsdp")),
-        "finetune.retention_loss": (cfg.finetune.retention_loss, ("cosine", "smooth_l1")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r}: expected one of {allowed}")
+    for key in CHOICE_KEYS:  # OmegaConf checks them while reading; a TrainConfig built in Python is checked here
+        section, _, leaf = key.partition(".")
+        value = getattr(getattr(cfg, section), leaf)
+        allowed = [m.value for m in _choice_type(section, leaf)]
+        if str(value) not in allowed:
+            raise ValueError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
     if cfg.teacher.mode == "frozen" and not cfg.teacher.checkpoint:
         raise ValueError("teacher.mode=frozen needs teacher.checkpoint=<any checkpoint tips.load reads>")
     if not cfg.data.train:
