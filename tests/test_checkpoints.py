@@ -53,7 +53,7 @@ def test_export_to_official_layout_round_trip(tmp_path, ffn):
     model = _model(**{"vision.ffn": ffn, "vision.mlp_hidden": 200})
     subdir = tmp_path / "src"
     tips.save(model, subdir)
-    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", str(subdir), "--out", str(tmp_path / "off"),
+    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", "--model", str(subdir), "--format", "official", "--out", str(tmp_path / "off"),
                           "--name", "m"], capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     vision = np.load(tmp_path / "off" / "m_vision.npz", allow_pickle=False)

@@ -34,7 +34,7 @@ def _tokens(model, x):
 def test_our_timm_export_loads_through_timm_pretrained_cfg_overlay(tmp_path, ffn):
     model = _model(ffn)
     tips.save(model, tmp_path / "ours")
-    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", str(tmp_path / "ours"), "--format", "timm", "-o",
+    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", "--model", str(tmp_path / "ours"), "--format", "timm", "-o",
                           str(tmp_path / "timm"), "--name", "tiny"], capture_output=True, text=True)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     weights = tmp_path / "timm" / "tiny_timm.safetensors"

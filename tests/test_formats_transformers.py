@@ -144,7 +144,7 @@ def test_our_export_loads_in_transformers_and_back(tmp_path, ffn):
 
     model = _our_model(tokenizer=train_tiny_spm(tmp_path), **{"vision.ffn": ffn})
     tips.save(model, tmp_path / "ours")
-    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", str(tmp_path / "ours"), "--format", "transformers",
+    cli = subprocess.run([sys.executable, "-m", "tips.cli.export", "--model", str(tmp_path / "ours"), "--format", "transformers",
                           "-o", str(tmp_path / "hf")], capture_output=True, text=True)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     hf = AutoModel.from_pretrained(tmp_path / "hf").eval()

@@ -131,7 +131,7 @@ def test_pickles_planted_in_a_checkpoint_never_run_on_resume(shards, run4, tmp_p
 def test_a_second_run_into_a_live_runs_folder_is_refused_naming_host_and_pid(shards, tmp_path):
     tmp_path.joinpath("run.lock").write_text(json.dumps({"host": "node-7", "pid": 4242, "started": time.time()}))
     with pytest.raises(RunFolderBusy, match=r"host node-7, pid 4242"):
-        main(["-o", str(tmp_path), f"data.train={shards}", "run.steps=1", *DEEP])
+        main(["--debug", "-o", str(tmp_path), f"data.train={shards}", "run.steps=1", *DEEP])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
 
     lock = RunLock(tmp_path / "b")
@@ -184,7 +184,7 @@ def test_an_earlier_run_is_refused_without_resume_and_replaced_with_force(shards
     (out / "checkpoints" / ".step-00000006.tmp-1").mkdir()  # a killed save's temporary
     args = ["-o", str(out), f"data.train={shards}", "run.steps=1", *DEEP]
     with pytest.raises(FileExistsError, match=r"run\.resume=latest.*--force"):
-        main(args)
+        main(["--debug", *args])  # the exception itself, not its one-line message
     assert checkpointing.latest_checkpoint(out).name == "step-00000004"
     AcceleratorState._reset_state(True)
     GradientState._reset_state()

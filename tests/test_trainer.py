@@ -156,7 +156,7 @@ def test_demo_recipe_runs_end_to_end_and_its_export_loads_and_exports(tmp_path):
                       f"run.output_dir={out}", "run.steps=2", "run.batch_size=4", "data.num_workers=1"]))
     model = tips.load(out / "final")
     assert model.cfg.variant == "tiny_p8" and model.temperature is not None
-    exported = subprocess.run([sys.executable, "-m", "tips.cli.export", str(out / "final"), "--out", str(tmp_path / "off"),
+    exported = subprocess.run([sys.executable, "-m", "tips.cli.export", "--model", str(out / "final"), "--format", "official", "--out", str(tmp_path / "off"),
                                "--name", "demo"], capture_output=True, text=True, env=env())
     assert exported.returncode == 0, exported.stderr
     again = tips.load(tmp_path / "off" / "demo_vision.npz", text=tmp_path / "off" / "demo_text.npz", tokenizer="bpe")
