@@ -78,8 +78,11 @@ def _load_any(source, text, tokenizer, heads) -> TIPS:
         if named is None:
             known = ", ".join(sorted(hub.OFFICIAL_MODELS))
             raise FileNotFoundError(f"{source}: no such file or folder, and not an official model name ({known})")
-        model = READERS_OF_MODELS["official"](hub.cached_file(named.vision_url), hub.cached_file(named.text_url), heads)
-        model.tokenizer = build_tokenizer(tokenizer if tokenizer is not None else hub.cached_file(named.tokenizer_url))
+        hub.require_offline_files(named.name, ("tokenizer",) if tokenizer is not None else ())
+        vision, text_file = (hub.cached_file(u, name=named.name) for u in (named.vision_url, named.text_url))
+        model = READERS_OF_MODELS["official"](vision, text_file, heads)
+        model.tokenizer = build_tokenizer(tokenizer if tokenizer is not None
+                                          else hub.cached_file(named.tokenizer_url, name=named.name))
         return model
     layout = detect(path)
     if "model" not in layout.holds:
