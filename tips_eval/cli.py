@@ -22,6 +22,7 @@ import tips
 from tips.cli.allocator import tune_cpu_allocator
 from tips.cli.model_args import add_model_args, add_output_arg, model_from_args
 from tips.inference.loaded import ModelArgumentError
+from tips.io.recipes import describe_recipes
 
 from .options import examples
 
@@ -54,7 +55,8 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--config", metavar="YAML",
-                   help="probe config (configs/probe/*.yaml); flags and KEY=VALUE overrides win over it")
+                   help="probe config: a file or a bundled name such as probe/nyu_lin1 (tips-probe --list-configs); "
+                        "flags and KEY=VALUE overrides win over it")
     p.add_argument("--protocol", choices=("fast", "dinov2"))
     p.add_argument("--resolution", help="N or HxW fed to the model (fast protocol)")
     p.add_argument("--layers", help="last | last4 | quarters | 2,5,8,11")
@@ -157,6 +159,7 @@ def top_parser() -> argparse.ArgumentParser:
     epilog = examples(DENSE_EXAMPLES["segmentation"], retrieval)
     p = argparse.ArgumentParser(prog="tips-probe", description=__doc__.split("\n\n")[0], epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list-configs", action="store_true", help="list the bundled recipes (--config NAME) and exit")
     sub = p.add_subparsers(dest="command",
                            metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression,retention}")
     for name in DENSE:
@@ -170,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = top_parser()
+    if argv[:1] == ["--list-configs"]:
+        print(describe_recipes())
+        return 0
     if not argv or argv[0] not in (*DENSE, *FORWARDED):
         parser.print_help()
         return 0 if argv and argv[0] in ("-h", "--help") else 2

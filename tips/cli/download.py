@@ -15,7 +15,8 @@ from ..formats import hub
 EXAMPLES = """\
 examples:
   tips-download tips-v2-b14 --print-urls
-  tips-download tips-v2-b14-depth --cache /mnt/tips    # then TIPS_CACHE=/mnt/tips on the offline machine
+  # fetch into a folder to copy to the offline machine, which then sets TIPS_CACHE=/mnt/tips
+  tips-download tips-v2-b14-depth -o /mnt/tips
 """
 
 
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Fetch (or list) the files of an official model ({names}) or DPT head (e.g. tips-v2-b14-depth).")
     p.add_argument("name", metavar="NAME", help="official model or head name")
     p.add_argument("--print-urls", action="store_true", help="list each file (role, size, sha256, URL, cache path); fetch nothing")
-    p.add_argument("--cache", metavar="DIR", help="cache folder (default $TIPS_CACHE, else ~/.cache/tips)")
+    p.add_argument("-o", "--out", "--cache", metavar="DIR",
+                   help="cache folder to fill (default $TIPS_CACHE, else ~/.cache/tips)")
     return p
 
 
@@ -38,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        files = hub.files_of(args.name, args.cache)
+        files = hub.files_of(args.name, args.out)
     except KeyError as e:
         parser.error(str(e.args[0]))
     if args.print_urls:
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{f.role}\t{_size(f.size)}\tsha256={f.sha256 or 'unknown'}\t{f.url}\t-> {f.path}")
         return 0
     try:
-        paths = hub.download(args.name, args.cache)
+        paths = hub.download(args.name, args.out)
     except (OSError, RuntimeError) as e:
         print(f"tips-download: error: {e}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from ..data.masking import MaskConfig
 from ..data.views import ViewConfig
 from ..io.overrides import parse_override
+from ..io.recipes import resolve_recipe
 from ..models.variants import get_variant
 from .config_ranges import check_crop_sizes, check_mixed_precision, check_output_dir, check_ranges
 from .plan import make_plan
@@ -172,15 +173,14 @@ def load_config(
     path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
     """YAML file(s) merged in order (e.g. a recipe, then a model file) + dotted overrides → a validated config.
+    Each path may name a bundled recipe instead (``pretrain/demo_cpu``; :func:`tips.io.resolve_recipe`).
 
     Unknown keys raise an error naming them (OmegaConf structured configs reject them).
     """
     cfg = OmegaConf.structured(TrainConfig)
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(resolve_recipe(p)))  # a path, or a bundled recipe's name
     for override in overrides or []:
         cfg = OmegaConf.merge(cfg, _parse_override(override, cfg))
     out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
