@@ -179,10 +179,11 @@ def check_cached(path: Path, name: str | None = None, url: str | None = None) ->
     digest_file = path.with_name(path.name + ".sha256")
     if path.stat().st_size == 0:
         why = "is empty"
+    elif digest_file.is_file():  # downloaded here: the recorded digest decides
+        if digest_file.read_text().strip() != sha256_file(path):
+            why = "does not match its recorded checksum (the sha256 written when it was downloaded)"
     elif path.suffix in (".npz", ".zip") and not zipfile.is_zipfile(path):
         why = "is truncated or not a zip archive"
-    elif digest_file.is_file() and digest_file.read_text().strip() != sha256_file(path):
-        why = "does not match the sha256 recorded when it was downloaded"
     if why is not None:
         again = f"`tips-download {name}`" if name else f"fetch {url or 'it'} again"
         raise RuntimeError(f"cached file {path} {why} (an interrupted copy?); delete it and run {again}")
