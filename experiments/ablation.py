@@ -35,6 +35,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from tips.io.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +137,7 @@ def train_command(preset: dict, variant: str, seed: int, data: Path, run_dir: Pa
               "--mixed_precision", "bf16" if device == "cuda" else "no", "--dynamo_backend", "no"]
     if device == "cpu":
         launch += ["--cpu", "--num_cpu_threads_per_process", str(threads_per_job(jobs))]
-    return launch + ["-m", "tips.cli.train", "--config", str(ROOT / "configs/pretrain/demo_cpu.yaml"),
+    return launch + ["-m", "tips.cli.train", "--config", str(RECIPES / "pretrain/demo_cpu.yaml"),
                      f"data.train={pattern}", f"run.output_dir={run_dir}", f"run.seed={seed}", "run.resume=latest",
                      *(["run.mixed_precision=bf16"] if device == "cuda" else []),
                      *preset["train"], *loader_workers(preset, jobs), *VARIANTS[variant]]
@@ -185,7 +186,7 @@ def step_flops(preset: dict, variant: str, device: str = "cpu") -> float:
     from tips.train import build_modules, load_config
     from bench.train_step import make_batch  # the benchmark's synthetic batch
 
-    cfg = load_config([ROOT / "configs/pretrain/demo_cpu.yaml"], ["data.train=x.tar", *preset["train"], *VARIANTS[variant]])
+    cfg = load_config([RECIPES / "pretrain/demo_cpu.yaml"], ["data.train=x.tar", *preset["train"], *VARIANTS[variant]])
     module, teacher = build_modules(cfg)
     module.to(device)
     if teacher is not None:

@@ -46,7 +46,7 @@ def example_commands(text: str) -> list[list[str]]:
 
 def test_console_scripts_are_the_known_ones():
     assert set(SCRIPTS) == {"tips-extract", "tips-export", "tips-predict", "tips-shards", "tips-caption",
-                            "tips-scenes", "tips-train", "tips-probe", "tips-demo", "tips-merge"}
+                            "tips-scenes", "tips-train", "tips-probe", "tips-demo", "tips-merge", "tips-download"}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

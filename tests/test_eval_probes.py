@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tips.io.recipes import RECIPES
 import tips
 from tips_eval.cli import main
 from tips_eval.datasets import DatasetInfo, open_dataset
@@ -21,7 +22,7 @@ from tips_eval.probes.config import load_probe_config, preset
 from tips_eval.report import markdown
 
 P = 8  # pixels per patch of the synthetic data
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "probe"
+CONFIGS = RECIPES / "probe"
 
 
 class ArrayDataset:

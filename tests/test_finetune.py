@@ -12,11 +12,12 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from test_trainer import env
 
+from tips.io.recipes import RECIPES
 import tips
 from tips.train.config import load_config
 from tips.train.trainer import Trainer
 
-RECIPES = Path(__file__).resolve().parents[1] / "configs" / "finetune"
+RECIPES = RECIPES / "finetune"
 SIZES = {"vision.depth": 2, "text.depth": 2, "vision.width": 64, "vision.heads": 2, "vision.mlp_hidden": 128,
          "text.width": 64, "text.heads": 2, "text.mlp_hidden": 128, "vision.patch_size": 8}
 TINY_RUN = [

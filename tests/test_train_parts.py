@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from tips.io.recipes import RECIPES
 from tips.train.config import load_config
 from tips.train.optim import param_groups, set_lr_wd, build_optimizer
 from tips.train.schedules import cosine, ema_momentum, fraction_to_steps, linear_warmup, warmup_cosine
@@ -100,7 +101,7 @@ def test_shipped_recipes_and_accelerate_configs_parse():
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = RECIPES
     for recipe in sorted((root / "pretrain").glob("*.yaml")):
         cfg = load_config([recipe, root / "model" / "tips_tiny.yaml"], ["data.train=x.tar"])
         assert cfg.model.variant == "tiny", recipe

@@ -16,6 +16,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from tips.io.recipes import RECIPES
 import tips
 from tips.train import checkpointing
 from tips.train.checkpointer import read_tensors
@@ -150,7 +151,7 @@ def test_demo_recipe_runs_end_to_end_and_its_export_loads_and_exports(tmp_path):
                            "--out", str(scenes), "--num-pretrain", "64", "--num-train", "0", "--num-val", "0",
                            "--resolution", "64", "--shard-size", "16"], capture_output=True, text=True, env=env())
     assert made.returncode == 0, made.stderr[-2000:]
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo_cpu.yaml"
+    recipe = RECIPES / "pretrain" / "demo_cpu.yaml"
     out = tmp_path / "run"
     finish(run_train(["--config", str(recipe), f"data.train={scenes}/pretrain/shard-{{000000..000003}}.tar",
                       f"run.output_dir={out}", "run.steps=2", "run.batch_size=4", "data.num_workers=1"]))

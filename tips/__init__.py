@@ -33,6 +33,7 @@ _PUBLIC: dict[str, str] = {
     "load": "tips.formats.loading",
     "load_head": "tips.formats.heads",
     "save": "tips.formats.registry",
+    "save_pretrained": "tips.formats.registry",
     # inference: what a user runs
     "extract": "tips.inference.extract",
     "ExtractOptions": "tips.inference.extract",
@@ -72,7 +73,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; never runs
     from .formats.heads import load_head
     from .formats.loading import load
-    from .formats.registry import save
+    from .formats.registry import save, save_pretrained
     from .inference.extract import ExtractOptions, extract, load_features
     from .inference.open_vocab import (
         OpenVocabOptions, encode_classes, load_preset, open_vocab_segment, value_readout, write_open_vocab,

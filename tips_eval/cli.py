@@ -21,6 +21,7 @@ from tips.cli.allocator import tune_cpu_allocator
 from tips.cli.model_args import add_model_args, add_output_arg, model_from_args
 from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
 from tips.inference.loaded import resolve_device
+from tips.io.recipes import describe_recipes
 
 from .options import examples
 
@@ -49,7 +50,7 @@ DENSE_EXAMPLES = {
 
 def dense_parser(task: str) -> argparse.ArgumentParser:
     official = {"segmentation": "--dataset ade20k:ADEChallengeData2016 --protocol dinov2",
-                "depth": "--dataset nyu:nyu_depth_v2_labeled.mat --config configs/probe/nyu_lin1.yaml",
+                "depth": "--dataset nyu:nyu_depth_v2_labeled.mat --config probe/nyu_lin1",
                 "normals": "--dataset nyu-normals:NYUv2 --head lin1"}[task]
     epilog = examples(DENSE_EXAMPLES[task], "# an official model on a public benchmark",
                       f"tips-probe {task} --model tips-v2-b14 {official} -o results")
@@ -62,7 +63,8 @@ def dense_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--config", metavar="YAML",
-                   help="probe config (configs/probe/*.yaml); flags and KEY=VALUE overrides win over it")
+                   help="probe config: a file or a bundled name such as probe/nyu_lin1 (tips-probe --list-configs); "
+                        "flags and KEY=VALUE overrides win over it")
     p.add_argument("--protocol", choices=("fast", "dinov2"))
     p.add_argument("--resolution", help="N or HxW fed to the model (fast protocol), multiples of the patch size")
     p.add_argument("--layers", help="last | last4 | quarters | 2,5,8,11")
@@ -172,6 +174,7 @@ def top_parser() -> argparse.ArgumentParser:
     epilog = examples(DENSE_EXAMPLES["segmentation"], retrieval)
     p = CliParser(prog="tips-probe", description=SUMMARY, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list-configs", action="store_true", help="list the bundled recipes (--config NAME) and exit")
     sub = p.add_subparsers(dest="command",
                            metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression,retention}")
     for name in DENSE:
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = top_parser()
     commands = (*DENSE, *FORWARDED)
+    if argv[:1] == ["--list-configs"]:
+        print(describe_recipes())
+        return 0
     if argv and argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0

@@ -8,7 +8,7 @@ D/8: the first d features of the CLS / text embedding, re-normalised), and the l
 ``compression.json``, ``compression.md`` (one table) and ``compression.png`` (metric against width, one line per
 precision) into ``--out``.
 
-    tips-probe compression --model runs/scenes/export --retrieval /data/scenes/probe --zero-shot DIR \\
+    tips-probe compression --model runs/scenes/final --retrieval /data/scenes/probe --zero-shot DIR \\
         --knn-train DIR/train --knn-val DIR/val --dense scenes:/data/scenes/probe --out results/compression
 
 Zero-shot class embeddings are averaged over templates at full width and truncated afterwards.

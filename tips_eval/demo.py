@@ -30,6 +30,7 @@ import torch
 from tips.cli.allocator import tune_cpu_allocator
 from tips.cli.errors import CliParser, add_debug_arg, run_main
 from tips.cli.model_args import add_output_arg
+from tips.io.recipes import resolve_recipe
 
 from . import cli as probe_cli
 from .demo_report import markdown_table, picture_page, summarise, write_results
@@ -39,7 +40,7 @@ GLOBAL_RESOLUTION = 64  # data.views.global_size of the recipe
 # models get the same budget, so the comparison stays fair, but the absolute numbers are a shorter fit.
 PROBE_ITERATIONS = 300
 DEPTH_BINS = 64
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo_cpu.yaml"
+RECIPE = resolve_recipe("pretrain/demo_cpu")  # bundled: the demo runs from any folder, from a wheel too
 
 
 def command(name: str) -> list[str]:

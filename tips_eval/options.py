@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from tips.io.overrides import override_items
+from tips.io.recipes import resolve_recipe
 
 NOT_OPTIONS = {"help", "config", "overrides"}
 SCENES = "tips-scenes -o data/scenes --num-pretrain 0 --num-train 64 --num-val 16 --resolution 64"
@@ -67,8 +68,10 @@ def parse_task_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 
 
 def _config_values(parser: argparse.ArgumentParser, actions: dict, path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        parser.error(f"--config {path}: no such file")
+    try:
+        path = resolve_recipe(path)  # a file, or a bundled recipe's name
+    except FileNotFoundError as e:
+        parser.error(str(e))
     data = OmegaConf.to_container(OmegaConf.load(path))
     if not isinstance(data, dict):
         parser.error(f"--config {path}: expected a mapping of option names to values")

@@ -1,7 +1,7 @@
 """``tips-merge``: average checkpoints of one architecture into one (a "model soup", as EmbeddingGemma merges
 checkpoints trained on different data mixtures).
 
-    tips-merge runs/a/checkpoints/step-00010000 runs/b/export --weights 0.7 0.3 -o merged/
+    tips-merge runs/a/checkpoints/step-00010000 runs/b/final --weights 0.7 0.3 -o merged/
     tips-merge A B C --with-heads -o merged/      # also average the self-distillation heads (training checkpoints)
 
 Each CKPT is a ``save_pretrained`` folder, a training checkpoint folder (its ``export/`` is used) or anything

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from ..io.recipes import describe_recipes
 from ..train.config import load_config
 from .allocator import tune_cpu_allocator
 from .errors import CliParser, UsageError, add_debug_arg, run_main
@@ -25,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="tips-train", description="TIPS pretraining (launch with accelerate launch -m "
                                 "tips.cli.train)", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", metavar="YAML",
-                   help="YAML recipe, e.g. configs/pretrain/demo_cpu.yaml; repeat to merge more (e.g. a "
-                        "configs/model/*.yaml), later files win")
+                   help="YAML recipe: a file, or a bundled recipe's name such as pretrain/demo_cpu (see "
+                        "--list-configs); repeat to merge more (e.g. model/tips_b14), later files win")
+    p.add_argument("--list-configs", action="store_true", help="list the bundled recipes and exit")
     add_output_arg(p, "run folder: checkpoints, logs and the final export (run.output_dir; KEY=VALUE overrides win)")
     p.add_argument("--force", action="store_true",
                    help="start afresh in a run folder that holds an earlier run, deleting its contents (run.force=true)")
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # overrides before and after -o / --config alike
+    if args.list_configs:
+        print(describe_recipes())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("accelerate", "torch.distributed"):  # per-file save/load chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)

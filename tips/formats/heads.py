@@ -28,7 +28,7 @@ def load_head(path: str | os.PathLike, task: str | None = None) -> DenseHead:
             raise FileNotFoundError(
                 f"{path}: no such file or folder, and not an official head name ({', '.join(sorted(hub.OFFICIAL_HEADS))})"
             )
-        p = hub.cached_file(url)
+        p = hub.cached_file(url, name=str(path))
     layout = detect(p)
     if "head" not in layout.holds:
         raise ValueError(f"{p}: a model ({layout.format} layout), not a DPT head; read it with tips.load")

@@ -11,7 +11,7 @@ from ..models.dtypes import resolve_dtype
 from ..models.tips import TIPS
 from ..models.tokenizers import Tokenizer, build_tokenizer
 from . import hub, pretrained
-from .common import TOKENIZER_NAME
+from .common import CONFIG_NAME, TOKENIZER_NAME
 from .detect import detect
 from .finite import warn_nonfinite
 from .registry import MODEL_READERS as READERS_OF_MODELS
@@ -32,7 +32,9 @@ def load(
         - a transformers ``tipsv2`` folder (``Tipsv2Model.save_pretrained``, ``google/tipsv2-*``) or its
           ``model.safetensors``; a ``Tipsv2VisionModel`` folder with ``text=`` a ``Tipsv2TextModel`` folder,
         - a timm ``vit_*_patch14_reg1_tipsv2`` state dict (``.safetensors``, ``.pth``, ``.bin``; image tower only),
-        - a ``save_pretrained`` folder of ours (both towers, tokenizer, both temperatures),
+        - a ``save_pretrained`` folder of ours (both towers, tokenizer, both temperatures), including a training
+          run folder (``runs/X``: its ``final/``) and a training step folder (``runs/X/checkpoints/step-N``: its
+          ``export/``),
         - an official model name, e.g. ``"tips-v2-b14"`` (fetched into the cache on request; see ``tips.formats.hub``).
     tokenizer: ``"bpe"``, a SentencePiece ``.model`` path, or a tokenizer object; defaults to what the
         checkpoint carries (ours), the official tokenizer (names), or none.
@@ -50,15 +52,37 @@ def load(
     return model
 
 
+def model_folder(path: str | os.PathLike) -> Path:
+    """Where a training output keeps its model: a run folder → its ``final/``, a step folder → its ``export/``;
+    any other path is returned as given. A run without ``final/`` (stopped early) raises naming its latest step."""
+    path = Path(path)
+    if not path.is_dir() or (path / CONFIG_NAME).is_file():
+        return path
+    for inner in ("final", "export"):
+        if (path / inner / CONFIG_NAME).is_file():
+            return path / inner
+    steps = sorted(p for p in (path / "checkpoints").glob("step-*") if (p / "export" / CONFIG_NAME).is_file())
+    if steps:
+        raise FileNotFoundError(f"{path}: this run has no final/ yet (it stopped early); load its latest step "
+                                f"{steps[-1] / 'export'} or resume training")
+    return path
+
+
 def _load_any(source, text, tokenizer, heads) -> TIPS:
-    path = Path(source)
+    path = model_folder(source)
     if not path.exists():
+        if path.name == "export" and (path.parent / "final" / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path}: no such folder; a training run writes its model to "
+                                    f"{path.parent / 'final'} (and each step to checkpoints/step-N/export)")
         named = hub.resolve_name(str(source))
         if named is None:
             known = ", ".join(sorted(hub.OFFICIAL_MODELS))
             raise FileNotFoundError(f"{source}: no such file or folder, and not an official model name ({known})")
-        model = READERS_OF_MODELS["official"](hub.cached_file(named.vision_url), hub.cached_file(named.text_url), heads)
-        model.tokenizer = build_tokenizer(tokenizer if tokenizer is not None else hub.cached_file(named.tokenizer_url))
+        hub.require_offline_files(named.name, ("tokenizer",) if tokenizer is not None else ())
+        vision, text_file = (hub.cached_file(u, name=named.name) for u in (named.vision_url, named.text_url))
+        model = READERS_OF_MODELS["official"](vision, text_file, heads)
+        model.tokenizer = build_tokenizer(tokenizer if tokenizer is not None
+                                          else hub.cached_file(named.tokenizer_url, name=named.name))
         return model
     layout = detect(path)
     if "model" not in layout.holds:

@@ -21,12 +21,11 @@ from .hf import export_transformers
 from .hf_dpt import export_transformers_dpt
 from .official import export_official
 from .onnx import write_onnx
-from .pretrained import save_pretrained
 from .timm import export_timm
 
 MODEL_WRITERS: dict[str, Callable[..., Any]] = {
     "official": export_official,
-    "pretrained": save_pretrained,
+    "pretrained": pretrained.save_pretrained,
     "transformers": export_transformers,
     "timm": export_timm,
     "onnx": write_onnx,
@@ -93,3 +92,11 @@ def save(obj: TIPS | DenseHead, out: str | os.PathLike, format: str = "pretraine
     if isinstance(obj, TIPS):
         return get_writer(format, "model")(obj, out, **options)
     raise TypeError(f"tips.save writes a TIPS model or a DenseHead, got {type(obj).__name__}")
+
+
+def save_pretrained(obj: TIPS | DenseHead, directory: str | os.PathLike) -> Path:
+    """``tips.save(obj, directory)``: our folder for a model or a DPT head (``tips.load`` / ``tips.load_head`` read it)."""
+    if not isinstance(obj, (TIPS, DenseHead)):
+        raise TypeError(f"tips.save_pretrained writes a TIPS model or a DenseHead, got {type(obj).__name__}; "
+                        f"for other formats use tips.save(obj, out, format=...)")
+    return save(obj, directory, "pretrained")

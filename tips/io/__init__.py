@@ -10,7 +10,8 @@
   header; one :class:`ImageDecodeError` with a reason); ``tips.models.to_rgb`` turns it into what a model reads;
 - image sources: :func:`find_images` (folders, globs, list files, single images, webdataset shards → :class:`ImageRef`),
   :func:`read_bytes`, :func:`decode_ref`;
-- config overrides: :func:`parse_override` (one dotted ``key=value``);
+- config overrides: :func:`parse_override` (one dotted ``key=value``); bundled recipes: :func:`resolve_recipe`,
+  :func:`list_recipes` (``--config NAME`` from any folder);
 - lossless 16-bit PNGs (depth, surface normals): :func:`encode_png16`, :func:`read_png16`, :func:`normals_to_uint16` ….
 """
 
@@ -27,6 +28,7 @@ from .png16 import (
 )
 from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from .overrides import parse_override
+from .recipes import describe_recipes, list_recipes, resolve_recipe
 from .sources import ImageRef, decode_ref, find_images, read_bytes
 from .hashing import sha256_file
 from .shards import expand_shards
@@ -40,6 +42,9 @@ __all__ = [
     "decode_ref",
     "find_images",
     "parse_override",
+    "describe_recipes",
+    "list_recipes",
+    "resolve_recipe",
     "read_bytes",
     "NORMALS_ENCODING",
     "PNG16Error",

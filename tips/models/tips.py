@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import contextlib
+from typing import ContextManager, Sequence
 
 import torch
 from PIL import Image
@@ -74,14 +75,30 @@ class TIPS(nn.Module):
                     getattr(self, f"logit_scale_{name}").fill_(-math.log(tau))
 
     # ----------------------------------------------------------------- encoders
-    def encode_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> ImageFeatures:
+    def _autograd(self, grad: bool | None) -> ContextManager:
+        """The rule of ``encode_image`` / ``encode_text``: gradients are recorded when asked (``grad=True``), or with
+        ``grad=None`` when the model is in train mode and grad mode is on; otherwise, where autograd would record,
+        the call runs under ``torch.inference_mode()`` (an eval-mode model keeps no activations for a backward
+        pass it will never take). Inside ``torch.no_grad()`` or while tracing / compiling nothing changes."""
+        if grad is None:
+            grad = self.training
+        if grad or not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return torch.inference_mode()
+
+    def encode_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None,
+                     grad: bool | None = None) -> ImageFeatures:
         """images (B, 3, H, W) float in [0, 1], H and W multiples of the patch size → :class:`ImageFeatures`.
 
         The one place where the tower's (B, 2 + N, D) tokens are split into CLS1, CLS2 and the (h, w) patch grid.
+        grad: record gradients (True), run under ``torch.inference_mode()`` (False), or None: record only when the
+        model is in train mode (``tips.load`` and ``tips.create_model`` return eval mode; call ``.train()`` or pass
+        ``grad=True`` to fine-tune through this call).
         """
-        tokens = self.vision.forward_features(images, patch_mask)
-        p = self.cfg.vision.patch_size
-        return split_tokens(tokens, images.shape[-2] // p, images.shape[-1] // p)
+        with self._autograd(grad):
+            tokens = self.vision.forward_features(images, patch_mask)
+            p = self.cfg.vision.patch_size
+            return split_tokens(tokens, images.shape[-2] // p, images.shape[-1] // p)
 
     def tokenize(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:
@@ -91,8 +108,11 @@ class TIPS(nn.Module):
             )
         return self.tokenizer(texts)
 
-    def encode_text(self, ids: torch.Tensor | str | Sequence[str], padding: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, L) int64 with padding (B, L) True/1 where padded, or a list of strings → (B, D), not normalised."""
+    def encode_text(self, ids: torch.Tensor | str | Sequence[str], padding: torch.Tensor | None = None,
+                    grad: bool | None = None) -> torch.Tensor:
+        """ids (B, L) int64 with padding (B, L) True/1 where padded, or a list of strings → (B, D), not normalised.
+
+        grad: as in :meth:`encode_image` (None: gradients only in train mode)."""
         if self.text is None:
             raise ValueError("this model has no text tower: pass text=<official text .npz> to tips.load")
         if isinstance(ids, str) or (isinstance(ids, Sequence) and not isinstance(ids, torch.Tensor)):
@@ -100,7 +120,8 @@ class TIPS(nn.Module):
         if padding is None:
             raise ValueError("encode_text(ids, padding): padding (B, L), True where padded, is required with ids")
         device = self.text.token_embedding.weight.device
-        return self.text(ids.to(device), padding.to(device))
+        with self._autograd(grad):
+            return self.text(ids.to(device), padding.to(device))
 
     def _images_to_tensor(self, images: torch.Tensor | Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         if isinstance(images, torch.Tensor):

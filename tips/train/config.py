@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from ..data.masking import MaskConfig
 from ..data.views import ViewConfig
 from ..io.overrides import ACCEPTED_FORMS, parse_override
+from ..io.recipes import resolve_recipe
 from ..models.variants import get_variant
 from .choices import (
     CenterInit, Centering, Choice, CompileBackend, Contrastive, ContrastiveView, MimTarget, MixedPrecision, Optimizer,
@@ -178,18 +179,18 @@ def load_config(
     path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
     """YAML file(s) merged in order (e.g. a recipe, then a model file) + dotted overrides → a validated config.
+    Each path may name a bundled recipe instead (``pretrain/demo_cpu``; :func:`tips.io.resolve_recipe`).
 
     Unknown keys raise an error naming them (OmegaConf structured configs reject them).
     """
     cfg = OmegaConf.structured(TrainConfig)
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"config file {p} not found")
+        recipe = resolve_recipe(p)  # a path, or a bundled recipe's name
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(recipe))
         except OmegaConfBaseException as e:
-            raise ValueError(f"config file {p}: {_merge_error(e, cfg)}") from None
+            raise ValueError(f"config file {recipe}: {_merge_error(e, cfg)}") from None
     for override in overrides or []:
         try:
             cfg = OmegaConf.merge(cfg, _parse_override(override, cfg))

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from tips.io.overrides import parse_override
+from tips.io.recipes import resolve_recipe
 
 TASKS = ("segmentation", "depth", "normals")
 PROTOCOLS = ("fast", "dinov2")
@@ -170,7 +171,7 @@ def load_probe_config(
     ``tips-train``). Unknown keys raise an error naming them.
     """
     base = OmegaConf.structured(ProbeConfig)
-    layers = [OmegaConf.load(path)] if path is not None else []
+    layers = [OmegaConf.load(resolve_recipe(path))] if path is not None else []  # a file or a bundled name
     layers.append(OmegaConf.from_dotlist([f"{k}={v}" for k, v in top.items() if v is not None]))
     layers += [parse_override(o, base) for o in overrides or []]  # errors name the override
     probe = OmegaConf.merge(OmegaConf.structured(ProbeConfig), *layers)
