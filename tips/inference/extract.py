@@ -30,7 +30,8 @@ from ..models.dtypes import resolve_dtype
 from ..models.preprocess import Preprocess
 from ..models.tips import TIPS
 from . import job_folder
-from .encoding import ImageProgress, encode_images
+from . import encoding
+from .encoding import ImageProgress
 from .images import Decoded, ImageDataset, collate_decoded
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .pca import save_pca_picture
@@ -262,7 +263,7 @@ def run_batches(loader: Iterable[list[Decoded]], total: int, batch_size: int, jo
             yield torch.stack([it.image for it in buckets[size]]), buckets[size]
 
     with bar:
-        for out, items in encode_images(job.model, batches(), bar, job.encode, job.dtype):
+        for out, items in encoding.encode_images(job.model, batches(), bar, job.encode, job.dtype):
             job.write(out, items)
     return skipped
 
