@@ -28,6 +28,7 @@ OVERLAY_ALPHA = 0.7  # class colour's share of an overlay pixel (the photo has t
 OTHER_COLOUR = (160, 160, 160)  # classes beyond the legend's rows, drawn in one grey named "other classes"
 RANDOM_MARK = "RANDOM WEIGHTS - not a trained prediction"
 RANDOM_MARK_COLOUR = (200, 0, 0)
+RANDOM_BANNER = 28  # px added above a picture made with random weights
 
 
 def display_size(photo_hw: tuple[int, int], max_side: int = DISPLAY_MAX, min_side: int = DISPLAY_MIN) -> tuple[int, int]:
@@ -90,13 +91,11 @@ def _side_by_side(*panels: Image.Image) -> Image.Image:
 
 
 def mark_random(picture: Image.Image) -> Image.Image:
-    """A red banner across the top: the weights behind this picture are random."""
-    font = _font(max(picture.height, 300))
-    height = int(font.size) + 8
-    draw = ImageDraw.Draw(picture)
-    draw.rectangle((0, 0, picture.width - 1, height), fill=RANDOM_MARK_COLOUR)
-    draw.text((6, 3), RANDOM_MARK, fill="white", font=font)
-    return picture
+    """``picture`` under a red banner (:data:`RANDOM_BANNER` px tall) saying the weights behind it are random."""
+    out = Image.new("RGB", (picture.width, picture.height + RANDOM_BANNER), RANDOM_MARK_COLOUR)
+    out.paste(picture, (0, RANDOM_BANNER))
+    ImageDraw.Draw(out).text((6, 5), RANDOM_MARK, fill="white", font=ImageFont.load_default(size=17))
+    return out
 
 
 def _finish(picture: Image.Image, random: bool) -> Image.Image:
@@ -120,19 +119,17 @@ def depth_bar(height: int, near: float, far: float) -> Image.Image:
     fs = int(font.size)
     bar = Image.new("RGB", (max(150, 11 * fs), height), "white")
     draw = ImageDraw.Draw(bar)
-    top, bottom = 2 * fs + 10, height - 3 * fs - 14
+    top, bottom = 2 * fs + 8, height - 3 * fs - 12
     bottom = max(bottom, top + 10)
     ramp = depth_colours(np.linspace(0, 1, bottom - top)[:, None].repeat(16, 1))  # near (0) at the top
     bar.paste(Image.fromarray(ramp, "RGB"), (6, top))
     draw.text((6, 2), "depth (m)", fill="black", font=font)
-    draw.text((6, fs + 5), "near", fill="black", font=font)
-    for frac in (0.0, 0.5, 1.0):
+    for frac, end in ((0.0, " near"), (0.5, ""), (1.0, " far")):
         y = int(top + frac * (bottom - top - 1))
         draw.line((22, y, 27, y), fill="black")
-        draw.text((30, y - fs // 2), f"{near + frac * (far - near):.2f} m", fill="black", font=font)
-    draw.text((6, bottom + 4), "far", fill="black", font=font)
-    draw.text((6, bottom + fs + 8), "clipped at the", fill="black", font=font)
-    draw.text((6, bottom + 2 * fs + 10), "1st-99th pct", fill="black", font=font)
+        draw.text((30, y - fs // 2), f"{near + frac * (far - near):.2f} m{end}", fill="black", font=font)
+    draw.text((6, bottom + fs // 2 + 4), "clipped at the", fill="black", font=font)
+    draw.text((6, bottom + fs + fs // 2 + 8), "1st-99th pct", fill="black", font=font)
     return bar
 
 
@@ -157,8 +154,8 @@ def normals_picture(image: torch.Tensor, normals: torch.Tensor, photo_size: tupl
     rgb = Image.fromarray((np.clip((n + 1) / 2, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
     font = _font(size[0])
     side = max(64, min(160, size[0] // 3))
-    key = Image.new("RGB", (side + 16, size[0]), "white")
-    ImageDraw.Draw(key).text((8, 4), "key", fill="black", font=font)
+    key = Image.new("RGB", (max(side + 16, 9 * int(font.size)), size[0]), "white")
+    ImageDraw.Draw(key).text((8, 4), "normal key", fill="black", font=font)
     key.paste(Image.fromarray(normals_key(side), "RGB"), (8, int(font.size) + 10))
     return _finish(_side_by_side(_rgb(image, size), rgb, key), random)
 
