@@ -223,9 +223,12 @@ def test_extract_and_probe_pictures_colour_the_same_features_alike(tmp_path, mon
     images = [torch.rand(3, 32, 32, generator=g) for _ in grids]  # (3, H, W)
 
     picture = np.asarray(tips.pca_picture(images, grids))
-    cell_w = 2 * 32 + 8
-    centres = (np.arange(4) + 0.5) * 8
-    from tips.inference.pca import CAPTION_HEIGHT
+    from tips.inference.pca import CAPTION_HEIGHT, PCA_SIDE
+    from tips.inference.pictures import display_size
+
+    side = display_size((32, 32), PCA_SIDE[1], PCA_SIDE[0])[0]  # small inputs are drawn upscaled
+    cell_w = 2 * side + 8
+    centres = (np.arange(4) + 0.5) * side / 4
 
     drawn = []
     real_imshow = Axes.imshow
@@ -242,7 +245,7 @@ def test_extract_and_probe_pictures_colour_the_same_features_alike(tmp_path, mon
     assert len(drawn) == 2
     for i, probe_map in enumerate(drawn):
         ys = (CAPTION_HEIGHT + centres).astype(int)
-        xs = (i * cell_w + 32 + centres).astype(int)
+        xs = (i * cell_w + side + centres).astype(int)
         extract_colours = picture[np.ix_(ys, xs)]  # (4, 4, 3) uint8, one pixel per patch
         np.testing.assert_array_equal(extract_colours, np.floor(probe_map * 255 + 0.5).astype(np.uint8))
     assert not np.allclose(drawn[0], drawn[0].mean())  # the colours vary: the test compares something

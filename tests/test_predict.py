@@ -16,6 +16,7 @@ import tips
 from tips.formats.dpt import save_pretrained_head
 from tips.models.dpt import build_head
 from tips.cli.predict import main
+from tips.inference.pictures import RANDOM_BANNER, display_size
 from tips.models.preprocess import Preprocess
 
 skdata = pytest.importorskip("skimage.data")
@@ -61,7 +62,10 @@ def test_depth_writes_pictures_16bit_millimetres_and_a_sheet_and_names_broken_fi
     assert sorted(s["id"] for s in skipped) == ["broken/text.jpg", "broken/truncated.png"]
     for name in ("astronaut", "coffee", "chelsea"):
         picture = Image.open(tmp_path / f"out/{name}.png.depth.png")
-        assert picture.height == RES and picture.width > 2 * RES
+        photo = Image.open(image_dir / f"{name}.png")
+        banner = RANDOM_BANNER  # --random-init: the picture says its weights are random
+        assert picture.height == display_size((photo.height, photo.width))[0] + banner  # the photo's shape, not RES
+        assert picture.width > 2 * display_size((photo.height, photo.width))[1]
         raw = Image.open(tmp_path / f"out/{name}.png.depth16.png")
         assert raw.mode.startswith("I") and raw.size == (RES, RES)
         want = _expected(model, head, image_dir / f"{name}.png")[0] * 1000

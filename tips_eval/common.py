@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 import tips
 from tips.cli.errors import add_debug_arg, renamed
+from tips.inference import encoding
+from tips.inference.encoding import ImageProgress
 from tips.cli.model_args import add_model_args, add_output_arg, model_from_args
 from tips.inference.loaded import resolve_device
 
@@ -74,19 +76,19 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- encoding
-@torch.no_grad()
 def encode_images(model: nn.Module, dataset: Dataset, batch_size: int = 64, workers: int = 0,
                   progress: bool = True, desc: str = "images") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Encode a dataset of (image (3, H, W), label) → ({"alt": (N, D), "syn": (N, D)} raw CLS on CPU, labels (N,))."""
+    """Encode a dataset of (image (3, H, W), label) → ({"alt": (N, D), "syn": (N, D)} raw CLS on CPU, labels (N,)),
+    through the library's one encoding loop (:func:`tips.inference.encode_images`)."""
     device = model_device(model)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
                         pin_memory=device.type == "cuda")
     alt, syn, labels = [], [], []
-    for images, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        feats = model.encode_image(images.to(device, non_blocking=True))
-        alt.append(feats.cls_alt.float().cpu())
-        syn.append(feats.cls_syn.float().cpu())
-        labels.append(torch.as_tensor(y))
+    with ImageProgress(len(dataset), progress, desc, leave=False) as bar:
+        for feats, y in encoding.encode_images(model, loader, bar):
+            alt.append(feats.cls_alt.float().cpu())
+            syn.append(feats.cls_syn.float().cpu())
+            labels.append(torch.as_tensor(y))
     return {"alt": torch.cat(alt), "syn": torch.cat(syn)}, torch.cat(labels)
 
 

@@ -19,16 +19,18 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 import tips
 from tips.inference.extract import check_resolution
+from tips.inference import encoding
+from tips.inference.encoding import ImageProgress
 from tips.io import sha256_file
 from tips.models import to_rgb
 
@@ -161,6 +163,11 @@ def compute_features(model: tips.TIPS, images: torch.Tensor, spec: FeatureSpec) 
     return patch, cls
 
 
+def _encode_spec(model: tips.TIPS, images: torch.Tensor, spec: FeatureSpec):
+    """The cache's step of :func:`tips.inference.encode_images`: images in the weights' dtype → compute_features."""
+    return compute_features(model, images.to(next(model.parameters()).dtype), spec)
+
+
 def probe_input(patch: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
     """patch (B, h, w, C) and optional CLS (B, C) → (B, C or 2C, h, w): CLS broadcast to every patch (DINOv2)."""
     x = patch.permute(0, 3, 1, 2)
@@ -259,7 +266,6 @@ def cached_features(
     tmp = cache_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    param = next(model.parameters())
     H, W = spec.resolution
     h, w = H // model.patch_size, W // model.patch_size
     C, N = model.width * len(spec.layers), len(dataset)
@@ -272,19 +278,22 @@ def cached_features(
     loader = torch.utils.data.DataLoader(_Prepared(dataset, spec), batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=_collate)
     start = 0
-    for images, segs, depths, normal_maps in tqdm(loader, desc=f"features {name}", disable=not progress, unit="batch"):
-        p, c = compute_features(model, images.to(param.device, param.dtype), spec)
-        stop = start + images.shape[0]
-        patch[start:stop] = p.cpu().numpy().astype(STORAGE_DTYPE)
-        if cls is not None:
-            cls[start:stop] = c.cpu().numpy().astype(STORAGE_DTYPE)
-        if seg is not None:
-            seg[start:stop] = segs.numpy()
-        if depth is not None:
-            depth[start:stop] = depths.numpy()
-        if normals is not None:
-            normals[start:stop] = normal_maps.numpy().astype(STORAGE_DTYPE)
-        start = stop
+    batches = ((images, (segs, depths, normal_maps)) for images, segs, depths, normal_maps in loader)
+    bar = ImageProgress(N, progress, f"features {name}")
+    encode = partial(_encode_spec, spec=spec)
+    with bar:
+        for (p, c), (segs, depths, normal_maps) in encoding.encode_images(model, batches, bar, encode):
+            stop = start + p.shape[0]
+            patch[start:stop] = p.cpu().numpy().astype(STORAGE_DTYPE)
+            if cls is not None:
+                cls[start:stop] = c.cpu().numpy().astype(STORAGE_DTYPE)
+            if seg is not None:
+                seg[start:stop] = segs.numpy()
+            if depth is not None:
+                depth[start:stop] = depths.numpy()
+            if normals is not None:
+                normals[start:stop] = normal_maps.numpy().astype(STORAGE_DTYPE)
+            start = stop
     for arr in (patch, cls, seg, depth, normals):
         if arr is not None:
             arr.flush()

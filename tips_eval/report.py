@@ -53,28 +53,59 @@ def pca_maps(features: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [m.numpy() for m in pca_rgb([torch.as_tensor(np.asarray(f, dtype=np.float32)) for f in features])]
 
 
+INVALID_GREY = (0.6, 0.6, 0.6)  # pixels without ground truth in depth and normals pictures
+
+
+def depth_scale(vis: list[VisSample], depth_range: tuple[float, float] | None = None) -> tuple[float, float]:
+    """(near, far) of the depth colour scale shared by every panel: the 1st-99th percentile of the valid ground
+    truth (the rule of ``tips-predict``'s pictures, :func:`tips.inference.pictures.depth_limits`)."""
+    from tips.inference.pictures import depth_limits
+
+    valid = np.concatenate([v.target[v.target > 0].ravel() for v in vis]) if vis else np.zeros(0)
+    return depth_limits(valid) if valid.size else (depth_range or (0.0, 1.0))
+
+
+def legend_items(task: str, vis: list[VisSample], class_names: list[str] | None = None) -> list[tuple[str, tuple]]:
+    """(label, RGB in [0, 1]) for every flat colour the picture draws: the classes present (and black "ignored"
+    pixels) for segmentation, grey "no ground truth" for depth and normals when any pixel has none."""
+    if task == "segmentation":
+        names = class_names or []
+        colours = palette(len(names))
+        ids = sorted({int(c) for v in vis for c in np.unique(np.concatenate([v.target.ravel(), v.pred.ravel()]))})
+        items = [(names[c], tuple(colours[c] / 255.0)) for c in ids if c < len(names)]
+        if any(c >= len(names) for c in ids):
+            items.append(("ignored / no label", tuple(IGNORE_COLOUR / 255.0)))
+        return items
+    invalid = any((v.target <= 0).any() if task == "depth" else (np.abs(v.target - INVALID_GREY[0]) < 1e-6).all(-1).any()
+                  for v in vis)
+    return [("no ground truth", INVALID_GREY)] if invalid else []
+
+
 def save_picture(
     vis: list[VisSample], path: Path, task: str, class_names: list[str] | None = None,
-    depth_range: tuple[float, float] | None = None, title: str = "",
+    depth_range: tuple[float, float] | None = None, title: str = "", random: bool = False,
 ) -> Path:
-    """Rows = images; columns = input | ground truth | prediction | PCA of patch features."""
+    """Rows = images; columns = input | ground truth | prediction | PCA of patch features. Every flat colour has a
+    legend entry (:func:`legend_items`); depth uses ``tips-predict``'s colour map and clipping and says so; normals
+    get a key sphere; ``random`` puts a red "random weights" banner on top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    from tips.inference.pictures import DEPTH_COLORMAP, RANDOM_MARK, RANDOM_MARK_COLOUR, normals_key
+
     rows = max(1, len(vis))
-    height = 3 * rows + 0.8
+    height = 3 * rows + 1.2
     fig, axes = plt.subplots(rows, 4, figsize=(12, height), squeeze=False)
-    fig.subplots_adjust(top=1 - 0.5 / height, bottom=0.5 / height, hspace=0.08, wspace=0.05)
+    fig.subplots_adjust(top=1 - 0.8 / height, bottom=0.6 / height, hspace=0.08, wspace=0.05)
     pcas = pca_maps([v.features for v in vis]) if vis else []
     if task == "segmentation":
         colours = palette(len(class_names or []))
     elif task == "depth":
-        valid = np.concatenate([v.target[v.target > 0] for v in vis]) if vis else np.zeros(0)
-        vmin, vmax = (float(valid.min()), float(valid.max())) if valid.size else (depth_range or (0.0, 1.0))
-        cmap = matplotlib.colormaps["magma_r"].with_extremes(bad=(0.6, 0.6, 0.6))  # grey = no ground truth
+        vmin, vmax = depth_scale(vis, depth_range)
+        cmap = matplotlib.colormaps[DEPTH_COLORMAP].with_extremes(bad=INVALID_GREY)
     for r, v in enumerate(vis):
         axes[r, 0].imshow(v.image)
         axes[r, 0].set_ylabel(v.key, fontsize=8)
@@ -93,16 +124,26 @@ def save_picture(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    if task == "segmentation" and class_names:
-        shown = sorted({int(c) for v in vis for c in np.unique(np.concatenate([v.target.ravel(), v.pred.ravel()]))
-                        if c < len(class_names)})
-        handles = [Patch(color=colours[c] / 255.0, label=class_names[c]) for c in shown[:30]]
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=8)
-    elif task == "depth" and vis:
+    handles = [Patch(facecolor=rgb, edgecolor="black", linewidth=0.5, label=label)
+               for label, rgb in legend_items(task, vis, class_names)]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+    if task == "depth" and vis:
         fig.subplots_adjust(right=0.9)
-        fig.colorbar(im, cax=fig.add_axes((0.92, 0.2, 0.015, 0.6)), label="depth (m), one scale for all panels")
+        fig.colorbar(im, cax=fig.add_axes((0.92, 0.2, 0.015, 0.6)),
+                     label="depth (m), one scale for all panels; bright = near, dark = far; clipped at the 1st-99th "
+                           "percentile of the ground truth")
+    elif task == "normals" and vis:
+        fig.subplots_adjust(right=0.9)
+        key = fig.add_axes((0.915, 0.45, 0.08, 0.08 * 12 / height))
+        key.imshow(normals_key(96))
+        key.set_title("normals key", fontsize=8)
+        key.axis("off")
     if title:
-        fig.suptitle(title, fontsize=10, y=1 - 0.15 / height)
+        fig.suptitle(title, fontsize=10, y=1 - 0.45 / height)
+    if random:
+        fig.text(0.01, 1 - 0.05 / height, RANDOM_MARK, fontsize=12, color="white", va="top", fontweight="bold",
+                 bbox=dict(facecolor=tuple(c / 255 for c in RANDOM_MARK_COLOUR), edgecolor="none", pad=6))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
@@ -195,7 +236,8 @@ def write_report(result: dict, vis: list[VisSample], out_dir: str | Path, name: 
     paths["json"].write_text(json.dumps(_finite(result), indent=2, default=_json_default, allow_nan=False) + "\n")
     paths["markdown"].write_text(markdown(result))
     save_picture(vis, paths["picture"], result["task"], class_names, depth_range,
-                 title=f"{result['task']} — {result['dataset']['name']} — {result['checkpoint']['label']}")
+                 title=f"{result['task']} — {result['dataset']['name']} — {result['checkpoint']['label']}",
+                 random=result["checkpoint"].get("kind") == "random-init")
     return paths
 
 

@@ -3,6 +3,7 @@ prediction (:class:`PredictOptions`), open-vocabulary segmentation (:func:`open_
 quantisation and precision, PCA and pictures.
 May import ``tips.models``, ``tips.formats`` and ``tips.io``; never a command line."""
 
+from .encoding import ImageProgress, encode_images
 from .extract import ExtractOptions, ExtractResult, Features, NoReadableImages, extract, load_features
 from .loaded import LoadedModel, ModelArgumentError, build_model, random_model, resolve_device
 from .merge import MergeMismatch, merge
@@ -18,6 +19,7 @@ __all__ = [
     "ExtractOptions",
     "ExtractResult",
     "Features",
+    "ImageProgress",
     "LoadedModel",
     "MergeMismatch",
     "ModelArgumentError",
@@ -30,6 +32,7 @@ __all__ = [
     "autocast",
     "build_model",
     "encode_classes",
+    "encode_images",
     "extract",
     "load_features",
     "load_preset",

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ from ..models.dtypes import resolve_dtype
 from ..models.preprocess import Preprocess
 from ..models.tips import TIPS
 from . import job_folder
+from . import encoding
+from .encoding import ImageProgress
 from .images import Decoded, ImageDataset, collate_decoded
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .pca import save_pca_picture
@@ -193,19 +195,6 @@ def check_resolution(resolution: int, patch_size: int) -> None:
     raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch_size}; nearest valid: {nearest}")
 
 
-def encode_batch(
-    model: TIPS, images: torch.Tensor, dtype: torch.dtype, with_patches: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """images (B, 3, H, W) on the model's device → fp32 CPU (cls_alt (B, D), cls_syn (B, D), patches (B, h, w, D)).
-
-    Reduced precision runs under autocast (:func:`tips.autocast`) so LayerNorm and softmax stay in fp32.
-    """
-    with torch.inference_mode(), autocast(images.device, dtype):
-        out = model.encode_image(images)
-    patches = out.patch_tokens.float().cpu() if with_patches else None
-    return out.cls_alt.float().cpu(), out.cls_syn.float().cpu(), patches
-
-
 def encode_prompts(model: TIPS, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """prompts (T strings) → text embeddings (T, D) fp32, not normalised."""
     outs = []
@@ -221,48 +210,61 @@ def _read_prompts(path: str | os.PathLike) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- extract
 class BatchEncoder:
-    """Encodes batches of decoded images into the writer and keeps the first ``pca`` images for the picture."""
+    """Writes encoded batches of decoded images and keeps the first ``pca`` images for the picture; a job of
+    :func:`run_batches` (``model``, ``dtype``, ``encode``, ``write``)."""
 
     def __init__(self, model: TIPS, dtype: torch.dtype, writer: FeatureWriter, keep_patches: bool,
                  pool_patches: int | None, pca: int) -> None:
         self.model, self.dtype, self.writer = model, dtype, writer
         self.keep_patches, self.pool_patches, self.pca = keep_patches, pool_patches, pca
-        self.device = next(model.parameters()).device
-        self.pca_items: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (id, image (3,H,W), patches (h,w,D))
+        # (id, image (3,H,W), patches (h,w,D), photo (H, W))
+        self.pca_items: list[tuple[str, torch.Tensor, torch.Tensor, tuple[int, int] | None]] = []
 
-    def __call__(self, items: list[Decoded]) -> None:
-        x = torch.stack([it.image for it in items]).to(self.device)  # (B, 3, H, W)
+    @staticmethod
+    def encode(model: TIPS, images: torch.Tensor):
+        return model.encode_image(images)
+
+    def write(self, out, items: list[Decoded]) -> None:
         for_pca = items[: max(0, self.pca - len(self.pca_items))]
-        cls_alt, cls_syn, patches = encode_batch(self.model, x, self.dtype, self.keep_patches or bool(for_pca))
-        self.pca_items += [(it.id, it.image, p) for it, p in zip(for_pca, patches if for_pca else [])]
+        patches = out.patch_tokens.float().cpu() if self.keep_patches or for_pca else None
+        self.pca_items += [(it.id, it.image, p, it.photo_size) for it, p in zip(for_pca, patches if for_pca else [])]
         if self.pool_patches is not None:
             patches = pool_patch_grid(patches, self.pool_patches)
-        self.writer.add([it.id for it in items], cls_alt, cls_syn, patches if self.keep_patches else None)
+        self.writer.add([it.id for it in items], out.cls_alt.float().cpu(), out.cls_syn.float().cpu(),
+                        patches if self.keep_patches else None)
 
 
-def run_batches(loader: Iterable[list[Decoded]], total: int, batch_size: int,
-                encode: Callable[[list[Decoded]], None], progress: bool) -> list[tuple[str, str]]:
-    """Feed decoded images to ``encode`` in batches of equal image size; returns the skipped (id, reason) pairs.
+def run_batches(loader: Iterable[list[Decoded]], total: int, batch_size: int, job, progress: bool | ImageProgress,
+                desc: str = "images") -> list[tuple[str, str]]:
+    """Feed decoded images through :func:`tips.inference.encoding.encode_images` in batches of equal image size:
+    ``job.encode(job.model, images)`` then ``job.write(output, items)``; returns the skipped (id, reason) pairs.
 
     Images are bucketed by size, so square mode (one size) keeps the input order; leftovers are flushed at the
-    end in the order of their first image.
+    end in the order of their first image. ``progress``: a bool, or an :class:`ImageProgress` to count on.
     """
     skipped: list[tuple[str, str]] = []
-    buckets: dict[tuple[int, ...], list[Decoded]] = {}
-    with _progress(total, progress) as bar:
+    bar = progress if isinstance(progress, ImageProgress) else ImageProgress(total, bool(progress), desc)
+
+    def batches() -> Iterator[tuple[torch.Tensor, list[Decoded]]]:
+        buckets: dict[tuple[int, ...], list[Decoded]] = {}
         for chunk in loader:
             for item in chunk:
                 if item.image is None:
                     skipped.append((item.id, str(item.error)))
-                    bar.write(f"skipped {item.id}: {item.error}", file=sys.stderr)
+                    bar.write(f"skipped {item.id}: {item.error}")
+                    bar.skipped(1)
                     continue
                 size = tuple(item.image.shape)
                 buckets.setdefault(size, []).append(item)
                 if len(buckets[size]) == batch_size:
-                    encode(buckets.pop(size))
-            bar.update(len(chunk))
+                    items = buckets.pop(size)
+                    yield torch.stack([it.image for it in items]), items
         for size in sorted(buckets, key=lambda k: buckets[k][0].index):
-            encode(buckets[size])
+            yield torch.stack([it.image for it in buckets[size]]), buckets[size]
+
+    with bar:
+        for out, items in encoding.encode_images(job.model, batches(), bar, job.encode, job.dtype):
+            job.write(out, items)
     return skipped
 
 
@@ -351,8 +353,8 @@ def extract(
     result = ExtractResult(ids=writer.ids, skipped=skipped, files=writer.close() + [skipped_path], seconds=seconds,
                            shapes=writer.shapes)
     if o.pca > 0:
-        ids, images, grids = zip(*encoder.pca_items)
-        result.pca = save_pca_picture(out_dir / "pca.png", images, grids, ids)
+        ids, images, grids, photos = zip(*encoder.pca_items)
+        result.pca = save_pca_picture(out_dir / "pca.png", images, grids, ids, photos)
         result.files.append(result.pca)
     if prompts is not None:
         result.text = _write_text_embeddings(out_dir, prompts, encode_prompts(net, prompts), model_name)
@@ -401,9 +403,3 @@ def _write_text_embeddings(out_dir: Path, prompts: list[str], emb: torch.Tensor,
                                        "prompts": json.dumps(prompts)})
     write_text_atomic(out_dir / "texts.json", json.dumps(prompts, indent=1))
     return path
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True)

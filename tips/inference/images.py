@@ -18,12 +18,14 @@ MAX_RESIZED_PIXELS = 4096 * 4096
 
 @dataclass
 class Decoded:
-    """One dataset item: ``image`` (3, H, W) in [0, 1], or None with the ``error`` that made it unreadable."""
+    """One dataset item: ``image`` (3, H, W) in [0, 1], or None with the ``error`` that made it unreadable;
+    ``photo_size``: the decoded photo's (H, W), so pictures can be drawn at its aspect."""
 
     index: int
     id: str
     image: torch.Tensor | None
     error: str | None = None
+    photo_size: tuple[int, int] | None = None
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -54,7 +56,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 if h * w > MAX_RESIZED_PIXELS:
                     raise ImageDecodeError("too_large", f"{image.size[0]}x{image.size[1]} would be resized to {h}x{w} "
                                            f"= {h * w} pixels, more than {MAX_RESIZED_PIXELS} (an extreme aspect ratio)")
-            return Decoded(index, ref.id, self.preprocess(image))
+            return Decoded(index, ref.id, self.preprocess(image), photo_size=(image.height, image.width))
         except ImageDecodeError as e:
             return Decoded(index, ref.id, None, str(e))
         except Exception as e:  # noqa: BLE001 - a resize or an allocation of this image only

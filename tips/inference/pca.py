@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..io.atomic import atomic_file
+from .pictures import display_size
 
 CAPTION_HEIGHT = 14
+PCA_SIDE = (256, 512)  # longest side of each drawn image: small inputs upscaled, large ones capped
 
 
 def fit_pca(features: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,15 +64,18 @@ def pca_picture(
     images: Sequence[torch.Tensor],
     patch_tokens: Sequence[torch.Tensor],
     ids: Sequence[str] | None = None,
+    photo_sizes: Sequence[tuple[int, int] | None] | None = None,
     columns: int = 2,
 ) -> Image.Image:
-    """A grid of (input (3, H, W) in [0, 1] | its patch PCA (h, w, D) upsampled to (H, W)) pairs, ``columns`` per row."""
+    """A grid of (input (3, H, W) in [0, 1] | its patch PCA (h, w, D)) pairs, ``columns`` per row, each drawn at
+    its photo's aspect (``photo_sizes`` (H, W) per image, default the input's), longest side 256-512 px."""
     maps = pca_rgb(patch_tokens)
     tiles = []
     for i, (image, rgb) in enumerate(zip(images, maps)):
-        H, W = image.shape[-2:]
+        photo = photo_sizes[i] if photo_sizes is not None and photo_sizes[i] is not None else image.shape[-2:]
+        H, W = display_size(tuple(photo), max_side=PCA_SIDE[1], min_side=PCA_SIDE[0])
         tile = Image.new("RGB", (2 * W, H + CAPTION_HEIGHT), "white")
-        tile.paste(_to_pil(image.permute(1, 2, 0)), (0, CAPTION_HEIGHT))
+        tile.paste(_to_pil(image.permute(1, 2, 0)).resize((W, H), Image.BILINEAR), (0, CAPTION_HEIGHT))
         tile.paste(_to_pil(rgb).resize((W, H), Image.NEAREST), (W, CAPTION_HEIGHT))
         if ids is not None:
             ImageDraw.Draw(tile).text((2, 1), str(ids[i])[-60:], fill="black")
@@ -89,9 +94,10 @@ def save_pca_picture(
     images: Sequence[torch.Tensor],
     patch_tokens: Sequence[torch.Tensor],
     ids: Sequence[str] | None = None,
+    photo_sizes: Sequence[tuple[int, int] | None] | None = None,
 ) -> Path:
     """Write :func:`pca_picture` as a PNG (atomically) and return its path."""
     path = Path(path)
     with atomic_file(path) as f:
-        pca_picture(images, patch_tokens, ids).save(f, format="PNG")
+        pca_picture(images, patch_tokens, ids, photo_sizes).save(f, format="PNG")
     return path

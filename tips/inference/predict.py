@@ -11,8 +11,9 @@ Image sources and bad-file handling are ``tips-extract``'s (named, counted, skip
 resized to the model's native square (or, with ``--keep-aspect``, the shorter side to the resolution and the other
 rounded to the patch size). Output folder, per image ``ID`` (its path relative to the source):
 
-- ``ID.<task>.png``: a picture (depth in turbo with a metre colour bar; normals as RGB; classes in a palette with
-  the top classes named, ADE20K names for 150 classes);
+- ``ID.<task>.png``: a picture at the photo's aspect (:mod:`tips.inference.pictures`: depth with a metre colour
+  bar, bright = near; normals as RGB with a sphere key; classes in a palette with every drawn colour named, ADE20K
+  names for 150 classes), with a red "random weights" banner when the head or the model is random;
 - raw: ``ID.depth16.png`` (16-bit depth in millimetres, clipped to 65.535 m); ``ID.normals.safetensors``
   (``normals`` (3, H, W) float32); ``ID.segmentation.safetensors`` (``argmax`` (H, W) int16, ``logits`` (C, H, W)
   float16 unless ``--no-logits``);
@@ -44,7 +45,7 @@ from . import pictures as pics
 from .extract import NoReadableImages, check_resolution, run_batches
 from .images import Decoded, ImageDataset, collate_decoded
 from .loaded import LoadedModel, as_loaded, resolve_device
-from .precision import autocast, prepare_for_inference
+from .precision import prepare_for_inference
 
 TASKS = ("depth", "normals", "segmentation")
 
@@ -99,37 +100,38 @@ class PredictionWriter:
     """Per batch: predict, then write each image's picture and raw output; keeps pictures for the contact sheet."""
 
     def __init__(self, model: TIPS, head: DenseHead, out_dir: Path, logits: bool, sheet: int,
-                 dtype: str | torch.dtype = "float32") -> None:
+                 dtype: str | torch.dtype = "float32", random: bool = False) -> None:
         self.model, self.head, self.out_dir, self.logits, self.sheet = model, head, out_dir, logits, sheet
-        self.dtype = dtype
+        self.random = random  # a random head or model: every picture says so
+        self.model, self.dtype = model, dtype  # run_batches' job: model, dtype, encode, write
         self.names = pics.class_names(head.cfg.out_channels) if head.task == "segmentation" else []
-        self.device = next(model.parameters()).device
         self.ids: list[str] = []
         self.files: list[Path] = []
         self.pictures: list[tuple[str, Image.Image]] = []
 
-    def __call__(self, items: list[Decoded]) -> None:
-        x = torch.stack([it.image for it in items]).to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            out = self.head.predict(self.model, x).float().cpu()
-        for item, pred in zip(items, out):
-            self._write(item.id, item.image, pred)
+    def encode(self, model: TIPS, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) → the head's output (B, K, H, W) float32 on the CPU."""
+        return self.head.predict(model, images).float().cpu()
 
-    def _write(self, image_id: str, image: torch.Tensor, pred: torch.Tensor) -> None:
+    def write(self, out: torch.Tensor, items: list[Decoded]) -> None:
+        for item, pred in zip(items, out):
+            self._write(item.id, item.image, pred, item.photo_size)
+
+    def _write(self, image_id: str, image: torch.Tensor, pred: torch.Tensor, photo_size=None) -> None:
         stem = output_stem(self.out_dir, image_id)
         task = self.head.task
         if task == "depth":
-            picture = pics.depth_picture(image, pred[0])
+            picture = pics.depth_picture(image, pred[0], photo_size, self.random)
             mm = (pred[0].clamp(0, 65.535) * 1000).round().numpy().astype(np.uint16)
             raw = stem.with_name(stem.name + ".depth16.png")
             with atomic_file(raw) as f:
                 Image.fromarray(mm).save(f, format="PNG")
         elif task == "normals":
-            picture = pics.normals_picture(image, pred)
+            picture = pics.normals_picture(image, pred, photo_size, self.random)
             raw = self._save(stem.with_name(stem.name + ".normals.safetensors"), {"normals": pred})
         else:
             labels = pred.argmax(0)
-            picture = pics.segmentation_picture(image, labels, self.names)
+            picture = pics.segmentation_picture(image, labels, self.names, photo_size, self.random)
             tensors = {"argmax": labels.to(torch.int16)}
             if self.logits:
                 tensors["logits"] = pred.half()
@@ -193,7 +195,8 @@ def write_predictions(
     refs = find_images(sources)
     if not refs:
         raise ValueError(f"no images found in {sources}")
-    net = as_loaded(model).model
+    loaded = as_loaded(model)
+    net = loaded.model
     dense = _resolve_head(o.head, o.random_head, o.task, net, o.seed)
     resolution = o.resolution or net.image_size
     check_resolution(resolution, net.patch_size)
@@ -202,7 +205,8 @@ def write_predictions(
     dense.to(dev)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = PredictionWriter(net, dense, out_dir, o.logits, o.sheet, o.dtype)
+    writer = PredictionWriter(net, dense, out_dir, o.logits, o.sheet, o.dtype,
+                              random=o.random_head or "random_init" in loaded.record)
     dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
     loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
                                          collate_fn=collate_decoded)
