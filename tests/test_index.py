@@ -1,0 +1,120 @@
+"""tips.index: the factory that fits a memory budget, exact and tuned search, growth by add, one embedding space."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tips.index import EmbeddingSpace, Index, SpaceMismatchError, parse_memory, plan_index
+
+pytest.importorskip("faiss", reason="the index extra (faiss-cpu) is part of the test extra")
+
+SPACE = EmbeddingSpace(model="tiny", fingerprint="aaaa", kind="cls_alt", width=32)
+
+
+def clustered(n: int, d: int = 32, centres: int = 40, sigma: float = 0.3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d))
+    return (c[rng.integers(0, centres, n)] + sigma * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n, d, budget, factory", [
+    (1000, 64, 256_000, "Flat"),  # 1000·64·4 bytes fit exactly
+    (1000, 64, 100_000, "IVF25,SQ8"),  # nlist = min(4·√1000 = 126, 1000 // 39 = 25); 1000·72 + 25·256 = 78,400
+    (100_000, 64, 5 * 2**20, "OPQ32,IVF1264,PQ32"),  # SQ8 needs 7.5 MB; PQ32: 4.0 MB + 0.3 MB cells + 80 KB OPQ/PQ
+])
+def test_the_most_exact_factory_that_fits_the_budget_is_chosen(n, d, budget, factory):
+    plan = plan_index(n, d, budget)
+    assert plan.factory == factory and plan.bytes_estimate <= budget
+
+
+def test_a_budget_too_small_for_any_index_says_how_much_is_needed():
+    with pytest.raises(ValueError, match="--max-memory"):
+        plan_index(1000, 64, 50_000)
+    assert parse_memory("1GB") == 2**30 and parse_memory("512mb") == 512 * 2**20
+    with pytest.raises(ValueError, match="1GB"):
+        parse_memory("lots")
+
+
+def test_flat_search_equals_brute_force_and_names_the_rows():
+    x = clustered(300)
+    index = Index.build(x, {"id": [f"img{i}" for i in range(300)]}, SPACE, max_memory=2**30)
+    assert index.info["factory"] == "Flat" and index.info["nprobe"] is None
+    result = index.search(x[:5], 4, SPACE)
+    exact = np.argsort(-(unit(x[:5]) @ unit(x).T), axis=1)[:, :4]
+    assert [[h["row"] for h in hits] for hits in result.rows] == exact.tolist()
+    assert [hits[0]["id"] for hits in result.rows] == [f"img{i}" for i in range(5)]
+    assert np.allclose(result.scores[:, 0], 1.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ivf(tmp_path_factory):
+    x = clustered(4000)
+    folder = tmp_path_factory.mktemp("ivf") / "index"
+    rows = {"id": [f"img{i}" for i in range(4000)], "source": [f"/photos/{i}.jpg" for i in range(4000)]}
+    # Flat needs 512 KB and SQ8 ~300 KB: a 400 KB budget forces the quantised index
+    Index.build(x, rows, SPACE, max_memory=400_000, recall_target=0.9, sample=200).save(folder)
+    return x, folder
+
+
+def test_an_approximate_index_tunes_nprobe_to_the_recall_target_and_records_it(ivf):
+    x, folder = ivf
+    info = json.loads((folder / "index.json").read_text())
+    assert info["factory"].endswith(",SQ8") and info["count"] == 4000
+    assert info["tuning"][-1]["nprobe"] == info["nprobe"] and info["tuning"][-1]["recall"] >= 0.9
+    assert all(t["recall"] < 0.9 for t in info["tuning"][:-1])  # the smallest nprobe that reaches it
+    index = Index.open(folder)
+    assert index.info["nprobe"] == info["nprobe"]
+    hits = index.search(x[:50], 1, SPACE).rows
+    assert sum(h[0]["id"] == f"img{i}" for i, h in enumerate(hits)) >= 48  # each vector finds itself
+
+
+def test_add_keeps_the_old_rows_results_and_finds_the_new_ones(ivf, tmp_path):
+    x, folder = ivf
+    before = Index.open(folder).search(x[:20], 3, SPACE)
+    grown = Index.open(folder)
+    new = clustered(100, seed=1)  # other cluster centres in the same range: far from the old rows in 32-d
+    grown.add(new, {"id": [f"new{i}" for i in range(100)], "source": ["/new.jpg"] * 100}, SPACE)
+    grown.save(tmp_path / "grown")
+    after = Index.open(tmp_path / "grown")
+    assert len(after) == 4100 and after.info["count"] == 4100
+    again = after.search(x[:20], 3, SPACE)
+    assert [[h["id"] for h in r] for r in again.rows] == [[h["id"] for h in r] for r in before.rows]
+    assert np.array_equal(again.scores, before.scores)
+    found = after.search(new[:20], 3, SPACE).rows
+    assert all(h[0]["id"].startswith("new") for h in found)
+    assert sum(f"new{i}" in [x["id"] for x in h] for i, h in enumerate(found)) >= 19  # 8-bit codes may swap twins
+
+
+def test_a_query_from_another_model_or_kind_is_refused_naming_both(ivf):
+    x, folder = ivf
+    index = Index.open(folder)
+    other = EmbeddingSpace(model="b14", fingerprint="bbbb", kind="cls_alt", width=32)
+    with pytest.raises(SpaceMismatchError, match=r"tiny \(weights aaaa\).*b14 \(weights bbbb\)"):
+        index.search(x[:1], 1, other)
+    with pytest.raises(SpaceMismatchError, match="cls_syn"):
+        index.search(x[:1], 1, EmbeddingSpace(model="tiny", fingerprint="aaaa", kind="cls_syn", width=32))
+
+
+def test_a_folder_that_is_not_a_whole_index_is_refused_by_name(ivf, tmp_path):
+    _, folder = ivf
+    with pytest.raises(FileNotFoundError, match="no index.json, index.faiss, rows.parquet"):
+        Index.open(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("index.faiss", "rows.parquet"):
+        (broken / name).write_bytes((folder / name).read_bytes())
+    (broken / "index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="index.json: not JSON"):
+        Index.open(broken)
+
+
+def test_zero_or_non_finite_vectors_are_refused_with_their_row():
+    x = clustered(10)
+    x[3] = 0
+    with pytest.raises(ValueError, match="row 3"):
+        Index.build(x, {"id": list(range(10))}, SPACE, max_memory=2**30)
