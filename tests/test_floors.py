@@ -23,7 +23,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "data": {"io", "models"},
     "train": {"models", "formats", "data", "losses", "io"},
     "inference": {"models", "formats", "io"},
-    "index": {"formats", "io"},
+    "index": {"inference", "models", "formats", "io"},
     "serve": {"inference", "formats"},
     "cli": {"io", "models", "losses", "formats", "data", "train", "inference", "index", "serve"},
 }

@@ -118,3 +118,63 @@ def test_zero_or_non_finite_vectors_are_refused_with_their_row():
     x[3] = 0
     with pytest.raises(ValueError, match="row 3"):
         Index.build(x, {"id": list(range(10))}, SPACE, max_memory=2**30)
+
+
+# --------------------------------------------------------------------------- tips-index and tips-search on photos
+@pytest.fixture(scope="module")
+def photo_features(tmp_path_factory):
+    """Six scikit-image photos extracted by a random tiny model (the index's model)."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from tips.cli.extract import main as extract_main
+
+    root = tmp_path_factory.mktemp("photos")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field"):
+        Image.fromarray(getattr(skdata, name)()).save(photos / f"{name}.png")
+    out = root / "features"
+    assert extract_main([str(photos), "-o", str(out), "--random-init", "tiny", "--no-progress"]) == 0
+    return root, photos, out
+
+
+def test_index_then_search_finds_a_resized_reencoded_copy_and_refuses_another_model(photo_features, capsys):
+    from PIL import Image
+
+    from tips.cli.index import main as index_main
+    from tips.cli.search import main as search_main
+
+    root, photos, features = photo_features
+    index_dir = root / "index"
+    assert index_main([str(features), "-o", str(index_dir)]) == 0
+    assert "indexed 6 cls_alt vectors" in capsys.readouterr().out
+    copy = root / "chelsea-copy.jpg"  # smaller, re-encoded as JPEG: a near-duplicate, not the same bytes
+    Image.open(photos / "chelsea.png").resize((226, 150)).save(copy, quality=80)
+    hits = root / "hits.json"
+    sheet = root / "hits.png"
+    assert search_main(["--index", str(index_dir), "--random-init", "tiny", "--image", str(copy), "--query",
+                        "a cat", "-k", "3", "--json", str(hits), "--sheet", str(sheet)]) == 0
+    report = json.loads(hits.read_text())
+    assert [r["query"] for r in report] == ["a cat", "image: chelsea-copy.jpg"]
+    assert report[1]["hits"][0]["id"] == "chelsea.png" and report[1]["hits"][0]["score"] > 0.9
+    assert all(len(r["hits"]) == 3 for r in report)
+    picture = Image.open(sheet)
+    assert picture.size[1] > 2 * 160  # two query rows of thumbnails
+    capsys.readouterr()
+    assert search_main(["--index", str(index_dir), "--random-init", "tiny", "--seed", "1", "--query", "a cat"]) == 1
+    err = capsys.readouterr().err
+    assert "random-init:tiny:seed=0" in err and "random-init:tiny:seed=1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_index_add_appends_only_new_ids_and_a_second_build_needs_force(photo_features, tmp_path, capsys):
+    from tips.cli.index import main as index_main
+
+    _, _, features = photo_features
+    out = tmp_path / "index"
+    assert index_main([str(features), "-o", str(out)]) == 0
+    assert index_main([str(features), "-o", str(out)]) == 1
+    assert "--add" in capsys.readouterr().err
+    assert index_main([str(features), "-o", str(out), "--add"]) == 0
+    assert "added 0 of 6 rows (6 already there)" in capsys.readouterr().out
+    assert len(Index.open(out)) == 6
