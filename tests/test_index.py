@@ -178,3 +178,59 @@ def test_index_add_appends_only_new_ids_and_a_second_build_needs_force(photo_fea
     assert index_main([str(features), "-o", str(out), "--add"]) == 0
     assert "added 0 of 6 rows (6 already there)" in capsys.readouterr().out
     assert len(Index.open(out)) == 6
+
+
+# --------------------------------------------------------------------------- regions
+def test_region_vectors_equal_an_independent_mean_over_each_cell_then_normalise():
+    import torch
+
+    from tips.inference.regions import region_boxes, region_vectors
+
+    patches = torch.randn(2, 7, 5, 16, generator=torch.Generator().manual_seed(0))
+    got = region_vectors(patches, 3)
+    rows, cols = [0, 2, 5, 7], [0, 2, 3, 5]  # round(i·7/3), round(i·5/3): cells of 2-3 patches
+    for b in range(2):
+        for i in range(3):
+            for j in range(3):
+                cell = patches[b, rows[i]:rows[i + 1], cols[j]:cols[j + 1]].reshape(-1, 16).numpy().astype(np.float64)
+                mean = cell.sum(0) / len(cell)
+                assert np.allclose(got[b, 3 * i + j].numpy(), mean / np.linalg.norm(mean), atol=1e-5)
+    assert region_boxes(7, 5, 3)[4].tolist() == pytest.approx([2 / 5, 2 / 7, 3 / 5, 5 / 7])
+    with pytest.raises(ValueError, match="--regions"):
+        region_vectors(patches, 6)
+
+
+def test_a_planted_region_is_the_first_text_to_region_hit_with_its_box(photo_features, tmp_path, capsys):
+    import torch
+
+    from tips.cli.search import main as search_main
+    from tips.index.queries import embed_texts, model_space
+    from tips.inference.loaded import build_model
+    from tips.inference.regions import encode_regions, region_boxes
+    from tips.models.preprocess import Preprocess
+    from PIL import Image
+
+    _, photos, _ = photo_features
+    loaded = build_model(None, "tiny", None, None, 0)
+    model, k = loaded.model, 2
+    names = sorted(p.name for p in photos.iterdir())
+    size = model.image_size
+    batch = torch.stack([Preprocess(size, model.patch_size)(Image.open(photos / n).convert("RGB")) for n in names])
+    vectors = encode_regions(model, batch, k).reshape(-1, model.width).numpy().copy()
+    boxes = region_boxes(size // model.patch_size, size // model.patch_size, k).tolist()
+    rows = {"id": [n for n in names for _ in range(k * k)], "source": [str(photos / n) for n in names for _ in range(k * k)],
+            "cell": [c for _ in names for c in range(k * k)]}
+    rows |= {name: [b[i] for _ in names for b in boxes] for i, name in enumerate(("x0", "y0", "x1", "y1"))}
+    planted = names.index("rocket.png") * k * k + 3  # the rocket's bottom-right cell
+    vectors[planted] = embed_texts(model, ["a planted query"])[0]
+    Index.build(vectors, rows, model_space(model, loaded.name, "region"), max_memory=2**30).save(tmp_path / "regions")
+    hits, sheet = tmp_path / "hits.json", tmp_path / "sheet.png"
+    assert search_main(["--index", str(tmp_path / "regions"), "--random-init", "tiny", "--query", "a planted query",
+                        "-k", "3", "--json", str(hits), "--sheet", str(sheet)]) == 0
+    top = json.loads(hits.read_text())[0]["hits"][0]
+    assert (top["id"], top["cell"]) == ("rocket.png", 3) and top["score"] == pytest.approx(1.0, abs=1e-5)
+    assert [top["x0"], top["y0"], top["x1"], top["y1"]] == pytest.approx([0.5, 0.5, 1.0, 1.0])
+    assert Image.open(sheet).size[0] >= 3 * 160
+    assert search_main(["--index", str(tmp_path / "regions"), "--random-init", "tiny", "--image",
+                        str(photos / "rocket.png")]) == 1
+    assert "region index" in capsys.readouterr().err

@@ -16,8 +16,9 @@ import numpy as np
 
 from ..index import EmbeddingSpace, Index, parse_memory
 from ..index.vector_index import INFO_FILE
+from ..inference.embedding_files import has_layout, read_embeddings
 from ..inference.extract import load_features
-from ..inference.job_folder import MANIFEST, read_manifest
+from ..inference.job_folder import MANIFEST, check_complete, read_manifest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("features", type=Path, help="a complete tips-extract output folder")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="the index folder")
-    p.add_argument("--kind", choices=("cls_alt", "cls_syn"), default="cls_alt",
-                   help="which vectors: cls_alt (CLS1, alt-text space; default) or cls_syn (CLS2, captions)")
+    p.add_argument("--kind", choices=("cls_alt", "cls_syn", "region"), default="cls_alt",
+                   help="which vectors: cls_alt (CLS1, alt-text space; default), cls_syn (CLS2, captions) or region "
+                        "(K x K cells of an extraction made with --regions K)")
     p.add_argument("--max-memory", default="1GB", help="index size budget, e.g. 1GB, 512MB (default 1GB): Flat "
                    "(exact) when it fits, else IVF-SQ8, else OPQ-IVF-PQ")
     p.add_argument("--recall-target", type=float, default=0.95,
@@ -53,21 +55,34 @@ def source_paths(folder: Path, ids: list[str]) -> list[str]:
     return [str(root / i) if root else str(i) for i in ids]
 
 
+def read_vectors(folder: Path, kind: str) -> tuple[np.ndarray, dict[str, list]]:
+    """(N, D) float32 vectors of ``kind`` and their rows, from the npy/parquet layout when the folder has it."""
+    if has_layout(folder, kind) or kind == "region":
+        check_complete(folder)
+        return read_embeddings(folder, kind)
+    features = load_features(folder)
+    ids = [str(i) for i in features.ids]
+    return getattr(features, kind).float().numpy(), {"id": ids, "source": source_paths(folder, ids)}
+
+
+def key_columns(rows: dict[str, list]) -> list[str]:
+    """What names one vector: its image id, and its cell for region vectors."""
+    return ["id", "cell"] if "cell" in rows else ["id"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if not 0 < args.recall_target <= 1:
             raise ValueError(f"--recall-target {args.recall_target}: expected a number in (0, 1]")
         budget = parse_memory(args.max_memory)
-        features = load_features(args.features)
-        vectors = getattr(features, args.kind).float().numpy()
+        vectors, rows = read_vectors(args.features, args.kind)
         space = features_space(args.features, args.kind, vectors.shape[1])
-        rows = {"id": [str(i) for i in features.ids], "source": source_paths(args.features, list(features.ids))}
         exists = (args.out / INFO_FILE).is_file()
         if args.add:
             index = Index.open(args.out)
-            known = set(index.rows.column("id").to_pylist())
-            keep = np.array([i not in known for i in rows["id"]], dtype=bool)
+            known = set(zip(*(index.rows.column(c).to_pylist() for c in key_columns(rows))))
+            keep = np.array([k not in known for k in zip(*(rows[c] for c in key_columns(rows)))], dtype=bool)
             index.add(vectors[keep], {c: [v for v, k in zip(col, keep) if k] for c, col in rows.items()}, space)
             index.save(args.out)
             print(f"added {int(keep.sum())} of {len(keep)} rows ({len(keep) - int(keep.sum())} already there): "

@@ -1,4 +1,5 @@
-"""``tips-search``: text → images and image → images over a ``tips-index`` folder, with the model that built it.
+"""``tips-search``: text → images, image → images and text → regions over a ``tips-index`` folder, with the model
+that built it.
 
     tips-search --index index/ --model tips-v2-b14 --query "a red car" --query "two dogs on a beach"
     tips-search --index index/ --model tips-v2-b14 --image photo.jpg -k 5 --json hits.json --sheet hits.png
@@ -17,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..index import Index
-from ..index.queries import embed_images, embed_texts, model_space
+from ..index.queries import embed_images, embed_texts, model_space, region_heat
 from ..index.sheet import contact_sheet
 from ..index.space import SpaceMismatchError
 from ..io.atomic import write_json_atomic
@@ -56,12 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = loaded.model
         space = model_space(model, loaded.name, index.space.kind)
         labels, results = [], []
+        resolution = args.resolution or index.info.get("extraction", {}).get("resolution") or model.image_size
+        if args.image and index.space.kind == "region":
+            raise ValueError(f"{args.index} is a region index: search it with --query TEXT (image queries search "
+                             "a cls_alt or cls_syn index)")
+        text_vectors = embed_texts(model, args.query) if args.query else None
         if args.query:
-            found = index.search(embed_texts(model, args.query), args.k, space)
+            found = index.search(text_vectors, args.k, space)
             labels += list(args.query)
             results += list(zip(found.rows, found.scores.tolist()))
         if args.image:
-            resolution = args.resolution or index.info.get("extraction", {}).get("resolution") or model.image_size
             images = [Image.open(p) for p in args.image]
             found = index.search(embed_images(model, images, resolution, index.space.kind), args.k, space)
             labels += [f"image: {p.name}" for p in args.image]
@@ -77,9 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_json_atomic(args.json, report)
     if args.sheet:
-        contact_sheet(labels, [r for r, _ in results], [s for _, s in results], args.sheet)
+        heats = None
+        if index.space.kind == "region":  # where in each top image the query is, computed now from its patches
+            heats = [[_heat(model, hit, resolution, text_vectors[q]) for hit in rows] for q, (rows, _) in enumerate(results)]
+        contact_sheet(labels, [r for r, _ in results], [s for _, s in results], args.sheet, heats)
         print(f"contact sheet → {args.sheet}")
     return 0
+
+
+def _heat(model, hit: dict, resolution: int, query):
+    try:
+        with Image.open(hit.get("source", hit["id"])) as image:
+            return region_heat(model, image, resolution, query)
+    except OSError:
+        return None  # the sheet says the image is not readable here
 
 
 if __name__ == "__main__":

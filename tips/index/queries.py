@@ -40,3 +40,15 @@ def embed_images(model: TIPS, images: Sequence[Image.Image], resolution: int, ki
     batch = torch.stack([preprocess(to_rgb(im)) for im in images]).to(device)
     features = model.encode_image(batch)
     return torch.nn.functional.normalize(getattr(features, kind).float(), dim=-1).cpu().numpy()
+
+
+@torch.inference_mode()
+def region_heat(model: TIPS, image: Image.Image, resolution: int, query: np.ndarray) -> np.ndarray:
+    """The cosine of each value-readout patch of ``image`` (square-resized to ``resolution``) with ``query`` (D,)
+    → (h, w) float32: where in the image the query is."""
+    from ..inference.open_vocab import value_readout
+    from ..inference.regions import heat_map
+
+    device = next(model.parameters()).device
+    x = Preprocess(resolution, model.patch_size)(to_rgb(image))[None].to(device)
+    return heat_map(value_readout(model, x)[0], torch.from_numpy(query).to(device)).cpu().numpy()

@@ -39,3 +39,11 @@ def region_vectors(patches: torch.Tensor, k: int) -> torch.Tensor:
 def heat_map(patches: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """patches (h, w, D), query (D,) → (h, w) cosine of each patch with the query."""
     return F.normalize(patches.float(), dim=-1) @ F.normalize(query.float(), dim=0)
+
+
+def encode_regions(model: torch.nn.Module, images: torch.Tensor, k: int) -> torch.Tensor:
+    """images (B, 3, H, W) in [0, 1] → (B, k·k, D) region vectors of the value readout (no autograd)."""
+    from .open_vocab import value_readout
+
+    with torch.inference_mode():
+        return region_vectors(value_readout(model, images), k)
