@@ -151,10 +151,9 @@ def test_index_then_search_finds_a_resized_reencoded_copy_and_refuses_another_mo
     assert "indexed 6 cls_alt vectors" in capsys.readouterr().out
     copy = root / "chelsea-copy.jpg"  # smaller, re-encoded as JPEG: a near-duplicate, not the same bytes
     Image.open(photos / "chelsea.png").resize((226, 150)).save(copy, quality=80)
-    hits = root / "hits.json"
-    sheet = root / "hits.png"
+    hits, sheet = root / "hits" / "hits.json", root / "hits" / "hits.png"
     assert search_main(["--index", str(index_dir), "--random-init", "tiny", "--image", str(copy), "--query",
-                        "a cat", "-k", "3", "--json", str(hits), "--sheet", str(sheet)]) == 0
+                        "a cat", "-k", "3", "-o", str(root / "hits")]) == 0
     report = json.loads(hits.read_text())
     assert [r["query"] for r in report] == ["a cat", "image: chelsea-copy.jpg"]
     assert report[1]["hits"][0]["id"] == "chelsea.png" and report[1]["hits"][0]["score"] > 0.9
@@ -224,9 +223,9 @@ def test_a_planted_region_is_the_first_text_to_region_hit_with_its_box(photo_fea
     planted = names.index("rocket.png") * k * k + 3  # the rocket's bottom-right cell
     vectors[planted] = embed_texts(model, ["a planted query"])[0]
     Index.build(vectors, rows, model_space(model, loaded.name, "region"), max_memory=2**30).save(tmp_path / "regions")
-    hits, sheet = tmp_path / "hits.json", tmp_path / "sheet.png"
+    hits, sheet = tmp_path / "hits" / "hits.json", tmp_path / "hits" / "hits.png"
     assert search_main(["--index", str(tmp_path / "regions"), "--random-init", "tiny", "--query", "a planted query",
-                        "-k", "3", "--json", str(hits), "--sheet", str(sheet)]) == 0
+                        "-k", "3", "-o", str(tmp_path / "hits")]) == 0
     top = json.loads(hits.read_text())[0]["hits"][0]
     assert (top["id"], top["cell"]) == ("rocket.png", 3) and top["score"] == pytest.approx(1.0, abs=1e-5)
     assert [top["x0"], top["y0"], top["x1"], top["y1"]] == pytest.approx([0.5, 0.5, 1.0, 1.0])

@@ -1,9 +1,4 @@
-"""``tips-index``: a faiss index of an extraction folder's embeddings, sized to a memory budget.
-
-    tips-index features/ -o index/                         # CLS1 vectors (alt-text space), --max-memory 1GB
-    tips-index features/ -o index-syn/ --kind cls_syn      # CLS2 (synthetic-caption space)
-    tips-index more-features/ -o index/ --add              # append the rows whose ids the index lacks
-"""
+"""``tips-index``: a faiss index of an extraction folder's embeddings, sized to a memory budget."""
 
 from __future__ import annotations
 
@@ -21,9 +16,22 @@ from ..inference.extract import load_features
 from ..inference.job_folder import MANIFEST, check_complete, read_manifest
 
 
+EXAMPLES = """\
+examples:
+  # CLS1 vectors (alt-text space) of an extraction folder, within the default --max-memory 1GB
+  tips-index features/ -o index/
+  # CLS2 (synthetic-caption space), and region vectors of an extraction made with --regions K
+  tips-index features/ -o index-syn/ --kind cls_syn
+  tips-index features/ -o index-regions/ --kind region --max-memory 4GB
+  # append the rows of another extraction whose ids the index lacks
+  tips-index more-features/ -o index/ --add
+  # (docs/extraction.md, "Index and search")
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-index", description=__doc__.splitlines()[0],
-                                epilog="docs/extraction.md, 'Index and search'",
+                                epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("features", type=Path, help="a complete tips-extract output folder")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="the index folder")

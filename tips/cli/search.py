@@ -1,11 +1,5 @@
 """``tips-search``: text → images, image → images and text → regions over a ``tips-index`` folder, with the model
-that built it.
-
-    tips-search --index index/ --model tips-v2-b14 --query "a red car" --query "two dogs on a beach"
-    tips-search --index index/ --model tips-v2-b14 --image photo.jpg -k 5 --json hits.json --sheet hits.png
-
-A query embedded by another model (or for another vector kind) than the index's is refused naming both.
-"""
+that built it (a query embedded by another model, or for another vector kind, is refused naming both)."""
 
 from __future__ import annotations
 
@@ -25,9 +19,21 @@ from ..io.atomic import write_json_atomic
 from .model_args import add_model_args, model_from_args
 
 
+EXAMPLES = """\
+examples:
+  # text → images, two queries, JSON hits and a contact sheet
+  tips-search --index index/ --model tips-v2-b14 --query "a red car" --query "two dogs" -o hits/
+  # image → images (near duplicates too)
+  tips-search --index index/ --model tips-v2-b14 --image photo.jpg -k 5
+  # text → regions: the best cells, each top image drawn with the query's heat map
+  tips-search --index index-regions/ --model tips-v2-b14 --query "a bicycle" -o where/
+  # (docs/extraction.md, "Index and search")
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tips-search", description=__doc__.splitlines()[0],
-                                epilog="docs/extraction.md, 'Index and search'",
+                                epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", type=Path, required=True, metavar="DIR", help="a tips-index folder")
     p.add_argument("--query", action="append", default=[], metavar="TEXT", help="a text query (repeatable)")
@@ -35,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
     p.add_argument("--resolution", type=int, help="image-query side (default: the index's extraction resolution, "
                    "else the model's native size)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the hits as JSON")
-    p.add_argument("--sheet", type=Path, metavar="PNG", help="draw a contact sheet of the hits")
+    p.add_argument("-o", "--out", type=Path, metavar="DIR", help="write hits.json and a contact sheet hits.png "
+                   "(region indexes: each top image with the query's heat map and the hit's cell)")
     add_model_args(p, inference=False)
     return p
 
@@ -79,14 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(entry["query"])
         for rank, hit in enumerate(entry["hits"], 1):
             print(f"  {rank:>3}  {hit['score']:.4f}  {hit['id']}")
-    if args.json:
-        write_json_atomic(args.json, report)
-    if args.sheet:
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out / "hits.json", report)
         heats = None
         if index.space.kind == "region":  # where in each top image the query is, computed now from its patches
             heats = [[_heat(model, hit, resolution, text_vectors[q]) for hit in rows] for q, (rows, _) in enumerate(results)]
-        contact_sheet(labels, [r for r, _ in results], [s for _, s in results], args.sheet, heats)
-        print(f"contact sheet → {args.sheet}")
+        contact_sheet(labels, [r for r, _ in results], [s for _, s in results], args.out / "hits.png", heats)
+        print(f"wrote {args.out / 'hits.json'} and {args.out / 'hits.png'}")
     return 0
 
 

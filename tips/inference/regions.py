@@ -47,3 +47,17 @@ def encode_regions(model: torch.nn.Module, images: torch.Tensor, k: int) -> torc
 
     with torch.inference_mode():
         return region_vectors(value_readout(model, images), k)
+
+
+def encode_with_regions(model: torch.nn.Module, images: torch.Tensor, k: int):
+    """One pass for both: images (B, 3, H, W) → (ImageFeatures, regions (B, k·k, D)). The blocks before the last
+    run once; the last runs as usual (the features) and as the value readout (the regions)."""
+    from ..models.vision import split_tokens
+    from .open_vocab import readout_last_block
+
+    vit = model.vision
+    p = vit.patch_size
+    h, w = images.shape[-2] // p, images.shape[-1] // p
+    x = vit.blocks[:-1](vit.embed(images))
+    features = split_tokens(vit.norm(vit.blocks[-1](x)), h, w)
+    return features, region_vectors(readout_last_block(model, x, h, w), k)
