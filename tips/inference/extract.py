@@ -1,11 +1,10 @@
 """Feature extraction: ``tips.extract(sources, output, model, ExtractOptions(...))``, which ``tips-extract`` runs.
 
-Output folder layout (rows follow ``ids``; see docs in ``extract``):
-
-- ``features.safetensors``: ``cls_alt`` (N, D), ``cls_syn`` (N, D), optionally ``patch_tokens`` (N, h, w, D);
-  with ``shard_size``: ``features-00000.safetensors`` … and ``index.json`` (file, start row, count per shard);
-- ``ids.json`` (a list; ``ids.jsonl`` when sharded, one JSON string per line); ``skipped.json`` ([{id, reason}]);
-- optionally ``pca.png`` and ``text_embeddings.safetensors`` (``text`` (T, D)) with ``texts.json``.
+Output folder layout (docs/extraction.md): per chunk of work ``features-{i:05d}.safetensors`` and the npy/parquet
+files of :mod:`tips.inference.chunk_writer`, with the chunk's done marker; once every chunk is done ``ids.jsonl``,
+``index.json`` (file, start row, count per chunk), ``skipped.json`` ([{id, reason}]), optionally ``pca.png`` and
+``text_embeddings.safetensors`` with ``texts.json``, and last ``manifest.json``. :func:`load_features` also reads
+the single-file layout of earlier releases (``features.safetensors`` + ``ids.json``).
 """
 
 from __future__ import annotations
@@ -83,12 +82,13 @@ class ExtractResult:
             lines.append(f"  … and {len(self.skipped) - 20} more skipped (all listed in skipped.json)")
         shapes = ", ".join(f"{k} (h, w, {v[-1]}) per image" if k.endswith(">") else f"{k} {(self.count, *v)}"
                            for k, v in self.shapes.items())
-        shards = [p for p in self.files if p.name.startswith("features")]
-        if len(shards) > 1:
-            lines.append(f"  wrote {len(shards)} shards {shards[0]} … {shards[-1].name}  [{shapes}]")
-        elif shards:
-            lines.append(f"  wrote {shards[0]}  [{shapes}]")
-        lines += [f"  wrote {p}" for p in self.files if p not in shards]
+        chunks = [p for p in self.files if p.name.startswith("features-")]
+        if chunks:
+            folders = sorted({p.parent.name + "/" for p in self.files if p.parent != chunks[0].parent})
+            lines.append(f"  wrote {len(chunks)} chunk{'s' * (len(chunks) > 1)} into {chunks[0].parent}: "
+                         f"features-*.safetensors [{shapes}], {', '.join(folders)}")
+        named = ("pca.png", "text_embeddings.safetensors", "skipped.json")
+        lines += [f"  wrote {p}" for p in self.files if p.name in named]
         return "\n".join(lines)
 
 
