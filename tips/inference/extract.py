@@ -314,8 +314,10 @@ def extract(
                 "quantize": str(o.quantize)}
     mine = [i for i in chunks_for_process(range(len(chunks)), rank, world)
             if not is_done(_marker(out_dir, i), identity, _chunk_input(i, chunks[i]))]
-    bar = ImageProgress(sum(len(chunks[i]) for i in mine), o.progress and rank == 0,
-                        "images" if world == 1 else f"images (rank 0 of {world})")
+    # rank 0's bar covers every process: its own images as they are encoded, the others' as their chunks finish
+    others = [i for i in range(len(chunks)) if i % world != rank and not _marker(out_dir, i).exists()]
+    bar = ImageProgress(sum(len(chunks[i]) for i in mine + others), o.progress and rank == 0,
+                        "images" if world == 1 else f"images ({world} processes)")
     start = time.perf_counter()
     encoded = 0
     with bar:
@@ -335,6 +337,9 @@ def extract(
             write_marker(_marker(out_dir, i), identity, _chunk_input(i, chunks[i]), files, ids=writer.ids,
                          skipped=[{"id": k, "reason": r} for k, r in skipped], shapes=writer.shapes)
             encoded += len(writer.ids)
+            for j in [j for j in others if _marker(out_dir, j).exists()]:
+                others.remove(j)
+                bar.skipped(len(chunks[j]))
     seconds = time.perf_counter() - start
     return _finish(out_dir, chunks, identity, prompts, net, model_name, metadata, seconds, encoded, rank, world)
 
