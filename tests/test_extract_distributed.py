@@ -162,6 +162,7 @@ def test_tips_index_reads_the_region_layout_and_a_region_finds_its_own_cell(one_
     assert index_main([str(one_process), "-o", str(tmp_path / "regions"), "--kind", "region"]) == 0
     index = Index.open(tmp_path / "regions")
     assert len(index) == 36 * 4 and index.space.kind == "region"
+    assert index.info["factory"] != "Flat"  # region indexes are quantised by default (K² vectors per image)
     vectors = np.load(one_process / "region_emb" / "region_emb_1.npy", allow_pickle=False)
     loaded = build_model(None, "tiny", None, None, 0)
     hit = index.search(vectors[5:6], 1, model_space(loaded.model, loaded.name, "region")).rows[0][0]

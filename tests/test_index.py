@@ -158,6 +158,11 @@ def test_index_then_search_finds_a_resized_reencoded_copy_and_refuses_another_mo
     assert [r["query"] for r in report] == ["a cat", "image: chelsea-copy.jpg"]
     assert report[1]["hits"][0]["id"] == "chelsea.png" and report[1]["hits"][0]["score"] > 0.9
     assert all(len(r["hits"]) == 3 for r in report)
+    assert index_main([str(features), "-o", str(root / "index96"), "--dims", "96"]) == 0  # Matryoshka: half the width
+    assert search_main(["--index", str(root / "index96"), "--random-init", "tiny", "--image", str(copy), "-k", "1",
+                        "-o", str(root / "hits96")]) == 0
+    assert json.loads((root / "hits96" / "hits.json").read_text())[0]["hits"][0]["id"] == "chelsea.png"
+    assert Index.open(root / "index96").space.truncated_from == 192
     picture = Image.open(sheet)
     assert picture.size[1] > 2 * 160  # two query rows of thumbnails
     capsys.readouterr()

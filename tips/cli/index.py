@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(exact) when it fits, else IVF-SQ8, else OPQ-IVF-PQ")
     p.add_argument("--recall-target", type=float, default=0.95,
                    help="recall@10 an approximate index's nprobe is tuned to (default 0.95)")
+    p.add_argument("--dims", type=int, metavar="D", help="keep the first D dimensions (Matryoshka truncation, then "
+                   "renormalised); queries are cut the same way")
+    p.add_argument("--exact", action="store_true", help="a region index may be Flat when it fits --max-memory "
+                   "(by default region indexes are quantised: K² vectors per image)")
     p.add_argument("--add", action="store_true", help="append to the index in -o the rows whose ids it lacks")
     p.add_argument("--force", action="store_true", help="replace an index already in -o")
     return p
@@ -85,7 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--recall-target {args.recall_target}: expected a number in (0, 1]")
         budget = parse_memory(args.max_memory)
         vectors, rows = read_vectors(args.features, args.kind)
+        full = vectors.shape[1]
+        if args.dims is not None:
+            if not 1 <= args.dims <= full:
+                raise ValueError(f"--dims {args.dims}: expected 1..{full} (the vectors' width)")
+            vectors = vectors[:, :args.dims]
         space = features_space(args.features, args.kind, vectors.shape[1])
+        if args.dims is not None and args.dims < full:
+            space = EmbeddingSpace(space.model, space.fingerprint, space.kind, args.dims, truncated_from=full)
         exists = (args.out / INFO_FILE).is_file()
         if args.add:
             index = Index.open(args.out)
@@ -98,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if exists and not args.force:
             raise ValueError(f"{args.out} already holds an index: pass --add to append to it or --force to replace it")
-        index = Index.build(vectors, rows, space, budget, recall_target=args.recall_target)
+        index = Index.build(vectors, rows, space, budget, recall_target=args.recall_target,
+                            allow_flat=args.kind != "region" or args.exact)
         options = read_manifest(args.features)["identity"].get("options", {})
         index.info["extraction"] = {"folder": str(args.features.resolve()), "resolution": options.get("resolution")}
         index.save(args.out)

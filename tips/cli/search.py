@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..index import Index
-from ..index.queries import embed_images, embed_texts, model_space, region_heat
+from ..index.queries import embed_images, embed_texts, model_space, region_heat, truncate
 from ..index.sheet import contact_sheet
 from ..index.space import SpaceMismatchError
 from ..io.atomic import write_json_atomic
@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = Index.open(args.index)  # before the model: a wrong folder costs no model load
         loaded = model_from_args(args)
         model = loaded.model
-        space = model_space(model, loaded.name, index.space.kind)
+        width = index.space.width if index.space.truncated_from else None
+        space = model_space(model, loaded.name, index.space.kind, width)
+        cut = (lambda v: truncate(v, width)) if width else (lambda v: v)  # noqa: E731
         labels, results = [], []
         resolution = args.resolution or index.info.get("extraction", {}).get("resolution") or model.image_size
         if args.image and index.space.kind == "region":
@@ -69,12 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "a cls_alt or cls_syn index)")
         text_vectors = embed_texts(model, args.query) if args.query else None
         if args.query:
-            found = index.search(text_vectors, args.k, space)
+            found = index.search(cut(text_vectors), args.k, space)
             labels += list(args.query)
             results += list(zip(found.rows, found.scores.tolist()))
         if args.image:
             images = [Image.open(p) for p in args.image]
-            found = index.search(embed_images(model, images, resolution, index.space.kind), args.k, space)
+            found = index.search(cut(embed_images(model, images, resolution, index.space.kind)), args.k, space)
             labels += [f"image: {p.name}" for p in args.image]
             results += list(zip(found.rows, found.scores.tolist()))
     except (ValueError, FileNotFoundError, ImportError, SpaceMismatchError) as e:

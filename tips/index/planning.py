@@ -48,12 +48,13 @@ def nlist_for(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-def plan_index(n: int, d: int, max_memory: int) -> IndexPlan:
-    """The most exact index for ``n`` vectors of width ``d`` whose estimated size stays within ``max_memory`` bytes."""
+def plan_index(n: int, d: int, max_memory: int, allow_flat: bool = True) -> IndexPlan:
+    """The most exact index for ``n`` vectors of width ``d`` whose estimated size stays within ``max_memory`` bytes
+    (quantised even when Flat would fit, with ``allow_flat=False``: region indexes hold K² vectors per image)."""
     if n < 1 or d < 1:
         raise ValueError(f"cannot index {n} vectors of width {d}")
     flat = n * d * 4
-    if flat <= max_memory:
+    if flat <= max_memory and allow_flat:
         return IndexPlan("Flat", flat, True, None)
     nlist = nlist_for(n)
     centroids = nlist * d * 4

@@ -19,9 +19,19 @@ from ..models.tips import TIPS
 from .space import EmbeddingSpace
 
 
-def model_space(model: TIPS, name: str, kind: str) -> EmbeddingSpace:
-    """The space ``model`` embeds ``kind`` vectors in (its weights' fingerprint, as extraction records it)."""
-    return EmbeddingSpace(model=name, fingerprint=weights_fingerprint(model), kind=kind, width=model.width)
+def model_space(model: TIPS, name: str, kind: str, width: int | None = None) -> EmbeddingSpace:
+    """The space ``model`` embeds ``kind`` vectors in (its weights' fingerprint, as extraction records it); with
+    ``width`` below the model's, the Matryoshka truncation to that many dimensions."""
+    full = model.width
+    width = width or full
+    return EmbeddingSpace(model=name, fingerprint=weights_fingerprint(model), kind=kind, width=width,
+                          truncated_from=full if width < full else None)
+
+
+def truncate(vectors: np.ndarray, width: int) -> np.ndarray:
+    """(Q, D) → (Q, width) first dimensions, renormalised (Matryoshka)."""
+    cut = vectors[:, :width]
+    return cut / np.linalg.norm(cut, axis=1, keepdims=True)
 
 
 @torch.inference_mode()

@@ -83,6 +83,7 @@ class Index:
         k: int = 10,
         sample: int = 1000,
         seed: int = 0,
+        allow_flat: bool = True,
     ) -> Index:
         """vectors (N, D), normalised here; rows: columns of N values each, ``id`` among them. The factory is the
         most exact that fits ``max_memory`` (:func:`plan_index`); an approximate index's ``nprobe`` is the smallest
@@ -94,7 +95,7 @@ class Index:
         if d != space.width:
             raise ValueError(f"vectors are {d} wide but the space says width {space.width}")
         table = _rows_table(rows, n)
-        plan = plan_index(n, d, max_memory)
+        plan = plan_index(n, d, max_memory, allow_flat)
         started = time.perf_counter()
         index = faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
