@@ -15,7 +15,8 @@ from PIL import Image
 skimage_data = pytest.importorskip("skimage.data")
 
 from tips_pipelines import captions  # noqa: E402
-from tips_pipelines.captions import caption_shards, main, shards_for_process  # noqa: E402
+from tips.io.work_chunks import chunks_for_process  # noqa: E402
+from tips_pipelines.captions import caption_shards, main  # noqa: E402
 from tips_pipelines.tario import iter_tar_samples  # noqa: E402
 
 WORDS = "a photo of the cat dog man woman rocket coffee cup on table sky red blue".split()
@@ -146,5 +147,5 @@ def test_a_hub_id_offline_fails_clearly_and_names_the_model(shards: Path, tmp_pa
 
 def test_shard_i_goes_to_process_i_mod_n() -> None:
     paths = [Path(f"shard-{i:06d}.tar") for i in range(7)]
-    split = [shards_for_process(paths, rank, 3) for rank in range(3)]
+    split = [chunks_for_process(paths, rank, 3) for rank in range(3)]
     assert [[int(p.stem[-1]) for p in part] for part in split] == [[0, 3, 6], [1, 4], [2, 5]]

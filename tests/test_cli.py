@@ -46,7 +46,8 @@ def example_commands(text: str) -> list[list[str]]:
 
 def test_console_scripts_are_the_known_ones():
     assert set(SCRIPTS) == {"tips-extract", "tips-export", "tips-predict", "tips-shards", "tips-caption",
-                            "tips-scenes", "tips-train", "tips-probe", "tips-demo", "tips-merge", "tips-download"}
+                            "tips-scenes", "tips-train", "tips-probe", "tips-demo", "tips-merge", "tips-download",
+                            "tips-index", "tips-search"}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
@@ -70,6 +71,8 @@ def test_every_tips_probe_subcommand_takes_the_same_flags(capsys, sub):
 
 def parse_example(argv: list[str]) -> argparse.Namespace | None:
     """Parse one example with its command's own parser (nothing runs); None for a non-TIPS command."""
+    if argv[0] == "torchrun":  # torchrun [its flags] --no-python COMMAND ...
+        argv = argv[argv.index("--no-python") + 1:]
     if argv[:2] == ["accelerate", "launch"]:
         module = argv[argv.index("-m") + 1]
         argv = [MODULE_COMMANDS[module], *argv[argv.index("-m") + 2:]]
@@ -116,7 +119,7 @@ def test_extract_and_predict_examples_run(tmp_path, monkeypatch, capsys):
     assert [c[0] for c in commands] == ["tips-extract", "tips-predict"]
     for argv in commands:
         assert entry(argv[0])([*argv[1:], "--no-progress"]) == 0
-    assert (tmp_path / "out" / "demo" / "features.safetensors").is_file()
+    assert (tmp_path / "out" / "demo" / "features-00000.safetensors").is_file()
     assert (tmp_path / "out" / "depth" / "contact_sheet.png").is_file()
 
 

@@ -90,7 +90,7 @@ def test_cli_encodes_every_readable_image_and_names_each_broken_one(image_dir, m
     readable = sorted(PHOTOS + ODD)
     feats = load_features(out)
     assert sorted(feats.ids) == readable and feats.ids == sorted(feats.ids)  # square mode keeps the input order
-    with safe_open(str(out / "features.safetensors"), "pt") as f:
+    with safe_open(str(out / "features-00000.safetensors"), "pt") as f:
         assert f.metadata()["count"] == str(len(readable))
     skipped = {s["id"]: s["reason"] for s in json.loads((out / "skipped.json").read_text())}
     assert set(skipped) == set(BROKEN)
@@ -123,7 +123,7 @@ def test_console_script_runs_in_a_subprocess(image_dir, tmp_path):
                                  "--num-workers", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "2 images encoded, 0 skipped" in proc.stdout and "images/s" in proc.stdout
-    assert len(json.loads((tmp_path / "out/ids.json").read_text())) == 2
+    assert len((tmp_path / "out/ids.jsonl").read_text().splitlines()) == 2
 
 
 def _write_shard(path: Path, samples: dict[str, tuple[str, bytes]]) -> None:
@@ -149,8 +149,9 @@ def test_webdataset_shards_in_sharded_output_with_workers(image_dir, model, tmp_
                              progress=False)
     result = extract(source, out, model, options)
     index = json.loads((out / "index.json").read_text())
+    # a tar shard is one chunk of work (whatever --shard-size says): one output file per input shard
     assert [(s["file"], s["start"], s["count"]) for s in index["shards"]] == [
-        ("features-00000.safetensors", 0, 4), ("features-00001.safetensors", 4, 2)]
+        ("features-00000.safetensors", 0, 3), ("features-00001.safetensors", 3, 3)]
     feats = load_features(out)
     assert feats.ids == result.ids == [k for k, _ in samples]
     assert feats.patch_tokens.shape == (6, 8, 8, model.width)
@@ -200,7 +201,7 @@ def test_no_readable_image_is_an_error_that_lists_the_reasons(image_dir, model, 
         extract([image_dir / "broken/text.jpg", image_dir / "broken/truncated.jpg"], tmp_path / "a", model,
                 ExtractOptions(progress=False))
     assert len(json.loads((tmp_path / "a/skipped.json").read_text())) == 2
-    assert not (tmp_path / "a/features.safetensors").exists()
+    assert not list((tmp_path / "a").glob("features*.safetensors"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         extract(tmp_path / "empty", tmp_path / "b", model, ExtractOptions(progress=False))

@@ -23,8 +23,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "data": {"io", "models"},
     "train": {"models", "formats", "data", "losses", "io"},
     "inference": {"models", "formats", "io"},
+    "index": {"inference", "models", "formats", "io"},
     "serve": {"inference", "formats"},
-    "cli": {"io", "models", "losses", "formats", "data", "train", "inference", "serve"},
+    "cli": {"io", "models", "losses", "formats", "data", "train", "inference", "index", "serve"},
 }
 FLOORS = sorted(MAY_IMPORT)
 TOP_LEVEL_PACKAGES = {"tips", "tips_eval", "tips_pipelines", "tips_reference"}

@@ -45,7 +45,8 @@ def test_a_second_model_into_a_sharded_folder_is_refused_then_replaced_cleanly_w
     fresh = extract(images, tmp_path / "fresh", model(1), opts())
     got = load_features(out)
     assert got.cls_alt.equal(load_features(tmp_path / "fresh").cls_alt) and fresh.count == 40
-    assert not list(out.glob("features-*.safetensors")) and not (out / "index.json").exists()
+    names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.name != "manifest.json")  # noqa: E731
+    assert names(out) == names(tmp_path / "fresh")  # no chunk of the first job (it had two) is left
 
 
 def test_texts_and_pca_of_an_earlier_job_never_stay_beside_new_features(images, tmp_path):
@@ -59,28 +60,40 @@ def test_texts_and_pca_of_an_earlier_job_never_stay_beside_new_features(images, 
     assert extract_main([str(images), "-o", str(out), "--random-init", "tiny", "--seed", "1", "--resolution", "28",
                          "--no-progress", "--num-workers", "0", "--force"]) == 0
     left = sorted(p.name for p in out.iterdir())
-    assert left == ["features.safetensors", "ids.json", "manifest.json", "skipped.json"]
+    assert left == ["chunk-00000.done.json", "features-00000.safetensors", "ids.jsonl", "img_emb", "img_emb_syn", "index.json",
+                    "manifest.json", "metadata", "skipped.json"]
 
 
-def test_a_job_killed_after_its_first_shard_is_reported_incomplete_and_resumes(images, tmp_path, monkeypatch):
+def test_a_job_killed_after_its_first_chunk_is_reported_incomplete_and_resumes_from_the_next(images, tmp_path,
+                                                                                               monkeypatch):
     out = tmp_path / "features"
-    write = extract_module.FeatureWriter._write
+    close = extract_module.ChunkWriter.close
 
-    def killed_after_one(self, n):
-        if self.shards:
+    def killed_after_one(self):
+        if self.chunk >= 1:
             raise KeyboardInterrupt("killed")
-        write(self, n)
+        return close(self)
 
-    monkeypatch.setattr(extract_module.FeatureWriter, "_write", killed_after_one)
+    monkeypatch.setattr(extract_module.ChunkWriter, "close", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         extract(images, out, model(0), opts(shard_size=32))
     with pytest.raises(IncompleteExtraction, match="incomplete extraction"):
         load_features(out)
-    monkeypatch.setattr(extract_module.FeatureWriter, "_write", write)
+    monkeypatch.setattr(extract_module.ChunkWriter, "close", close)
     with pytest.raises(FolderOwnedError):  # another job may not take over a half-written folder either
         extract(images, out, model(1), opts(shard_size=32))
-    extract(images, out, model(0), opts(shard_size=32))  # the same job resumes
-    assert len(load_features(out).ids) == 40
+    first = (out / "features-00000.safetensors").stat().st_mtime_ns
+    resumed = extract(images, out, model(0), opts(shard_size=32))  # the same job resumes
+    assert resumed.encoded_here == 8  # only the second chunk (40 images: 32 + 8) was encoded again
+    assert (out / "features-00000.safetensors").stat().st_mtime_ns == first
+    got = load_features(out)
+    assert len(got.ids) == 40 == len(set(got.ids))
+    assert got.cls_alt.equal(load_features_of_a_fresh_run(images, tmp_path).cls_alt)
+
+
+def load_features_of_a_fresh_run(images, tmp_path):
+    extract(images, tmp_path / "fresh", model(0), opts(shard_size=32))
+    return load_features(tmp_path / "fresh")
 
 
 def test_two_probe_checkpoints_named_final_write_two_result_files(tmp_path):

@@ -52,6 +52,9 @@ _PUBLIC: dict[str, str] = {
     "value_readout": "tips.inference.open_vocab",
     "load_preset": "tips.inference.open_vocab",
     "write_open_vocab": "tips.inference.open_vocab",
+    # index: search over embeddings
+    "Index": "tips.index.vector_index",
+    "EmbeddingSpace": "tips.index.space",
 }
 
 __all__ = sorted(_PUBLIC)

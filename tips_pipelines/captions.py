@@ -23,7 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tips.io import DEFAULT_MAX_PIXELS, ImageDecodeError, ShardFile, decode_image, encode_sample, sha256_file, write_json_atomic
+from tips.io import DEFAULT_MAX_PIXELS, ImageDecodeError, ShardFile, decode_image, encode_sample, write_json_atomic
+from tips.io.work_chunks import chunks_for_process, is_done, read_marker, write_marker
 from tips.models import to_rgb
 from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
 from tips.cli.model_args import add_output_arg
@@ -33,7 +34,6 @@ from .tario import (
     TarSample,
     dumps_json,
     iter_tar_samples,
-    read_json,
     resolve_shards,
 )
 
@@ -149,26 +149,12 @@ def load_captioner(
 # ----------------------------------------------------------------------------------------------------------- shards
 
 
-def shards_for_process(paths: Sequence[Path], index: int, count: int) -> list[Path]:
-    """Shard i goes to process i % count."""
-    return list(paths[index::count])
-
-
 def _marker(out: Path, shard: Path) -> Path:
     return out / f"{shard.name}.done.json"
 
 
-def _is_done(out: Path, shard: Path, settings: dict[str, Any]) -> bool:
-    """A marker for the same input and settings, and an output whose bytes match it."""
-    marker, target = read_json(_marker(out, shard)) or {}, out / shard.name
-    output = marker.get("output") or {}
-    return (
-        marker.get("settings") == settings
-        and marker.get("input") == {"name": shard.name, "bytes": shard.stat().st_size}
-        and target.is_file()
-        and target.stat().st_size == output.get("bytes")
-        and sha256_file(target) == output.get("sha256")
-    )
+def _input(shard: Path) -> dict[str, Any]:
+    return {"name": shard.name, "bytes": shard.stat().st_size}
 
 
 class _SampleProblem(Exception):
@@ -236,28 +222,18 @@ def caption_shard(
         except ShardReadError as e:  # keep what came before the damage; the report names the shard
             read_error = str(e)
         flush()
-        size, sha = writer.commit()
+        writer.commit()
     except BaseException:
         writer.abort()
         raise
-    marker = {
-        "format": FORMAT,
-        "settings": settings,
-        "input": {"name": shard.name, "bytes": shard.stat().st_size},
-        "output": {"bytes": size, "sha256": sha},
-        "samples": samples,
-        "captioned": samples - len(failures),
-        "failures": failures,
-        "read_error": read_error,
-    }
-    write_json_atomic(_marker(out, shard), marker)
-    return marker
+    return write_marker(_marker(out, shard), settings, _input(shard), [out / shard.name], format=FORMAT,
+                        samples=samples, captioned=samples - len(failures), failures=failures, read_error=read_error)
 
 
 def _summarise(out: Path, paths: Sequence[Path], settings: dict[str, Any]) -> CaptionReport:
     report = CaptionReport(shards=len(paths))
     for shard in paths:
-        marker = read_json(_marker(out, shard))
+        marker = read_marker(_marker(out, shard))
         if marker is None or marker.get("settings") != settings:
             report.missing.append(shard.name)
             continue
@@ -295,8 +271,8 @@ def caption_shards(
     out.mkdir(parents=True, exist_ok=True)
     settings = {"model": model, "prompt": prompt, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                 "dtype": "bfloat16" if accelerator.device.type == "cuda" else "float32"}
-    mine = shards_for_process(paths, accelerator.process_index, accelerator.num_processes)
-    todo = [p for p in mine if not _is_done(out, p, settings)]
+    mine = chunks_for_process(paths, accelerator.process_index, accelerator.num_processes)
+    todo = [p for p in mine if not is_done(_marker(out, p), settings, _input(p))]
     loaded: list[Captioner] = []
 
     def captioner() -> Captioner:  # loaded on first use: a fully resumed run needs no model

@@ -26,6 +26,8 @@ examples:
   tips-extract out/demo/images -o out/features --random-init tiny --patch-tokens --pca 4
   # an official model (downloaded once into the cache), webdataset shards, 10,000 images per output file
   tips-extract 'shards/train-{000000..000009}.tar' -o out/features --model tips-v2-b14 --shard-size 10000
+  # every GPU of a node (chunk i on process i mod 8; the same command again resumes a killed run)
+  torchrun --nproc_per_node 8 --no-python tips-extract photos/ -o out/features --model tips-v2-b14 --regions 4
 """
 
 
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="tips-extract", description="Encode images with a TIPS model into safetensors.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="*", help="folder, glob, list file, image, or webdataset shards (a-{000..009}.tar)")
-    add_output_arg(p, "output folder (features.safetensors, ids.json, skipped.json, ...)")
+    add_output_arg(p, "output folder (features-*.safetensors, img_emb/, metadata/, ids.jsonl, skipped.json, ...)")
     p.add_argument("--demo", nargs="?", const="", metavar="DIR",
                    help="generate demo images into DIR/images (DIR default: --out) and extract them into DIR")
     add_model_args(p, inference=False)
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--save-dtype", choices=sorted(DTYPES), default="float32", help="dtype of stored features")
     o.add_argument("--texts", help="prompts file (one per line) → text_embeddings.safetensors")
     o.add_argument("--pca", type=int, default=0, metavar="N", help="PCA picture of the first N images (pca.png)")
+    o.add_argument("--regions", type=int, metavar="K", help="also store K x K region vectors per image (value-readout "
+                   "patch features per cell, normalised) for text → region search (tips-index --kind region)")
     x = p.add_argument_group("run")
     x.add_argument("--batch-size", type=int, default=32)
     x.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
@@ -65,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_args(x)
     x.add_argument("--no-progress", action="store_true")
     add_debug_arg(x)
+    x.add_argument("--rank", type=int, help="this process's share without a launcher (SLURM arrays: "
+                   "$SLURM_ARRAY_TASK_ID); torchrun and accelerate launch set it themselves")
+    x.add_argument("--world-size", type=int, help="the number of processes sharing the job (with --rank)")
     x.add_argument("--force", action="store_true",
                    help="the output folder holds another job's extraction: replace its files (otherwise refused)")
     return p
@@ -77,7 +84,8 @@ def options_from_args(args: argparse.Namespace) -> ExtractOptions:
         num_workers=args.num_workers, device=args.device, dtype=args.dtype, save_dtype=args.save_dtype,
         quantize=args.quantize, patch_tokens=args.patch_tokens, pool_patches=args.pool_patches,
         shard_size=args.shard_size, max_pixels=args.max_pixels, texts=args.texts, pca=args.pca,
-        progress=not args.no_progress, force=args.force,
+        progress=not args.no_progress, force=args.force, regions=args.regions, rank=args.rank,
+        world_size=args.world_size,
     )
 
 

@@ -1,11 +1,10 @@
 """Feature extraction: ``tips.extract(sources, output, model, ExtractOptions(...))``, which ``tips-extract`` runs.
 
-Output folder layout (rows follow ``ids``; see docs in ``extract``):
-
-- ``features.safetensors``: ``cls_alt`` (N, D), ``cls_syn`` (N, D), optionally ``patch_tokens`` (N, h, w, D);
-  with ``shard_size``: ``features-00000.safetensors`` … and ``index.json`` (file, start row, count per shard);
-- ``ids.json`` (a list; ``ids.jsonl`` when sharded, one JSON string per line); ``skipped.json`` ([{id, reason}]);
-- optionally ``pca.png`` and ``text_embeddings.safetensors`` (``text`` (T, D)) with ``texts.json``.
+Output folder layout (docs/extraction.md): per chunk of work ``features-{i:05d}.safetensors`` and the npy/parquet
+files of :mod:`tips.inference.chunk_writer`, with the chunk's done marker; once every chunk is done ``ids.jsonl``,
+``index.json`` (file, start row, count per chunk), ``skipped.json`` ([{id, reason}]), optionally ``pca.png`` and
+``text_embeddings.safetensors`` with ``texts.json``, and last ``manifest.json``. :func:`load_features` also reads
+the single-file layout of earlier releases (``features.safetensors`` + ``ids.json``).
 """
 
 from __future__ import annotations
@@ -25,19 +24,24 @@ from safetensors.torch import load_file, save_file
 
 from ..io.atomic import atomic_path, write_text_atomic
 from ..io.images import DEFAULT_MAX_PIXELS
-from ..io.sources import find_images
+from ..io.sources import ImageRef, find_images
+from ..io.work_chunks import chunks_for_process, is_done, process_place, read_marker, write_marker
 from ..models.dtypes import resolve_dtype
 from ..models.preprocess import Preprocess
 from ..models.tips import TIPS
 from . import job_folder
 from . import encoding
 from .encoding import ImageProgress
+from .chunk_writer import ChunkWriter, chunk_file
+from .embedding_files import vector_file, write_rows, write_vectors
 from .images import Decoded, ImageDataset, collate_decoded
+from .regions import encode_with_regions
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .pca import save_pca_picture
 from .precision import autocast, prepare_for_inference
 
 FORMAT = "tips-features"
+DEFAULT_CHUNK = 1024  # images per chunk of files (a tar shard is one chunk): the unit a rerun skips
 
 
 class NoReadableImages(RuntimeError):
@@ -55,6 +59,8 @@ class ExtractResult:
     pca: Path | None = None
     text: Path | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per-image shape of each stored key
+    encoded_here: int = 0  # images this process encoded (0 when every chunk was already done)
+    pending: str | None = None  # set when other processes' chunks are not done yet: the folder is not complete
 
     @property
     def count(self) -> int:
@@ -62,9 +68,11 @@ class ExtractResult:
 
     @property
     def images_per_second(self) -> float:
-        return self.count / max(self.seconds, 1e-9)
+        return self.encoded_here / max(self.seconds, 1e-9)
 
     def summary(self) -> str:
+        if self.pending:
+            return f"{self.encoded_here} images encoded here ({self.seconds:.1f} s); {self.pending}"
         lines = [
             f"{self.count} images encoded, {len(self.skipped)} skipped, {self.images_per_second:.1f} images/s "
             f"({self.seconds:.1f} s)"
@@ -74,12 +82,13 @@ class ExtractResult:
             lines.append(f"  … and {len(self.skipped) - 20} more skipped (all listed in skipped.json)")
         shapes = ", ".join(f"{k} (h, w, {v[-1]}) per image" if k.endswith(">") else f"{k} {(self.count, *v)}"
                            for k, v in self.shapes.items())
-        shards = [p for p in self.files if p.name.startswith("features")]
-        if len(shards) > 1:
-            lines.append(f"  wrote {len(shards)} shards {shards[0]} … {shards[-1].name}  [{shapes}]")
-        elif shards:
-            lines.append(f"  wrote {shards[0]}  [{shapes}]")
-        lines += [f"  wrote {p}" for p in self.files if p not in shards]
+        chunks = [p for p in self.files if p.name.startswith("features-")]
+        if chunks:
+            folders = sorted({p.parent.name + "/" for p in self.files if p.parent != chunks[0].parent})
+            lines.append(f"  wrote {len(chunks)} chunk{'s' * (len(chunks) > 1)} into {chunks[0].parent}: "
+                         f"features-*.safetensors [{shapes}], {', '.join(folders)}")
+        named = ("pca.png", "text_embeddings.safetensors", "skipped.json")
+        lines += [f"  wrote {p}" for p in self.files if p.name in named]
         return "\n".join(lines)
 
 
@@ -87,65 +96,6 @@ class ExtractResult:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
-class FeatureWriter:
-    """Buffers per-image features and writes them as one safetensors file or shards of ``shard_size`` rows.
-
-    ragged: patch grids differ per image (keep-aspect, unpooled) and are stored as ``patch_tokens.<row>`` (h, w, D).
-    """
-
-    def __init__(
-        self, out_dir: Path, shard_size: int | None, save_dtype: torch.dtype, metadata: dict[str, str], ragged: bool
-    ) -> None:
-        self.out_dir, self.shard_size, self.save_dtype = out_dir, shard_size, save_dtype
-        self.metadata, self.ragged = metadata, ragged
-        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        self.ids: list[str] = []
-        self.shards: list[dict] = []
-        self.files: list[Path] = []
-        self.shapes: dict[str, tuple[int, ...]] = {}  # per-image shape of each stacked key
-
-    def add(self, ids: list[str], cls_alt: torch.Tensor, cls_syn: torch.Tensor, patches: torch.Tensor | None) -> None:
-        """cls_alt, cls_syn (B, D); patches (B, h, w, D) or None."""
-        for i, id_ in enumerate(ids):
-            self.ids.append(id_)
-            self.rows.append((cls_alt[i], cls_syn[i], None if patches is None else patches[i]))
-        while self.shard_size and len(self.rows) >= self.shard_size:
-            self._write(self.shard_size)
-
-    def _write(self, n: int) -> None:
-        rows, self.rows = self.rows[:n], self.rows[n:]
-        start = sum(s["count"] for s in self.shards)
-        name = f"features-{len(self.shards):05d}.safetensors" if self.shard_size else "features.safetensors"
-        cast = lambda t: t.to(self.save_dtype)  # noqa: E731
-        tensors = {"cls_alt": cast(torch.stack([r[0] for r in rows])), "cls_syn": cast(torch.stack([r[1] for r in rows]))}
-        if rows and rows[0][2] is not None:
-            if self.ragged:
-                tensors.update({f"patch_tokens.{i:06d}": cast(r[2]) for i, r in enumerate(rows)})
-            else:
-                tensors["patch_tokens"] = cast(torch.stack([r[2] for r in rows]))
-        self.shapes = {k: tuple(v.shape[1:]) for k, v in tensors.items() if not k.startswith("patch_tokens.")}
-        if self.ragged and rows and rows[0][2] is not None:
-            self.shapes["patch_tokens.<row>"] = tuple(rows[0][2].shape[-1:])
-        meta = {**self.metadata, "count": str(n), "start": str(start), "ragged_patch_tokens": str(self.ragged)}
-        _atomic_save(tensors, self.out_dir / name, meta)
-        self.shards.append({"file": name, "start": start, "count": n})
-        self.files.append(self.out_dir / name)
-
-    def close(self) -> list[Path]:
-        """Write what is left, the ids sidecar and (sharded) ``index.json``; returns every file written."""
-        if self.rows or (not self.shard_size and self.ids):
-            self._write(len(self.rows))
-        if self.shard_size:
-            write_text_atomic(self.out_dir / "ids.jsonl", "".join(json.dumps(i) + "\n" for i in self.ids))
-            index = {"format": FORMAT, "count": len(self.ids), "shards": self.shards, "ids": "ids.jsonl", **self.metadata}
-            write_text_atomic(self.out_dir / "index.json", json.dumps(index, indent=1))
-            self.files += [self.out_dir / "ids.jsonl", self.out_dir / "index.json"]
-        else:
-            write_text_atomic(self.out_dir / "ids.json", json.dumps(self.ids))
-            self.files.append(self.out_dir / "ids.json")
-        return self.files
 
 
 @dataclass
@@ -213,25 +163,29 @@ class BatchEncoder:
     """Writes encoded batches of decoded images and keeps the first ``pca`` images for the picture; a job of
     :func:`run_batches` (``model``, ``dtype``, ``encode``, ``write``)."""
 
-    def __init__(self, model: TIPS, dtype: torch.dtype, writer: FeatureWriter, keep_patches: bool,
-                 pool_patches: int | None, pca: int) -> None:
+    def __init__(self, model: TIPS, dtype: torch.dtype, writer: ChunkWriter, keep_patches: bool,
+                 pool_patches: int | None, pca: int, regions: int | None = None) -> None:
         self.model, self.dtype, self.writer = model, dtype, writer
-        self.keep_patches, self.pool_patches, self.pca = keep_patches, pool_patches, pca
+        self.keep_patches, self.pool_patches, self.pca, self.regions = keep_patches, pool_patches, pca, regions
         # (id, image (3,H,W), patches (h,w,D), photo (H, W))
         self.pca_items: list[tuple[str, torch.Tensor, torch.Tensor, tuple[int, int] | None]] = []
 
-    @staticmethod
-    def encode(model: TIPS, images: torch.Tensor):
+    def encode(self, model: TIPS, images: torch.Tensor):
+        """ImageFeatures, or (ImageFeatures, regions (B, K², D)) with ``regions`` (one pass through the tower)."""
+        if self.regions:
+            return encode_with_regions(model, images, self.regions)
         return model.encode_image(images)
 
     def write(self, out, items: list[Decoded]) -> None:
+        out, regions = out if self.regions else (out, None)
         for_pca = items[: max(0, self.pca - len(self.pca_items))]
         patches = out.patch_tokens.float().cpu() if self.keep_patches or for_pca else None
         self.pca_items += [(it.id, it.image, p, it.photo_size) for it, p in zip(for_pca, patches if for_pca else [])]
         if self.pool_patches is not None:
             patches = pool_patch_grid(patches, self.pool_patches)
+        grid = tuple(out.patch_tokens.shape[1:3])
         self.writer.add([it.id for it in items], out.cls_alt.float().cpu(), out.cls_syn.float().cpu(),
-                        patches if self.keep_patches else None)
+                        patches if self.keep_patches else None, None if regions is None else regions.float().cpu(), grid)
 
 
 def run_batches(loader: Iterable[list[Decoded]], total: int, batch_size: int, job, progress: bool | ImageProgress,
@@ -285,6 +239,10 @@ class ExtractOptions:
     texts: a prompts file (one per line) or a list of prompts → ``text_embeddings.safetensors``.
     pca: a PCA picture of the first ``pca`` images (``pca.png``).
     force: the output folder holds another job's extraction: replace it (otherwise refused, naming both jobs).
+    regions: K: also store region vectors, the value-readout patch features averaged over a K x K grid and
+        normalised, with their cell boxes (``region_emb/``, ``region_metadata/``), for text → region search.
+    rank, world_size: this process's share (chunk i on process i mod n); default: ``RANK`` / ``WORLD_SIZE`` as
+        ``torchrun`` and ``accelerate launch`` set them, else one process. Give both for SLURM arrays.
     """
 
     resolution: int | None = None
@@ -303,6 +261,9 @@ class ExtractOptions:
     pca: int = 0
     progress: bool = True
     force: bool = False  # replace another job's extraction in ``output`` (tips.inference.job_folder)
+    regions: int | None = None
+    rank: int | None = None
+    world_size: int | None = None
 
 
 def extract(
@@ -316,50 +277,140 @@ def extract(
     sources: folder (recursive), glob, list file, image file, or webdataset ``.tar`` shards (brace patterns).
     model: a TIPS model, anything ``tips.load`` reads, or a :class:`tips.inference.LoadedModel` (a random baseline
         with its provenance, for example).
+
+    The work is split into chunks fixed by the input (one per tar shard, else ``shard_size`` consecutive files,
+    :data:`DEFAULT_CHUNK` by default), never by the number of processes; chunk i goes to process i mod n. Each
+    chunk's files are written, then its done marker (``chunks/``); a rerun skips done chunks, so a killed run, on
+    any number of processes, finishes where it stopped. Whichever process finds every chunk done writes the
+    folder's index, ``skipped.json``, the text embeddings and, last, the complete manifest.
     Unreadable images are skipped and listed (``skipped.json``); if none is readable, NoReadableImages is raised.
     """
     o = options
+    rank, world = process_place(o.rank, o.world_size)
+    if o.force and world > 1:
+        raise ValueError("--force with several processes would let one delete what another writes: replace the "
+                         "folder with one process first (or remove it), then launch the processes")
     refs = find_images(sources)
     if not refs:
         raise ValueError(f"no images found in {sources}")
     loaded = as_loaded(model)
     net, model_name = loaded.model, loaded.name
     resolution = o.resolution or net.preprocess.size
-    prompts = _check_options(net, resolution, o.pool_patches, o.texts)
+    prompts = _check_options(net, resolution, o.pool_patches, o.texts, o.regions)
     dev = next(net.parameters()).device if o.device is None and isinstance(model, TIPS) else resolve_device(o.device)
+    if world > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     dtype, save_dtype = resolve_dtype(o.dtype), resolve_dtype(o.save_dtype)
     out_dir = Path(output)
     identity = job_identity(sources, loaded, resolution, prompts, o)
     job_folder.claim(out_dir, identity, o.force)  # one job per folder: before anything is written
     prepare_for_inference(net, dev, o.quantize)
 
+    chunks = plan_chunks(refs, o.shard_size)
+    sources_of = {r.id: (f"{r.path}#{r.id}" if r.in_shard else r.path) for r in refs}
     metadata = {"format": FORMAT, "model": model_name, "resolution": str(resolution), "keep_aspect": str(o.keep_aspect),
                 "patch_size": str(net.patch_size), "pool_patches": str(o.pool_patches),
                 "dtype": str(save_dtype).removeprefix("torch."), "compute_dtype": str(dtype).removeprefix("torch."),
                 "quantize": str(o.quantize)}
-    writer = FeatureWriter(out_dir, o.shard_size, save_dtype, metadata, ragged=o.keep_aspect and o.pool_patches is None)
-    encoder = BatchEncoder(net, dtype, writer, o.patch_tokens or o.pool_patches is not None, o.pool_patches, o.pca)
-    dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
-                                         collate_fn=collate_decoded)
+    mine = [i for i in chunks_for_process(range(len(chunks)), rank, world)
+            if not is_done(_marker(out_dir, i), identity, _chunk_input(i, chunks[i]))]
+    # rank 0's bar covers every process: its own images as they are encoded, the others' as their chunks finish
+    others = [i for i in range(len(chunks)) if i % world != rank and not _marker(out_dir, i).exists()]
+    bar = ImageProgress(sum(len(chunks[i]) for i in mine + others), o.progress and rank == 0,
+                        "images" if world == 1 else f"images ({world} processes)")
     start = time.perf_counter()
-    skipped = run_batches(loader, len(refs), o.batch_size, encoder, o.progress)
+    encoded = 0
+    with bar:
+        for i in mine:
+            writer = ChunkWriter(out_dir, i, save_dtype, metadata, ragged=o.keep_aspect and o.pool_patches is None,
+                                 sources=sources_of, regions=o.regions)
+            encoder = BatchEncoder(net, dtype, writer, o.patch_tokens or o.pool_patches is not None, o.pool_patches,
+                                   o.pca if i == 0 else 0, o.regions)
+            dataset = ImageDataset(chunks[i], Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
+                                                 collate_fn=collate_decoded)
+            skipped = run_batches(loader, len(chunks[i]), o.batch_size, encoder, bar)
+            files = writer.close()
+            if encoder.pca_items:
+                ids, images, grids, photos = zip(*encoder.pca_items)
+                files.append(save_pca_picture(out_dir / "pca.png", images, grids, ids, photos))
+            write_marker(_marker(out_dir, i), identity, _chunk_input(i, chunks[i]), files, ids=writer.ids,
+                         skipped=[{"id": k, "reason": r} for k, r in skipped], shapes=writer.shapes)
+            encoded += len(writer.ids)
+            for j in [j for j in others if _marker(out_dir, j).exists()]:
+                others.remove(j)
+                bar.skipped(len(chunks[j]))
     seconds = time.perf_counter() - start
+    return _finish(out_dir, chunks, identity, prompts, net, model_name, metadata, seconds, encoded, rank, world)
 
+
+def plan_chunks(refs: Sequence[ImageRef], shard_size: int | None) -> list[list[ImageRef]]:
+    """The job's units of work: the images of one tar shard, or ``shard_size`` (default :data:`DEFAULT_CHUNK`)
+    consecutive files — fixed by the input alone, so any number of processes shares the same chunks."""
+    size = shard_size or DEFAULT_CHUNK
+    chunks: list[list[ImageRef]] = []
+    files: list[ImageRef] = []
+    for ref in refs:
+        if ref.in_shard:
+            if not chunks or not chunks[-1] or not chunks[-1][-1].in_shard or chunks[-1][-1].path != ref.path:
+                chunks.append([])
+            chunks[-1].append(ref)
+        else:
+            if not chunks or not chunks[-1] or chunks[-1][-1].in_shard or len(chunks[-1]) == size:
+                chunks.append([])
+            chunks[-1].append(ref)
+    return chunks
+
+
+def _marker(out_dir: Path, chunk: int) -> Path:
+    """Beside the chunk's files (a marker only vouches for files below its own folder)."""
+    return out_dir / f"chunk-{chunk:05d}.done.json"
+
+
+def _chunk_input(chunk: int, refs: Sequence[ImageRef]) -> dict:
+    """What the chunk reads: its number, count and a hash of its ids (a changed input makes it pending again)."""
+    digest = hashlib.sha256("\n".join(r.id for r in refs).encode()).hexdigest()[:16]
+    return {"chunk": chunk, "images": len(refs), "ids": digest}
+
+
+def _finish(out_dir: Path, chunks: list[list[ImageRef]], identity: dict, prompts: list[str] | None, net: TIPS,
+            model_name: str, metadata: dict, seconds: float, encoded: int, rank: int, world: int) -> ExtractResult:
+    """When every chunk is done: the folder's ids, index, skipped list, text embeddings and (last) manifest."""
+    markers = [read_marker(_marker(out_dir, i)) for i in range(len(chunks))]
+    pending = [i for i, m in enumerate(markers) if not (m and is_done(_marker(out_dir, i), identity, _chunk_input(i, chunks[i])))]
+    if pending:
+        return ExtractResult(ids=[], skipped=[], files=[], seconds=seconds, encoded_here=encoded,
+                             pending=f"rank {rank} of {world} done; {len(pending)} of {len(chunks)} chunks are other "
+                                     "processes' (or unfinished): the folder completes when the last one finishes")
+    ids = [i for m in markers for i in m["ids"]]
+    skipped = [(s["id"], s["reason"]) for m in markers for s in m["skipped"]]
     skipped_path = out_dir / "skipped.json"
     write_text_atomic(skipped_path, json.dumps([{"id": i, "reason": r} for i, r in skipped], indent=1))
-    if not writer.ids:
-        raise NoReadableImages(f"no readable images: all {len(refs)} skipped (reasons in {skipped_path})")
-    result = ExtractResult(ids=writer.ids, skipped=skipped, files=writer.close() + [skipped_path], seconds=seconds,
-                           shapes=writer.shapes)
-    if o.pca > 0:
-        ids, images, grids, photos = zip(*encoder.pca_items)
-        result.pca = save_pca_picture(out_dir / "pca.png", images, grids, ids, photos)
-        result.files.append(result.pca)
+    if not ids:
+        raise NoReadableImages(f"no readable images: all {len(skipped)} skipped (reasons in {skipped_path})")
+    shards, start, files = [], 0, [skipped_path]
+    for i, m in enumerate(markers):
+        files += [out_dir / f["name"] for f in m["outputs"]] + [_marker(out_dir, i)]
+        if m["ids"]:
+            shards.append({"file": chunk_file(i), "start": start, "count": len(m["ids"])})
+            start += len(m["ids"])
+    write_text_atomic(out_dir / "ids.jsonl", "".join(json.dumps(i) + "\n" for i in ids))
+    index = {"format": FORMAT, "count": len(ids), "shards": shards, "ids": "ids.jsonl", **metadata}
+    write_text_atomic(out_dir / "index.json", json.dumps(index, indent=1))
+    files += [out_dir / "ids.jsonl", out_dir / "index.json"]
+    shapes = next((m.get("shapes") for m in markers if m.get("shapes")), {})
+    result = ExtractResult(ids=ids, skipped=skipped, files=files, seconds=seconds, encoded_here=encoded,
+                           shapes={k: tuple(v) for k, v in shapes.items()})
+    if out_dir / "pca.png" in files:
+        result.pca = out_dir / "pca.png"
     if prompts is not None:
-        result.text = _write_text_embeddings(out_dir, prompts, encode_prompts(net, prompts), model_name)
+        emb = encode_prompts(net, prompts)
+        result.text = _write_text_embeddings(out_dir, prompts, emb, model_name)
         result.files += [result.text, out_dir / "texts.json"]
-    job_folder.complete(out_dir, identity, result.files)  # last: the folder now holds exactly this job
+        write_vectors(out_dir, "text", 0, emb.numpy())
+        result.files += [vector_file(out_dir, "text", 0), write_rows(out_dir, "text", 0, {"id": list(range(len(prompts))),
+                                                                                         "caption": prompts})]
+    job_folder.complete(out_dir, identity, result.files, rows=len(ids))  # last: the folder holds exactly this job
     return result
 
 
@@ -372,19 +423,22 @@ def job_identity(sources, loaded: LoadedModel, resolution: int, prompts: list[st
     options = {"resolution": resolution, "keep_aspect": o.keep_aspect, "dtype": str(resolve_dtype(o.dtype)),
                "save_dtype": str(resolve_dtype(o.save_dtype)), "quantize": o.quantize,
                "patch_tokens": o.patch_tokens, "pool_patches": o.pool_patches, "shard_size": o.shard_size,
-               "max_pixels": o.max_pixels or None, "texts": texts, "pca": o.pca}
+               "max_pixels": o.max_pixels or None, "texts": texts, "pca": o.pca, "regions": o.regions}
     model = {"name": loaded.name, "record": json.loads(json.dumps(loaded.record, default=str)),
              "weights": job_folder.weights_fingerprint(loaded.model)}
     return {"model": model, "sources": [str(Path(i).resolve()) if Path(i).exists() else str(i) for i in items],
             "options": options}
 
 
-def _check_options(net: TIPS, resolution: int, pool_patches: int | None, texts) -> list[str] | None:
+def _check_options(net: TIPS, resolution: int, pool_patches: int | None, texts,
+                   regions: int | None = None) -> list[str] | None:
     """Validate options against the model before any image is read; returns the prompts (or None)."""
     check_resolution(resolution, net.patch_size)
     grid = resolution // net.patch_size
     if pool_patches is not None and not 1 <= pool_patches <= grid:
         raise ValueError(f"--pool-patches {pool_patches} must be in 1..{grid} (the patch grid at {resolution} px)")
+    if regions is not None and not 1 <= regions <= grid:
+        raise ValueError(f"--regions {regions} must be in 1..{grid} (the patch grid at {resolution} px)")
     if texts is None:
         return None
     if net.text is None or net.tokenizer is None:

@@ -30,6 +30,8 @@ FORMAT = "tips-extraction"
 VERSION = 1
 # Every name an extraction writes into its folder (what force and the end of a job may remove).
 OUTPUT_PATTERNS = ("features.safetensors", "features-*.safetensors", "ids.json", "ids.jsonl", "index.json",
+                   "chunk-*.done.json", "img_emb/*.npy", "img_emb_syn/*.npy", "metadata/*.parquet",
+                   "region_emb/*.npy", "region_metadata/*.parquet", "text_emb/*.npy", "text_metadata/*.parquet",
                    "skipped.json", "pca.png", "text_embeddings.safetensors", "texts.json")
 
 
@@ -70,6 +72,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
+def remove_empty_output_dirs(folder: Path) -> None:
+    """The sub-folders of the layout (``img_emb/`` …) that removing files left empty."""
+    for sub in {pattern.split("/")[0] for pattern in OUTPUT_PATTERNS if "/" in pattern}:
+        path = Path(folder) / sub
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def output_files(folder: Path) -> list[Path]:
     """Files of ``folder`` with a name an extraction writes (the manifest excluded)."""
     return sorted({p for pattern in OUTPUT_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()})
@@ -94,18 +104,22 @@ def claim(folder: str | Path, identity: dict[str, Any], force: bool = False) -> 
                                    "(ExtractOptions.force) to replace its contents")
         for path in existing:
             path.unlink()
+        remove_empty_output_dirs(folder)
         log.warning("%s: --force removed %d files of the earlier job (%s)", folder, len(existing), owner)
     _write(folder, identity, complete=False, files=[])
 
 
-def complete(folder: str | Path, identity: dict[str, Any], written: list[Path]) -> Path:
-    """Remove extraction files this job did not write (an earlier layout's), then write the manifest last."""
+def complete(folder: str | Path, identity: dict[str, Any], written: list[Path], **summary: Any) -> Path:
+    """Remove extraction files this job did not write (an earlier layout's), then write the manifest last, with
+    ``summary`` (e.g. ``rows``) beside the list of files."""
     folder = Path(folder)
     keep = {Path(p).resolve() for p in written}
     for path in output_files(folder):
         if path.resolve() not in keep:
             path.unlink()
-    return _write(folder, identity, complete=True, files=sorted(Path(p).name for p in written))
+    remove_empty_output_dirs(folder)
+    files = sorted(Path(p).resolve().relative_to(folder.resolve()).as_posix() for p in written)
+    return _write(folder, identity, complete=True, files=files, **summary)
 
 
 def check_complete(folder: str | Path) -> None:
@@ -118,8 +132,8 @@ def check_complete(folder: str | Path) -> None:
                                    "run the same tips-extract again to resume it")
 
 
-def _write(folder: Path, identity: dict[str, Any], complete: bool, files: list[str]) -> Path:
+def _write(folder: Path, identity: dict[str, Any], complete: bool, files: list[str], **summary: Any) -> Path:
     path = folder / MANIFEST
     write_text_atomic(path, json.dumps({"format": FORMAT, "version": VERSION, "identity": identity,
-                                        "complete": complete, "files": files}, indent=1))
+                                        "complete": complete, "files": files, **summary}, indent=1))
     return path

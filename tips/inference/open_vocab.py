@@ -121,19 +121,26 @@ def value_readout(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     vit = model.vision
     x = vit.blocks[:-1](vit.embed(images))  # (B, 2 + N, D) input of the last block
+    p = vit.patch_size
+    return readout_last_block(model, x, images.shape[-2] // p, images.shape[-1] // p)
+
+
+def readout_last_block(model: nn.Module, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The value readout from the last block's input x (B, 2 + N, D) → (B, h, w, D); see :func:`value_readout`.
+    Callers that also need the ordinary output run ``blocks[:-1]`` once and both last-block variants from x."""
+    vit = model.vision
     blk = vit.blocks[-1]
     attn = blk.attn
-    h = blk.norm1(x)
+    normed = blk.norm1(x)
     dim = getattr(attn, "attn_dim", x.shape[-1])
-    v = attn.qkv(h)[..., 2 * dim: 3 * dim]  # (B, 2 + N, D): per-token values, heads side by side
+    v = attn.qkv(normed)[..., 2 * dim: 3 * dim]  # (B, 2 + N, D): per-token values, heads side by side
     v = attn.norm(v)
     if getattr(attn, "gate", None) is not None:
-        v = v * attn.gate(h).sigmoid()
+        v = v * attn.gate(normed).sigmoid()
     x = x + blk.ls1(attn.proj(v))
     x = x + blk.ls2(blk.mlp(blk.norm2(x)))
     tokens = vit.norm(x)[:, 2:]  # drop CLS1, CLS2
-    p = vit.patch_size
-    return tokens.reshape(images.shape[0], images.shape[-2] // p, images.shape[-1] // p, -1)
+    return tokens.reshape(x.shape[0], h, w, -1)
 
 
 @dataclass
