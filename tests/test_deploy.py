@@ -158,3 +158,40 @@ def test_a_missing_deploy_extra_names_the_install_command(monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "onnxruntime", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'tips\[deploy\]'"):
         require("onnxruntime", "running ONNX graphs")
+
+
+def test_a_slow_path_is_named_from_the_cpu_flags_and_warned_once_by_autocast_and_quantize(tmp_path, monkeypatch):
+    import warnings
+
+    from tips.inference import precision
+
+    amx, avx2, sse = tmp_path / "amx", tmp_path / "avx2", tmp_path / "sse"
+    amx.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n")
+    avx2.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    sse.write_text("flags\t\t: fpu sse2 sse4_2\n")
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd\n")
+    warn = precision.slow_path_warning
+    assert "4-9x slower" in warn("cpu", "bfloat16", None, avx2) and "float32" in warn("cpu", "bfloat16", None, avx2)
+    assert warn("cpu", "bfloat16", None, amx) is None  # native bf16: the fast path
+    assert warn("cuda", "bfloat16", None, avx2) is None
+    assert warn("cpu", "float32", None, avx2) is None and warn("cpu", None, "int8", avx2) is None
+    assert "no AVX2" in warn("cpu", None, "int8", sse)
+    assert warn("cpu", "bfloat16", None, arm) is None and warn("cpu", "bfloat16", None, tmp_path / "missing") is None
+
+    read_flags = precision.cpu_flags
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": read_flags(sse))  # a fake CPU
+    precision._warn_once.cache_clear()
+    model = tips.create_model("tiny")
+    with pytest.warns(precision.SlowPathWarning, match="4-9x slower") as seen:
+        for _ in range(3):  # one warning for a whole run of batches
+            with tips.autocast(model, "bfloat16"):
+                pass
+    assert len(seen) == 1
+    with pytest.warns(precision.SlowPathWarning, match="no AVX2"):
+        tips.quantize(model, "int8")
+    precision._warn_once.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with tips.autocast(model, "float32"):  # the default never warns
+            pass

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..formats.optional import require
+from .precision import warn_slow_path
 
 MODES = ("int8",)
 BACKENDS = ("auto", "fbgemm", "torchao")
@@ -92,6 +93,7 @@ def quantize(model: nn.Module, mode: str = "int8", backend: str = "auto") -> nn.
         return model
     if device.type != "cpu":
         raise ValueError(f"backend='fbgemm' runs on CPU, but the model is on {device}: move it with .cpu() first")
+    warn_slow_path("cpu", None, "int8")
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         raise RuntimeError(f"this PyTorch build has no fbgemm engine ({torch.backends.quantized.supported_engines}); "
                            "use backend='torchao'")
