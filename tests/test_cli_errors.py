@@ -62,8 +62,8 @@ CASES = [
     ("tips-merge", ["a", "b", "-o", "{tmp}/o", "--weights", "1", "x"], 2, "--weights"),
     ("tips-merge", ["{tmp}/nope", "{tmp}/nope2", "-o", "{tmp}/o"], 1, "nope"),
     ("tips-merge", [OFFICIAL, OFFICIAL, "-o", "{tmp}/o"], 1, "offline"),
-    ("tips-train", ["--config", "configs/pretrain/demo_cpu.yaml", "--bogus"], 2, "--bogus"),
-    ("tips-train", ["--config", "configs/pretrain/demo_cpu.yaml", "run.steps=many"], 2, "run.steps=many"),
+    ("tips-train", ["--config", "pretrain/demo_cpu", "--bogus"], 2, "--bogus"),
+    ("tips-train", ["--config", "pretrain/demo_cpu", "run.steps=many"], 2, "run.steps=many"),
     ("tips-train", ["--config", "{tmp}/nope.yaml"], 2, "nope.yaml"),
     ("tips-probe", ["segmentaton"], 2, "segmentaton"),
     ("tips-probe", ["depth", "--dataset", "scenes:{tmp}", "--bogus"], 2, "--bogus"),
@@ -82,6 +82,15 @@ CASES = [
     ("tips-caption", ["{tmp}/nope", "-o", "{tmp}/o", "--captioner", "c"], 1, "nope"),
     ("tips-scenes", ["-o", "{tmp}/o", "--bogus"], 2, "--bogus"),
     ("tips-scenes", ["-o", "{tmp}/o", "--resolution", "3"], 2, "--resolution"),
+    ("tips-download", [OFFICIAL, "--bogus"], 2, "--bogus"),
+    ("tips-download", ["tips-v9-b14"], 2, "tips-v9-b14"),
+    ("tips-download", [OFFICIAL, "-o", "{tmp}/cache"], 1, "offline"),
+    ("tips-index", ["{tmp}", "-o", "{tmp}/i", "--bogus"], 2, "--bogus"),
+    ("tips-index", ["{tmp}", "-o", "{tmp}/i", "--kind", "patch"], 2, "--kind"),
+    ("tips-index", ["{tmp}/nope", "-o", "{tmp}/i"], 1, "nope"),
+    ("tips-search", ["--index", "{tmp}", "--query", "a cat", "--bogus"], 2, "--bogus"),
+    ("tips-search", ["--index", "{tmp}", "--query", "a cat", "-k", "0"], 2, "-k"),
+    ("tips-search", ["--index", "{tmp}/nope", "--query", "a cat", "--random-init", "tiny"], 1, "nope"),
 ]
 
 
@@ -241,7 +250,7 @@ def test_a_bad_override_value_names_the_override_and_the_accepted_forms(override
     from tips.train.config import load_config
 
     with pytest.raises(ValueError) as e:
-        load_config(ROOT / "configs/pretrain/demo_cpu.yaml", [override])
+        load_config("pretrain/demo_cpu", [override])
     message = str(e.value)
     assert "\n" not in message and named in message
     assert "Accepted forms" in message or "expected one of" in message, message
@@ -251,7 +260,7 @@ def test_a_misspelt_override_key_lists_the_keys_of_its_section():
     from tips.train.config import load_config
 
     with pytest.raises(ValueError, match=r"no key loss\.contrastiv \(the keys of loss: .*contrastive,") as e:
-        load_config(ROOT / "configs/pretrain/demo_cpu.yaml", ["loss.contrastiv=softmax"])
+        load_config("pretrain/demo_cpu", ["loss.contrastiv=softmax"])
     assert "\n" not in str(e.value)
 
 
@@ -290,7 +299,7 @@ def test_config_choices_are_enums_that_omegaconf_checks_with_the_key_named(tmp_p
     from tips.train.choices import Contrastive, MixedPrecision
     from tips.train.config import load_config
 
-    base, recipe = ROOT / "configs/pretrain/demo_cpu.yaml", tmp_path / "r.yaml"
+    base, recipe = "pretrain/demo_cpu", tmp_path / "r.yaml"
     recipe.write_text("loss:\n  contrastive: sigmoid\n")
     cfg = load_config([base, recipe], ["run.mixed_precision=no"])
     assert cfg.loss.contrastive is Contrastive.sigmoid and cfg.loss.contrastive == "sigmoid"

@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from ..formats import hub
+from .errors import CliParser, add_debug_arg, run_main
 
 EXAMPLES = """\
 examples:
@@ -22,13 +23,14 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(sorted(hub.OFFICIAL_MODELS))
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="tips-download", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f"Fetch (or list) the files of an official model ({names}) or DPT head (e.g. tips-v2-b14-depth).")
     p.add_argument("name", metavar="NAME", help="official model or head name")
     p.add_argument("--print-urls", action="store_true", help="list each file (role, size, sha256, URL, cache path); fetch nothing")
     p.add_argument("-o", "--out", "--cache", metavar="DIR",
                    help="cache folder to fill (default $TIPS_CACHE, else ~/.cache/tips)")
+    add_debug_arg(p)
     return p
 
 
@@ -47,14 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in files:
             print(f"{f.role}\t{_size(f.size)}\tsha256={f.sha256 or 'unknown'}\t{f.url}\t-> {f.path}")
         return 0
-    try:
-        paths = hub.download(args.name, args.out)
-    except (OSError, RuntimeError) as e:
-        print(f"tips-download: error: {e}", file=sys.stderr)
-        return 1
-    for path in paths:
-        print(path)
-    return 0
+
+    def fetch() -> int:
+        for path in hub.download(args.name, args.out):
+            print(path)
+        return 0
+
+    return run_main("tips-download", fetch, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from ..index.vector_index import INFO_FILE
 from ..inference.embedding_files import has_layout, read_embeddings
 from ..inference.extract import load_features
 from ..inference.job_folder import MANIFEST, check_complete, read_manifest
+from .errors import CliParser, add_debug_arg, run_main
 
 
 EXAMPLES = """\
@@ -30,7 +31,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-index", description=__doc__.splitlines()[0],
+    p = CliParser(prog="tips-index", description=__doc__.splitlines()[0],
                                 epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("features", type=Path, help="a complete tips-extract output folder")
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(by default region indexes are quantised: K² vectors per image)")
     p.add_argument("--add", action="store_true", help="append to the index in -o the rows whose ids it lacks")
     p.add_argument("--force", action="store_true", help="replace an index already in -o")
+    add_debug_arg(p)
     return p
 
 
@@ -84,39 +86,40 @@ def key_columns(rows: dict[str, list]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if not 0 < args.recall_target <= 1:
-            raise ValueError(f"--recall-target {args.recall_target}: expected a number in (0, 1]")
-        budget = parse_memory(args.max_memory)
-        vectors, rows = read_vectors(args.features, args.kind)
-        full = vectors.shape[1]
-        if args.dims is not None:
-            if not 1 <= args.dims <= full:
-                raise ValueError(f"--dims {args.dims}: expected 1..{full} (the vectors' width)")
-            vectors = vectors[:, :args.dims]
-        space = features_space(args.features, args.kind, vectors.shape[1])
-        if args.dims is not None and args.dims < full:
-            space = EmbeddingSpace(space.model, space.fingerprint, space.kind, args.dims, truncated_from=full)
-        exists = (args.out / INFO_FILE).is_file()
-        if args.add:
-            index = Index.open(args.out)
-            known = set(zip(*(index.rows.column(c).to_pylist() for c in key_columns(rows))))
-            keep = np.array([k not in known for k in zip(*(rows[c] for c in key_columns(rows)))], dtype=bool)
-            index.add(vectors[keep], {c: [v for v, k in zip(col, keep) if k] for c, col in rows.items()}, space)
-            index.save(args.out)
-            print(f"added {int(keep.sum())} of {len(keep)} rows ({len(keep) - int(keep.sum())} already there): "
-                  f"{len(index)} vectors in {args.out}")
-            return 0
-        if exists and not args.force:
-            raise ValueError(f"{args.out} already holds an index: pass --add to append to it or --force to replace it")
-        index = Index.build(vectors, rows, space, budget, recall_target=args.recall_target,
-                            allow_flat=args.kind != "region" or args.exact)
-        options = read_manifest(args.features)["identity"].get("options", {})
-        index.info["extraction"] = {"folder": str(args.features.resolve()), "resolution": options.get("resolution")}
+    return run_main("tips-index", lambda: build(args), debug=args.debug)
+
+
+def build(args: argparse.Namespace) -> int:
+    """The body of ``tips-index``: read, build or grow, save, report."""
+    if not 0 < args.recall_target <= 1:
+        raise ValueError(f"--recall-target {args.recall_target}: expected a number in (0, 1]")
+    budget = parse_memory(args.max_memory)
+    vectors, rows = read_vectors(args.features, args.kind)
+    full = vectors.shape[1]
+    if args.dims is not None:
+        if not 1 <= args.dims <= full:
+            raise ValueError(f"--dims {args.dims}: expected 1..{full} (the vectors' width)")
+        vectors = vectors[:, :args.dims]
+    space = features_space(args.features, args.kind, vectors.shape[1])
+    if args.dims is not None and args.dims < full:
+        space = EmbeddingSpace(space.model, space.fingerprint, space.kind, args.dims, truncated_from=full)
+    exists = (args.out / INFO_FILE).is_file()
+    if args.add:
+        index = Index.open(args.out)
+        known = set(zip(*(index.rows.column(c).to_pylist() for c in key_columns(rows))))
+        keep = np.array([k not in known for k in zip(*(rows[c] for c in key_columns(rows)))], dtype=bool)
+        index.add(vectors[keep], {c: [v for v, k in zip(col, keep) if k] for c, col in rows.items()}, space)
         index.save(args.out)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"tips-index: error: {e}", file=sys.stderr)
-        return 1
+        print(f"added {int(keep.sum())} of {len(keep)} rows ({len(keep) - int(keep.sum())} already there): "
+              f"{len(index)} vectors in {args.out}")
+        return 0
+    if exists and not args.force:
+        raise ValueError(f"{args.out} already holds an index: pass --add to append to it or --force to replace it")
+    index = Index.build(vectors, rows, space, budget, recall_target=args.recall_target,
+                        allow_flat=args.kind != "region" or args.exact)
+    options = read_manifest(args.features)["identity"].get("options", {})
+    index.info["extraction"] = {"folder": str(args.features.resolve()), "resolution": options.get("resolution")}
+    index.save(args.out)
     tuned = index.info["tuning"][-1] if index.info["tuning"] else None
     how = f", nprobe {index.info['nprobe']} (recall@10 {tuned['recall']:.3f} on a sample)" if tuned else " (exact)"
     print(f"indexed {len(index)} {args.kind} vectors of {space.model} as {index.info['factory']}{how} → {args.out}")

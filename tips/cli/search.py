@@ -14,8 +14,8 @@ from PIL import Image
 from ..index import Index
 from ..index.queries import embed_images, embed_texts, model_space, region_heat, truncate
 from ..index.sheet import contact_sheet
-from ..index.space import SpaceMismatchError
 from ..io.atomic import write_json_atomic
+from .errors import CliParser, UsageError, add_debug_arg, run_main
 from .model_args import add_model_args, model_from_args
 
 
@@ -32,7 +32,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tips-search", description=__doc__.splitlines()[0],
+    p = CliParser(prog="tips-search", description=__doc__.splitlines()[0],
                                 epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", type=Path, required=True, metavar="DIR", help="a tips-index folder")
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, metavar="DIR", help="write hits.json and a contact sheet hits.png "
                    "(region indexes: each top image with the query's heat map and the hit's cell)")
     add_model_args(p, inference=False)
+    add_debug_arg(p)
     return p
 
 
@@ -54,34 +55,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one --query TEXT or --image PATH")
     if args.k < 1:
         parser.error(f"-k {args.k}: expected an integer >= 1")
+    return run_main("tips-search", lambda: search(args), debug=args.debug)
+
+
+def search(args: argparse.Namespace) -> int:
+    """The body of ``tips-search``: check the inputs, open the index, then load the model and query."""
     missing = [str(p) for p in args.image if not p.is_file()]
     if missing:
-        parser.error(f"--image: no such file: {', '.join(missing)}")
-    try:
-        index = Index.open(args.index)  # before the model: a wrong folder costs no model load
-        loaded = model_from_args(args)
-        model = loaded.model
-        width = index.space.width if index.space.truncated_from else None
-        space = model_space(model, loaded.name, index.space.kind, width)
-        cut = (lambda v: truncate(v, width)) if width else (lambda v: v)  # noqa: E731
-        labels, results = [], []
-        resolution = args.resolution or index.info.get("extraction", {}).get("resolution") or model.image_size
-        if args.image and index.space.kind == "region":
-            raise ValueError(f"{args.index} is a region index: search it with --query TEXT (image queries search "
-                             "a cls_alt or cls_syn index)")
-        text_vectors = embed_texts(model, args.query) if args.query else None
-        if args.query:
-            found = index.search(cut(text_vectors), args.k, space)
-            labels += list(args.query)
-            results += list(zip(found.rows, found.scores.tolist()))
-        if args.image:
-            images = [Image.open(p) for p in args.image]
-            found = index.search(cut(embed_images(model, images, resolution, index.space.kind)), args.k, space)
-            labels += [f"image: {p.name}" for p in args.image]
-            results += list(zip(found.rows, found.scores.tolist()))
-    except (ValueError, FileNotFoundError, ImportError, SpaceMismatchError) as e:
-        print(f"tips-search: error: {e}", file=sys.stderr)
-        return 1
+        raise FileNotFoundError(f"--image: no such file: {', '.join(missing)}")
+    index = Index.open(args.index)  # before the model: a wrong folder costs no model load
+    if args.image and index.space.kind == "region":
+        raise UsageError(f"{args.index} is a region index: search it with --query TEXT (image queries search "
+                         "a cls_alt or cls_syn index)")
+    loaded = model_from_args(args)
+    model = loaded.model
+    width = index.space.width if index.space.truncated_from else None
+    space = model_space(model, loaded.name, index.space.kind, width)
+    cut = (lambda v: truncate(v, width)) if width else (lambda v: v)  # noqa: E731
+    resolution = args.resolution or index.info.get("extraction", {}).get("resolution") or model.image_size
+    labels, results = [], []
+    text_vectors = embed_texts(model, args.query) if args.query else None
+    if args.query:
+        found = index.search(cut(text_vectors), args.k, space)
+        labels += list(args.query)
+        results += list(zip(found.rows, found.scores.tolist()))
+    if args.image:
+        images = [Image.open(p) for p in args.image]
+        found = index.search(cut(embed_images(model, images, resolution, index.space.kind)), args.k, space)
+        labels += [f"image: {p.name}" for p in args.image]
+        results += list(zip(found.rows, found.scores.tolist()))
     report = [{"query": q, "hits": [{**h, "score": s} for h, s in zip(rows, scores)]} for q, (rows, scores) in zip(labels, results)]
     for entry in report:
         print(entry["query"])
