@@ -19,6 +19,7 @@ Sections (B/14 unless ``--variant``; bf16 autocast on CUDA, fp32 in the dry run)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -107,13 +108,7 @@ def section_extract(args: argparse.Namespace, s: dict) -> list[dict]:
     model = tips.create_model(s["variant"])
     model.text = None
     model.cfg = tips.ModelConfig(vision=model.cfg.vision, text=None)
-    implementations = ["sdpa"]
-    try:
-        import flash_attn  # noqa: F401
-
-        implementations.append("flash_attention_2")
-    except ImportError:
-        pass
+    implementations = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tips.save(model, Path(tmp) / "hf", format="transformers")

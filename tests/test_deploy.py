@@ -163,7 +163,7 @@ def test_a_missing_deploy_extra_names_the_install_command(monkeypatch):
 def test_a_slow_path_is_named_from_the_cpu_flags_and_warned_once_by_autocast_and_quantize(tmp_path, monkeypatch):
     import warnings
 
-    from tips.inference import precision
+    from tips.inference import slow_paths as precision
 
     amx, avx2, sse = tmp_path / "amx", tmp_path / "avx2", tmp_path / "sse"
     amx.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n")

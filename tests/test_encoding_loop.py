@@ -109,7 +109,7 @@ def test_extraction_the_probes_and_the_probe_cache_all_go_through_the_one_loop(p
     torch.testing.assert_close(feats["alt"], want.cls_alt, atol=1e-5, rtol=1e-4)  # unchanged by the loop
 
     assert scenes_main(["--out", str(tmp_path / "scenes"), "--num-train", "2", "--num-val", "2", "--num-pretrain",
-                        "0", "--size", "56", "--seed", "0", "--workers", "1"]) == 0
+                        "0", "--resolution", "56", "--seed", "0", "--num-workers", "1"]) == 0
     ds = open_dataset(f"scenes:{tmp_path / 'scenes' / 'probe'}", "val")
     spec = FeatureSpec((56, 56), (3,), norm=True, cls=False)
     cache = cached_features(model, checkpoint_identity(None, "tiny"), ds, spec, tmp_path / "cache", progress=False)

@@ -103,7 +103,7 @@ def test_region_vectors_of_an_extraction_equal_an_independent_computation(one_pr
     import pyarrow.parquet as pq
 
     from tips.inference.loaded import build_model
-    from tips.inference.open_vocab import value_readout
+    from tips.inference.regions import value_readout
     from tips.models.preprocess import Preprocess
 
     model = build_model(None, "tiny", None, None, 0).model.eval()

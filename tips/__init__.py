@@ -49,7 +49,7 @@ _PUBLIC: dict[str, str] = {
     "open_vocab_segment": "tips.inference.open_vocab",
     "OpenVocabOptions": "tips.inference.open_vocab",
     "encode_classes": "tips.inference.open_vocab",
-    "value_readout": "tips.inference.open_vocab",
+    "value_readout": "tips.inference.regions",
     "load_preset": "tips.inference.open_vocab",
     "write_open_vocab": "tips.inference.open_vocab",
     # index: search over embeddings

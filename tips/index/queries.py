@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..inference.job_folder import weights_fingerprint
+from ..inference.regions import heat_map, value_readout
 from ..models.preprocess import Preprocess, to_rgb
 from ..models.tips import TIPS
 from .space import EmbeddingSpace
@@ -56,9 +57,6 @@ def embed_images(model: TIPS, images: Sequence[Image.Image], resolution: int, ki
 def region_heat(model: TIPS, image: Image.Image, resolution: int, query: np.ndarray) -> np.ndarray:
     """The cosine of each value-readout patch of ``image`` (square-resized to ``resolution``) with ``query`` (D,)
     → (h, w) float32: where in the image the query is."""
-    from ..inference.open_vocab import value_readout
-    from ..inference.regions import heat_map
-
     device = next(model.parameters()).device
     x = Preprocess(resolution, model.patch_size)(to_rgb(image))[None].to(device)
     return heat_map(value_readout(model, x)[0], torch.from_numpy(query).to(device)).cpu().numpy()

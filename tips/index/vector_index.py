@@ -34,11 +34,7 @@ def _faiss():
 
 
 def _arrow():
-    require("pyarrow.parquet", "tips-index", extra="index")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pa, pq
+    return require("pyarrow", "tips-index", extra="index"), require("pyarrow.parquet", "tips-index", extra="index")
 
 
 def normalised(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:

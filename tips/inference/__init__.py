@@ -8,12 +8,13 @@ from .extract import ExtractOptions, ExtractResult, Features, NoReadableImages, 
 from .loaded import LoadedModel, ModelArgumentError, build_model, random_model, resolve_device
 from .merge import MergeMismatch, merge
 from .open_vocab import (
-    OpenVocabOptions, OpenVocabRun, OpenVocabSegmentation, encode_classes, load_preset, open_vocab_segment, value_readout,
+    OpenVocabOptions, OpenVocabRun, OpenVocabSegmentation, encode_classes, load_preset, open_vocab_segment,
     write_open_vocab,
 )
 from .precision import autocast, prepare_for_inference
 from .predict import PredictOptions, PredictResult, predict, write_predictions
 from .quantize import quantize
+from .regions import value_readout
 
 __all__ = [
     "ExtractOptions",

@@ -29,11 +29,8 @@ ROW_DIRS = {"cls_alt": "metadata", "cls_syn": "metadata", "region": "region_meta
 
 
 def _parquet():
-    require("pyarrow.parquet", "the npy/parquet embedding layout", extra="index")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pa, pq
+    feature = "the npy/parquet embedding layout"
+    return require("pyarrow", feature, extra="index"), require("pyarrow.parquet", feature, extra="index")
 
 
 def vector_file(folder: str | os.PathLike, kind: str, chunk: int) -> Path:

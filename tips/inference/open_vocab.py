@@ -49,6 +49,7 @@ from .extract import NoReadableImages
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .precision import autocast, prepare_for_inference
 from .predict import output_stem
+from .regions import value_readout
 
 NONE_ID = 255  # the label of "none of these" when a class list has no background class of its own
 MODES = ("whole", "slide")
@@ -112,37 +113,6 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- features and text
-def value_readout(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP's "values trick": images (B, 3, H, W) in [0, 1], H and W multiples of the patch → (B, h, w, D).
-
-    All blocks but the last run as usual; in the last block the attention output is replaced by each token's own
-    value vector (heads side by side, then ``proj`` and ``ls1``), then ``norm2`` → MLP → ``ls2`` and the final norm.
-    CLS tokens are dropped; the features are not normalised.
-    """
-    vit = model.vision
-    x = vit.blocks[:-1](vit.embed(images))  # (B, 2 + N, D) input of the last block
-    p = vit.patch_size
-    return readout_last_block(model, x, images.shape[-2] // p, images.shape[-1] // p)
-
-
-def readout_last_block(model: nn.Module, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """The value readout from the last block's input x (B, 2 + N, D) → (B, h, w, D); see :func:`value_readout`.
-    Callers that also need the ordinary output run ``blocks[:-1]`` once and both last-block variants from x."""
-    vit = model.vision
-    blk = vit.blocks[-1]
-    attn = blk.attn
-    normed = blk.norm1(x)
-    dim = getattr(attn, "attn_dim", x.shape[-1])
-    v = attn.qkv(normed)[..., 2 * dim: 3 * dim]  # (B, 2 + N, D): per-token values, heads side by side
-    v = attn.norm(v)
-    if getattr(attn, "gate", None) is not None:
-        v = v * attn.gate(normed).sigmoid()
-    x = x + blk.ls1(attn.proj(v))
-    x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-    tokens = vit.norm(x)[:, 2:]  # drop CLS1, CLS2
-    return tokens.reshape(x.shape[0], h, w, -1)
-
-
 @dataclass
 class ClassText:
     """Encoded classes: ``embeddings`` (Q, D) normalised, one row per name; ``owner`` (Q,) the class of each name;

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..formats.optional import require
-from .precision import warn_slow_path
+from .slow_paths import warn_slow_path
 
 MODES = ("int8",)
 BACKENDS = ("auto", "fbgemm", "torchao")

@@ -1,8 +1,8 @@
 """Region vectors: patch features pooled over a K×K grid of cells, so a text query can find where in an image a
 thing is, and the heat map of one query over one image's patches.
 
-The patch features are the value readout (:func:`tips.inference.open_vocab.value_readout`), the ones zero-shot
-segmentation compares with text; a region vector is the mean of a cell's features, L2-normalised, so its inner
+The patch features are the value readout (:func:`value_readout`, MaskCLIP's values trick), the ones zero-shot
+segmentation compares with text (:mod:`tips.inference.open_vocab`); a region vector is the mean of a cell's features, L2-normalised, so its inner
 product with a normalised text embedding is a cosine like any other in an index.
 """
 
@@ -10,6 +10,40 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from ..models.vision import split_tokens
+
+
+def value_readout(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's "values trick": images (B, 3, H, W) in [0, 1], H and W multiples of the patch → (B, h, w, D).
+
+    All blocks but the last run as usual; in the last block the attention output is replaced by each token's own
+    value vector (heads side by side, then ``proj`` and ``ls1``), then ``norm2`` → MLP → ``ls2`` and the final norm.
+    CLS tokens are dropped; the features are not normalised.
+    """
+    vit = model.vision
+    x = vit.blocks[:-1](vit.embed(images))  # (B, 2 + N, D) input of the last block
+    p = vit.patch_size
+    return readout_last_block(model, x, images.shape[-2] // p, images.shape[-1] // p)
+
+
+def readout_last_block(model: nn.Module, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The value readout from the last block's input x (B, 2 + N, D) → (B, h, w, D); see :func:`value_readout`.
+    Callers that also need the ordinary output run ``blocks[:-1]`` once and both last-block variants from x."""
+    vit = model.vision
+    blk = vit.blocks[-1]
+    attn = blk.attn
+    normed = blk.norm1(x)
+    dim = getattr(attn, "attn_dim", x.shape[-1])
+    v = attn.qkv(normed)[..., 2 * dim: 3 * dim]  # (B, 2 + N, D): per-token values, heads side by side
+    v = attn.norm(v)
+    if getattr(attn, "gate", None) is not None:
+        v = v * attn.gate(normed).sigmoid()
+    x = x + blk.ls1(attn.proj(v))
+    x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+    tokens = vit.norm(x)[:, 2:]  # drop CLS1, CLS2
+    return tokens.reshape(x.shape[0], h, w, -1)
 
 
 def grid_edges(n: int, k: int) -> list[int]:
@@ -43,8 +77,6 @@ def heat_map(patches: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
 
 def encode_regions(model: torch.nn.Module, images: torch.Tensor, k: int) -> torch.Tensor:
     """images (B, 3, H, W) in [0, 1] → (B, k·k, D) region vectors of the value readout (no autograd)."""
-    from .open_vocab import value_readout
-
     with torch.inference_mode():
         return region_vectors(value_readout(model, images), k)
 
@@ -52,9 +84,6 @@ def encode_regions(model: torch.nn.Module, images: torch.Tensor, k: int) -> torc
 def encode_with_regions(model: torch.nn.Module, images: torch.Tensor, k: int):
     """One pass for both: images (B, 3, H, W) → (ImageFeatures, regions (B, k·k, D)). The blocks before the last
     run once; the last runs as usual (the features) and as the value readout (the regions)."""
-    from ..models.vision import split_tokens
-    from .open_vocab import readout_last_block
-
     vit = model.vision
     p = vit.patch_size
     h, w = images.shape[-2] // p, images.shape[-1] // p

@@ -1,0 +1,72 @@
+"""Requests that run slower than the default on this CPU, named from its instruction-set flags: bf16 without
+AVX-512 BF16 / AMX (emulated), int8 without AVX2 (fbgemm's reference kernels). :func:`tips.autocast` and
+:func:`tips.quantize` warn once (:class:`SlowPathWarning`); the run goes on in the precision asked for."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..models.dtypes import resolve_dtype
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo names of the bf16 instructions
+
+
+class SlowPathWarning(UserWarning):
+    """A precision or quantisation the user asked for runs slower than the default fp32 on this CPU."""
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The instruction-set ``flags`` of ``cpuinfo``, or None where it cannot be read (other systems than Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return None
+    return frozenset(f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split())
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX-BF16 in the ``flags`` of ``cpuinfo``).
+
+    False where that cannot be read: the hint below is then never given.
+    """
+    flags = cpu_flags(cpuinfo)
+    return flags is not None and any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | None, quantize: str | None,
+                      cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """Why the requested ``dtype`` / ``quantize`` is slower than fp32 on this CPU, in one line; None when it is not
+    (or when the CPU's flags cannot be read: no warning on a guess).
+
+    - bf16 on an x86 CPU without AVX-512 BF16 / AMX: emulated, 4-9x slower than fp32 (measured on an AVX2 AMD EPYC);
+    - int8 on an x86 CPU without AVX2: fbgemm's int8 kernels need AVX2 (not measured here: no such CPU at hand).
+    """
+    if torch.device(device).type != "cpu":
+        return None
+    flags = cpu_flags(cpuinfo)
+    if not flags or not any(f.startswith(("sse", "avx")) for f in flags):  # unreadable, or not an x86 CPU
+        return None
+    if resolve_dtype(dtype) == torch.bfloat16 and quantize is None and not flags & set(NATIVE_BF16_FLAGS):
+        return ("bfloat16 on this CPU (no AVX-512 BF16 / AMX) is emulated and about 4-9x slower than float32 "
+                "(docs/deploy.md): use the default float32, or --quantize int8 for speed")
+    if quantize == "int8" and "avx2" not in flags:
+        return ("int8 on this CPU (no AVX2) runs fbgemm's reference kernels, slower than float32: "
+                "use the default float32")
+    return None
+
+
+def warn_slow_path(device: str | torch.device, dtype: str | torch.dtype | None, quantize: str | None) -> None:
+    """Warn once (SlowPathWarning) when :func:`slow_path_warning` has something to say."""
+    message = slow_path_warning(device, dtype, quantize)
+    if message:
+        _warn_once(message)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, SlowPathWarning, stacklevel=3)
