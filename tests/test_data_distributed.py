@@ -5,13 +5,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo import tcp_init_method
 
 from test_data_pipeline import TINY, _write_shards
 from tips.data import DataConfig, build_train_loader
 
 
-def _read_one_epoch(rank: int, world_size: int, init_file: str, pattern: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+def _read_one_epoch(rank: int, world_size: int, init_method: str, pattern: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
     try:
         cfg = DataConfig(sources=[pattern], resampled=False, batch_size=4, num_workers=2, epoch_size=40,
                          shuffle_buffer=0, views=TINY, patch_size=8)
@@ -29,7 +30,7 @@ def _read_one_epoch(rank: int, world_size: int, init_file: str, pattern: str, ou
 def test_two_gloo_processes_with_two_workers_each_read_disjoint_shards(tmp_path):
     keys = _write_shards(tmp_path, "s", 4, 20, seed=3)
     pattern = str(tmp_path / "s-{000000..000003}.tar")
-    mp.spawn(_read_one_epoch, args=(2, str(tmp_path / "init"), pattern, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_read_one_epoch, args=(2, tcp_init_method(), pattern, str(tmp_path)), nprocs=2, join=True)
     per_rank = json.loads((tmp_path / "seen.json").read_text())
     shards_of: dict[tuple[int, int], set[str]] = {}
     all_keys = []

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo import tcp_init_method
 
 from tips.losses import ContrastiveLoss, DINOLoss, IBOTPatchLoss, sinkhorn_knopp, target_statistics
 
@@ -53,9 +54,9 @@ def contrastive_run(kind: str, data: dict, rows: slice | None = None) -> dict[st
     return {"loss": loss.detach(), "image": image.grad, "text": text.grad, "scale": scale.grad, "bias": grad_bias}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     try:
         data = global_batch()
         rows, patches = rank_slices(rank)
@@ -76,7 +77,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("gloo")
-    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(tcp_init_method(), str(tmp)), nprocs=WORLD, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

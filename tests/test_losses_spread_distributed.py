@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo import tcp_init_method
 
 from tips.losses import GlobalOrthogonalRegularizer
 
@@ -23,9 +24,9 @@ def gor_run(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loss": loss.detach(), "grad": x.grad, "m1": stats["gor_mean_cos"], "m2": stats["gor_second_moment"]}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     try:
         torch.save(gor_run(global_batch()[rank * B:(rank + 1) * B]), os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()  # neither rank tears gloo down while the other still talks to it (SIGABRT in CI)
@@ -36,7 +37,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("gloo-gor")
-    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(tcp_init_method(), str(tmp)), nprocs=WORLD, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
