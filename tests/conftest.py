@@ -15,3 +15,16 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons: an in-process run (bf16, grad_accum, FSDP …) starts and leaves
+    them clean. Test files that build Trainers use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

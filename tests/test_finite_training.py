@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from test_trainer import TINY, write_shards
 from test_trainer_options import make_trainer
 
@@ -25,11 +24,7 @@ def shards(tmp_path_factory) -> str:
     return write_shards(tmp_path_factory.mktemp("shards"), shards=2)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def all_finite(tensors: dict[str, torch.Tensor]) -> bool:

@@ -52,13 +52,7 @@ def shards(tmp_path_factory) -> str:
     return write_shards(tmp_path_factory.mktemp("shards"), shards=2)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def make_trainer(shards: str, out: Path, *overrides: str, steps: int = 4) -> Trainer:

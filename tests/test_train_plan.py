@@ -67,13 +67,7 @@ def shards(tmp_path_factory) -> str:
     return write_shards(tmp_path_factory.mktemp("shards"), shards=2)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def overrides(shards: str, out: Path, *extra: str, steps: int = 2) -> list[str]:
