@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bench.machine import cpu_name
 
 
 def run(n: int, images: Path, out: Path, args: argparse.Namespace) -> float:
@@ -48,9 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.images):
             Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(images / f"{i:05d}.jpg")
         seconds = {n: run(n, images, Path(tmp) / f"out{n}", args) for n in (1, 2)}
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
-    print(f"{args.images} images, random {args.variant} at {args.resolution} px, {os.cpu_count()} cores ({cpu})")
+    print(f"{args.images} images, random {args.variant} at {args.resolution} px, {os.cpu_count()} cores ({cpu_name()})")
     print("| processes | wall s | images/s | images/s per process |\n|---|---|---|---|")
     for n, s in seconds.items():
         print(f"| {n} | {s:.1f} | {args.images / s:.1f} | {args.images / s / n:.1f} |")

@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -178,10 +177,12 @@ def run_section(name: str, args: argparse.Namespace) -> list[dict]:
 def machine() -> dict:
     import torch
 
+    from bench.machine import cpu_name
+
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
-    return {"gpu": gpu, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+    return {"gpu": gpu, "cpu": cpu_name(), "torch": torch.__version__,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit}
 
 

@@ -14,11 +14,11 @@ queries against exact inner-product search (faiss ``IndexFlatIP``, the peer): re
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 
+from bench.machine import cpu_name
 from tips.index import EmbeddingSpace, Index, parse_memory
 
 
@@ -31,16 +31,6 @@ def mixture(n: int, centres: np.ndarray, sigma: float, rng: np.random.Generator,
         x = centres[rng.integers(0, len(centres), m)] + sigma * rng.standard_normal((m, d), dtype=np.float32)
         out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def latencies_ms(search, queries: np.ndarray) -> np.ndarray:
