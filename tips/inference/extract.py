@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..io.atomic import atomic_path, write_text_atomic
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.sources import ImageRef, find_images
-from ..io.work_chunks import chunks_for_process, is_done, process_place, read_marker, write_marker
+from ..io.work_chunks import chunks_for_process, is_done, matches, process_place, read_marker, write_marker
 from ..models.dtypes import resolve_dtype
 from ..models.preprocess import Preprocess
 from ..models.tips import TIPS
@@ -376,8 +376,9 @@ def _chunk_input(chunk: int, refs: Sequence[ImageRef]) -> dict:
 def _finish(out_dir: Path, chunks: list[list[ImageRef]], identity: dict, prompts: list[str] | None, net: TIPS,
             model_name: str, metadata: dict, seconds: float, encoded: int, rank: int, world: int) -> ExtractResult:
     """When every chunk is done: the folder's ids, index, skipped list, text embeddings and (last) manifest."""
+    # each marker hashed its files when written (and this process re-hashed its own at start): matching suffices
     markers = [read_marker(_marker(out_dir, i)) for i in range(len(chunks))]
-    pending = [i for i, m in enumerate(markers) if not (m and is_done(_marker(out_dir, i), identity, _chunk_input(i, chunks[i])))]
+    pending = [i for i, m in enumerate(markers) if not matches(m, identity, _chunk_input(i, chunks[i]))]
     if pending:
         return ExtractResult(ids=[], skipped=[], files=[], seconds=seconds, encoded_here=encoded,
                              pending=f"rank {rank} of {world} done; {len(pending)} of {len(chunks)} chunks are other "

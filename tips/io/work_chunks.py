@@ -66,10 +66,15 @@ def write_marker(path: str | os.PathLike, settings: dict[str, Any], inputs: dict
     return marker
 
 
+def matches(marker: dict[str, Any] | None, settings: dict[str, Any], inputs: dict[str, Any]) -> bool:
+    """The marker is for these settings and this input (its outputs are not read: see :func:`is_done`)."""
+    return marker is not None and marker.get("settings") == settings and marker.get("input") == inputs
+
+
 def is_done(path: str | os.PathLike, settings: dict[str, Any], inputs: dict[str, Any]) -> bool:
     """A marker for these settings and this input whose every output (beside the marker) has the recorded bytes."""
     marker = read_marker(path)
-    if marker is None or marker.get("settings") != settings or marker.get("input") != inputs:
+    if not matches(marker, settings, inputs):
         return False
     folder = Path(path).parent
     for out in marker.get("outputs") or []:
