@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_probe(args: argparse.Namespace, scenes: Path, model: Path, cache: Path, out: Path, malloc: str) -> dict:
     """Wall, user and system seconds and peak memory of one probe run in a fresh process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env |= {"TIPS_MALLOC": malloc, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env |= {"TIPS_MALLOC": malloc, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     cmd = [sys.executable, "-m", "tips_eval.cli", "depth", "--model", str(model), "--dataset", f"scenes:{scenes}",
            "--resolution", str(args.size), "--protocol", "fast", "--head", "dpt", "--num-workers", "0", "--no-progress",
            "--iterations", str(args.iterations), "--cache-dir", str(cache), "-o", str(out), f"dpt.fusion={args.fusion}"]

@@ -142,7 +142,7 @@ def test_usage_errors_are_one_line_not_the_usage_block(capsys):
 def test_every_console_script_exits_with_its_status_in_a_real_process(tmp_path):
     """One real process per script (all at once): the exit status and stderr of a missing file or a bad flag."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TIPS_OFFLINE": "1", "TIPS_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("TIPS_DEBUG", None)
     first = {}
     for script, argv, code, _ in CASES:

@@ -46,12 +46,17 @@ def declared() -> dict[str, set[str]]:
             **{name: _requirement_names(reqs, extras) for name, reqs in extras.items()}}
 
 
+def _folder(name: str) -> Path:
+    """A package under src/, or a folder of scripts (bench, experiments) at the root."""
+    return ROOT / "src" / name if (ROOT / "src" / name).is_dir() else ROOT / name
+
+
 @functools.cache
 def imported_top_levels(folders: tuple[str, ...]) -> dict[str, str]:
     """Third-party top-level module → one file that imports it (stdlib, first-party and relative imports left out)."""
     found: dict[str, str] = {}
     for folder in folders:
-        for path in sorted((ROOT / folder).rglob("*.py")):
+        for path in sorted(_folder(folder).rglob("*.py")):
             for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                     [node.module] if node.level == 0 and node.module else [])
@@ -66,7 +71,7 @@ def imported_top_levels(folders: tuple[str, ...]) -> dict[str, str]:
 @functools.cache
 def _siblings() -> frozenset[str]:
     return frozenset(p.stem if p.suffix == ".py" else p.name for folder in SCRIPT_FOLDERS
-                     for p in (ROOT / folder).iterdir() if p.suffix == ".py" or p.is_dir())
+                     for p in _folder(folder).iterdir() if p.suffix == ".py" or p.is_dir())
 
 
 @functools.cache

@@ -54,7 +54,7 @@ def one_process(sources, tmp_path_factory) -> Path:
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def tips_extract() -> list[str]:

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_import_cycles import _imports, import_graph, module_files
+from test_import_cycles import SRC, _imports, import_graph, module_files
 
 ROOT = Path(__file__).resolve().parents[1]
 # floor → the floors it may import directly (the table of docs/architecture.md)
@@ -49,13 +49,13 @@ def floor_of(module: str) -> str | None:
 
 def test_argparse_is_imported_only_by_the_command_line_floor():
     offenders = []
-    for path in sorted((ROOT / "tips").rglob("*.py")):
-        if path.is_relative_to(ROOT / "tips" / "cli"):
+    for path in sorted((SRC / "tips").rglob("*.py")):
+        if path.is_relative_to(SRC / "tips" / "cli"):
             continue
         for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             if any(n.split(".")[0] == "argparse" for n in names):
-                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not offenders, f"argparse outside tips/cli: {offenders}"
 
 
@@ -77,7 +77,7 @@ def test_importing_a_floor_loads_no_floor_above_it():
         "print(json.dumps(sorted({m.split('.')[1] for m in sys.modules if m.startswith('tips.')})))\n"
     )
     for floor in FLOORS:
-        if not (ROOT / "tips" / floor).is_dir():
+        if not (SRC / "tips" / floor).is_dir():
             continue  # a floor an open issue has still to build (serve)
         out = subprocess.run([sys.executable, "-c", code, floor], capture_output=True, text=True, check=True).stdout
         loaded = set(json.loads(out)) & set(FLOORS)
@@ -88,8 +88,8 @@ def test_no_import_is_resolved_from_a_string_except_the_public_table():
     """``importlib.import_module`` / ``__import__`` of tips modules happens only in ``tips/__init__.py``; elsewhere
     only third-party optional packages are imported by name, and only from literal strings."""
     found = []
-    for path in sorted((ROOT / "tips").rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
+    for path in sorted((SRC / "tips").rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call):
                 continue
@@ -118,12 +118,12 @@ def test_the_public_table_names_real_objects_and_loads_lazily():
 
 
 def test_the_library_has_no_loose_modules():
-    assert sorted(p.name for p in (ROOT / "tips").glob("*.py")) == ["__init__.py"]
+    assert sorted(p.name for p in (SRC / "tips").glob("*.py")) == ["__init__.py"]
 
 
 def test_each_floor_says_what_it_holds_and_may_import():
     for floor in FLOORS:
-        init = ROOT / "tips" / floor / "__init__.py"
+        init = SRC / "tips" / floor / "__init__.py"
         if init.exists():
             doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
             assert doc.startswith(f"tips.{floor}:") and "import" in doc.lower(), floor

@@ -11,6 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"  # the installed packages live under src/ (a clone's root never shadows them)
 PACKAGES = ("tips", "tips_pipelines", "tips_eval")
 Graph = dict[str, dict[str, int]]  # module → {imported module: line of the first such import}
 
@@ -19,8 +20,8 @@ def module_files(packages: tuple[str, ...] = PACKAGES) -> dict[str, tuple[Path, 
     """Dotted module name → (file, is a package ``__init__``)."""
     out = {}
     for package in packages:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        for path in sorted((SRC / package).rglob("*.py")):
+            parts = list(path.relative_to(SRC).with_suffix("").parts)
             is_package = parts[-1] == "__init__"
             out[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
     return out

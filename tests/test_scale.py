@@ -43,7 +43,7 @@ def launcher(n: int) -> list[str]:
 
 def cpu_env(tmp: Path) -> dict[str, str]:
     e = env()
-    e.update(ACCELERATE_USE_CPU="1", HF_HOME=str(tmp / "hf"), PYTHONPATH=str(HERE.parent))
+    e.update(ACCELERATE_USE_CPU="1", HF_HOME=str(tmp / "hf"), PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE.parent)]))
     return e
 
 
