@@ -1,0 +1,14 @@
+"""tips.serve: the HTTP server of ``tips-serve`` — an OpenAI-compatible ``/v1/embeddings``, dense predictions,
+open-vocabulary segmentation, search over a ``tips-index`` folder, Prometheus metrics and a page, with dynamic
+batching on one worker thread. May import ``tips.inference`` and ``tips.formats``; the index is handed in
+(:class:`ServedIndex`) by the command line, which may import ``tips.index``.
+
+fastapi, uvicorn and prometheus-client are the ``serve`` extra (``pip install 'tips[serve]'``).
+"""
+
+from .app import ServeOptions, create_app
+from .batching import Batcher, QueueFull
+from .forwards import ServedIndex, ServedModel
+from .limits import ApiError, Limits
+
+__all__ = ["ApiError", "Batcher", "Limits", "QueueFull", "ServeOptions", "ServedIndex", "ServedModel", "create_app"]

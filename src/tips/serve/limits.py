@@ -1,0 +1,47 @@
+"""What a request may hold, and the one error every route answers with.
+
+Every refusal is an :class:`ApiError`: an HTTP status (400 a malformed body or a broken image, 413 something over
+a limit, 422 a field of the wrong type or value, 503 overload or a timeout) and a JSON body in the OpenAI shape,
+``{"error": {"message", "type", "param", "code"}}``, whose ``param`` names the field and whose message names the
+limit and the flag that sets it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """max_body_bytes: a request body; max_image_pixels: one decoded image (width x height, read from its header
+    before decoding); max_inputs: items in one request's ``input``; max_text_chars: one text; max_classes: classes of
+    one open-vocabulary request; max_k: hits of one search."""
+
+    max_body_bytes: int = 32 * 2**20
+    max_image_pixels: int = 40_000_000
+    max_inputs: int = 2048
+    max_text_chars: int = 20_000
+    max_classes: int = 256
+    max_k: int = 100
+
+
+class ApiError(Exception):
+    """A refusal: ``status``, a one-line ``message``, the field it concerns (``param``, e.g. ``input[3].image``),
+    a machine-readable ``code`` and extra response headers (``Retry-After`` on 503)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        kind = "server_overloaded" if self.status == 503 else "invalid_request_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def too_large(param: str, what: str, size: int, limit: int, flag: str) -> ApiError:
+    """413 naming the field, the size, the limit and the flag that raises it."""
+    return ApiError(413, f"{param}: {what} {size} is over the limit of {limit} (tips-serve {flag})", param,
+                    "too_large")
