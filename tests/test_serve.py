@@ -1,0 +1,331 @@
+"""tips-serve against a real uvicorn on a free localhost port, with a tiny random model, random heads and a small
+index (tests/serving.py): the official openai client and raw httpx get what the library computes in-process,
+dynamic batching changes no result, every bad request answers its 4xx naming the field, overload and timeouts
+answer 503, and the server keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+import serving  # noqa: E402  (tests/serving.py)
+from tips.serve import Limits, ServeOptions, create_app  # noqa: E402
+
+NAME = "tiny-test"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    model = serving.tiny_model()
+    served = serving.served(model, folder, NAME)
+    options = ServeOptions(max_batch=8, max_wait_ms=20, max_queue=256, timeout_s=60)
+    with serving.running(create_app(served, options)) as url:
+        yield {"url": url, "model": model, "served": served, "folder": folder,
+               "photos": sorted((folder / "photos").glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def strict(setup):
+    """A second server on the same model with small limits, a short queue and a short timeout."""
+    limits = Limits(max_body_bytes=300_000, max_image_pixels=100 * 100, max_inputs=4, max_text_chars=50,
+                    max_classes=3, max_k=5)
+    app = create_app(setup["served"], ServeOptions(max_batch=4, max_wait_ms=1, max_queue=4, timeout_s=0.5,
+                                                   limits=limits))
+    with serving.running(app) as url:
+        yield {"url": url, "app": app}
+
+
+def data_url(path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def png_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode_array(body: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(body["data"]), dtype=body["dtype"]).reshape(body["shape"])
+
+
+@torch.inference_mode()
+def text_alone(model, text: str) -> np.ndarray:
+    return serving.unit(model.encode_text([text]).float().numpy())[0]
+
+
+@torch.inference_mode()
+def image_alone(model, path, cls: str = "cls_alt") -> np.ndarray:
+    from tips.index.queries import embed_images
+
+    return embed_images(model, [Image.open(path)], model.image_size, cls)[0]
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+# ------------------------------------------------------------------------------------------------ embeddings
+def test_the_openai_client_without_encoding_format_gets_the_in_process_embeddings(setup):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=setup["url"] + "/v1", api_key="unused", max_retries=0)
+    texts = ["a cat on a sofa", "two dogs", "a very long sentence about a red bicycle leaning on a wall in Rome"]
+    got = client.embeddings.create(model=NAME, input=texts)  # the client asks for base64 and decodes it
+    assert [d.index for d in got.data] == [0, 1, 2] and got.model == NAME and got.usage.prompt_tokens > 0
+    for d, text in zip(got.data, texts):
+        assert cosine(d.embedding, text_alone(setup["model"], text)) >= 0.9999
+    photo = setup["photos"][0]
+    got = client.embeddings.create(model=NAME, input=[{"image": data_url(photo)}], extra_body={"cls": "syn"})
+    assert cosine(got.data[0].embedding, image_alone(setup["model"], photo, "cls_syn")) >= 0.9999
+
+
+def test_httpx_with_float_gets_the_in_process_embeddings_of_texts_and_images(setup):
+    photo = setup["photos"][1]
+    body = {"model": NAME, "encoding_format": "float",
+            "input": ["a cup of coffee", {"image": data_url(photo)}, {"text": "an astronaut"}]}
+    r = httpx.post(setup["url"] + "/v1/embeddings", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["object"] == "list" and [d["object"] for d in out["data"]] == ["embedding"] * 3
+    m = setup["model"]
+    assert cosine(out["data"][0]["embedding"], text_alone(m, "a cup of coffee")) >= 0.9999
+    assert cosine(out["data"][1]["embedding"], image_alone(m, photo)) >= 0.9999
+    assert cosine(out["data"][2]["embedding"], text_alone(m, "an astronaut")) >= 0.9999
+
+
+def test_dimensions_truncates_to_the_first_dimensions_and_renormalises(setup):
+    r = httpx.post(setup["url"] + "/v1/embeddings", json={"input": "a red car", "dimensions": 48}, timeout=60)
+    v = np.asarray(r.json()["data"][0]["embedding"])
+    full = text_alone(setup["model"], "a red car")
+    assert v.shape == (48,) and abs(np.linalg.norm(v) - 1) < 1e-5
+    np.testing.assert_allclose(v, full[:48] / np.linalg.norm(full[:48]), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ dense, search
+@pytest.mark.parametrize("task,channels", [("depth", 1), ("normals", 3), ("segmentation", None)])
+def test_each_dense_endpoint_answers_at_the_inputs_size(setup, task, channels):
+    photo = setup["photos"][0]
+    w, h = Image.open(photo).size
+    r = httpx.post(f"{setup['url']}/v1/{task}", json={"image": data_url(photo)}, timeout=60)
+    assert r.status_code == 200, r.text
+    values = decode_array(r.json())
+    assert values.shape == ((channels, h, w) if channels else (h, w))
+    head, model = setup["served"].heads[task], setup["model"]
+    from tips.inference.uploads import square_tensor
+
+    with torch.inference_mode():
+        alone = head.predict(model, square_tensor(Image.open(photo).convert("RGB"), model.image_size, 14)[None])[0]
+    if task == "depth":  # the model-resolution output, resized: compare at a pixel-exact spot, the mean
+        assert abs(values.mean() - alone.mean().item()) < 0.05 * abs(alone.mean().item()) + 1e-4
+    if task == "normals":
+        np.testing.assert_allclose(np.linalg.norm(values, axis=0), 1, atol=1e-4)
+    png = httpx.post(f"{setup['url']}/v1/{task}", json={"image": data_url(photo), "format": "png"}, timeout=60)
+    assert png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(png.content)).size == (w, h)
+
+
+def test_open_vocab_equals_the_library_function(setup):
+    from tips import open_vocab_segment
+
+    photo, classes = setup["photos"][2], ["a cat", "a person", "sky"]
+    r = httpx.post(setup["url"] + "/v1/open-vocab", json={"image": data_url(photo), "classes": classes}, timeout=60)
+    assert r.status_code == 200, r.text
+    expected = open_vocab_segment(setup["model"], Image.open(photo).convert("RGB"), classes)
+    assert r.json()["classes"] == expected.class_names
+    np.testing.assert_array_equal(decode_array(r.json()), expected.labels.numpy())
+
+
+def test_search_equals_the_python_index_search_for_text_and_image(setup):
+    from tips.index import Index
+    from tips.index.queries import embed_images, embed_texts, model_space
+
+    model, index = setup["model"], Index.open(setup["folder"] / "index")
+    space = model_space(model, NAME, "cls_alt")
+    for body, query in [({"text": "a cat"}, embed_texts(model, ["a cat"])),
+                        ({"image": data_url(setup["photos"][3])},
+                         embed_images(model, [Image.open(setup["photos"][3])], model.image_size, "cls_alt"))]:
+        r = httpx.post(setup["url"] + "/v1/search", json={**body, "k": 3}, timeout=60)
+        assert r.status_code == 200, r.text
+        expected = index.search(query, 3, space)
+        hits = r.json()["hits"]
+        assert [h["id"] for h in hits] == [row["id"] for row in expected.rows[0]]
+        np.testing.assert_allclose([h["score"] for h in hits], expected.scores[0], atol=1e-5)
+    r = httpx.post(setup["url"] + "/v1/search", json={"text": "a cat", "k": 2, "heatmaps": True}, timeout=60)
+    grid = model.image_size // model.patch_size
+    assert all(h["heatmap"]["shape"] == [grid, grid] for h in r.json()["hits"])
+
+
+# ------------------------------------------------------------------------------------------------ batching
+def test_200_requests_from_32_clients_equal_each_input_run_alone(setup):
+    model, photos = setup["model"], setup["photos"]
+    texts = [("word " * (1 + i % 13)).strip() + f" {i}" for i in range(40)]  # many lengths
+    alone_text = {t: text_alone(model, t) for t in texts}
+    alone_image = {p: image_alone(model, p) for p in photos}
+    urls = {p: data_url(p) for p in photos}
+
+    def one(i: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        if i % 3 == 0:
+            chosen = [photos[i % len(photos)], photos[(i + 1) % len(photos)]]
+            body = {"input": [{"image": urls[p]} for p in chosen], "encoding_format": "float"}
+            expected = [alone_image[p] for p in chosen]
+        else:
+            chosen = [texts[i % 40], texts[(i * 7) % 40], texts[(i * 3) % 40]]
+            body, expected = {"input": chosen}, [alone_text[t] for t in chosen]
+        with httpx.Client(timeout=120) as client:
+            r = client.post(setup["url"] + "/v1/embeddings", json=body)
+        assert r.status_code == 200, r.text
+        return [(np.asarray(d["embedding"]), e) for d, e in zip(r.json()["data"], expected)]
+
+    before = batch_counts(setup["url"])
+    with ThreadPoolExecutor(32) as pool:
+        results = [pair for pairs in pool.map(one, range(200)) for pair in pairs]
+    assert len(results) == 200 // 3 * 2 + 2 + (200 - 67) * 3
+    for got, expected in results:
+        assert cosine(got, expected) >= 0.99999 and np.abs(got - expected).max() <= 1e-5
+    after = batch_counts(setup["url"])
+    batches = after[1] - before[1]
+    assert after[0] - before[0] == len(results) and batches < len(results)  # items did share forwards
+
+
+def metrics(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples}
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """(items, forwards) of text and image embeddings so far."""
+    m = metrics(url)
+    items = sum(v for (n, labels), v in m.items() if n == "tips_batch_size_sum" and dict(labels)["kind"] in ("text", "image"))
+    forwards = sum(v for (n, labels), v in m.items() if n == "tips_batch_size_count" and dict(labels)["kind"] in ("text", "image"))
+    return items, forwards
+
+
+def test_metrics_parse_and_count_this_tests_requests(setup):
+    url = setup["url"]
+    key = ("tips_requests_total", (("route", "/v1/embeddings"), ("status", "200")))
+    bad = ("tips_requests_total", (("route", "/v1/embeddings"), ("status", "400")))
+    before = metrics(url)
+    for text in ("one", "two", "three"):
+        httpx.post(url + "/v1/embeddings", json={"input": text}, timeout=60)
+    httpx.post(url + "/v1/embeddings", content=b"{not json", timeout=60)
+    after = metrics(url)
+    assert after[key] - before.get(key, 0) == 3 and after[bad] - before.get(bad, 0) == 1
+    latency = ("tips_request_seconds_count", (("route", "/v1/embeddings"),))
+    assert after[latency] - before[latency] == 4
+    assert ("tips_queue_depth", ()) in after
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def _big_text_body() -> bytes:
+    return b'{"input": "' + b"x" * 400_000 + b'"}'
+
+
+BAD = [  # (body as JSON or raw bytes, status, the field the error names)
+    (b"{bad json", 400, "body"),
+    (b"[1, 2]", 422, "body"),
+    ({"input": [{"image": "data:image/png;base64,aGVsbG8="}]}, 400, "input[0].image"),
+    ({"input": [{"image": "data:image/png;base64,@@@"}]}, 400, "input[0].image"),
+    ({"input": [{"image": "https://example.com/cat.png"}]}, 422, "input[0].image"),
+    ({"input": "a cat", "model": "gpt-4"}, 400, "model"),
+    ({"input": "a cat", "dimensions": 4096}, 422, "dimensions"),
+    ({"input": "a cat", "dimensions": 0}, 422, "dimensions"),
+    ({"input": "a cat", "encoding_format": "int8"}, 422, "encoding_format"),
+    ({"input": "a cat", "temperature": 1}, 422, "temperature"),
+    ({"input": [3.5]}, 422, "input[0]"),
+    ({"input": []}, 422, "input"),
+    (None, 413, "body"),  # _big_text_body
+    ({"input": ["a"] * 5}, 413, "input"),
+    ({"input": "x" * 51}, 413, "input"),
+    ({"input": [{"text": "x" * 51}]}, 413, "input[0].text"),
+    ("big-image", 413, "input[0].image"),
+]
+
+
+@pytest.mark.parametrize("body,status,param", BAD, ids=[f"{s}-{p}-{i}" for i, (_, s, p) in enumerate(BAD)])
+def test_a_bad_request_answers_its_4xx_naming_the_field(strict, body, status, param):
+    url = strict["url"] + "/v1/embeddings"
+    if body == "big-image":
+        body = {"input": [{"image": png_url(Image.new("RGB", (120, 100)))}]}
+    if body is None:
+        r = httpx.post(url, content=_big_text_body(), headers={"content-type": "application/json"}, timeout=30)
+    elif isinstance(body, bytes):
+        r = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
+    else:
+        r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and param.split("[")[0].split(".")[0] in error["message"]
+    if status == 413:
+        assert "--max-" in error["message"]  # the limit and the flag that raises it
+    assert httpx.get(strict["url"] + "/health", timeout=10).json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("route,body,status,param", [
+    ("/v1/depth", {"image": "not base64 !"}, 400, "image"),
+    ("/v1/depth", {}, 422, "image"),
+    ("/v1/open-vocab", {"image": "x", "classes": ["a", "b", "c", "d"]}, 413, "classes"),
+    ("/v1/open-vocab", {"image": "x", "classes": []}, 422, "classes"),
+    ("/v1/search", {"text": "a cat", "k": 50}, 422, "k"),
+    ("/v1/search", {"text": "a", "image": "b"}, 422, "text"),
+])
+def test_the_other_routes_name_the_field_too(strict, route, body, status, param):
+    r = httpx.post(strict["url"] + route, json=body, timeout=30)
+    assert r.status_code == status and r.json()["error"]["param"] == param, r.text
+
+
+def test_a_full_queue_and_a_slow_forward_answer_503_then_the_server_serves_again(strict):
+    server = strict["app"].state.server
+    release = threading.Event()
+    server.batcher.handlers["block"] = lambda items: [release.wait(30) for _ in items]
+    blocker = server.batcher.submit("block", "block", [0])  # the worker is now busy
+    time.sleep(0.1)
+    try:
+        queued = server.batcher.submit("block", "block", [1, 2, 3])  # the queue (4) is nearly full
+        r = httpx.post(strict["url"] + "/v1/embeddings", json={"input": ["a", "b"]}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "queue_full"
+        r = httpx.post(strict["url"] + "/v1/embeddings", json={"input": "a"}, timeout=30)  # fits, then times out
+        assert r.status_code == 503 and r.json()["error"]["code"] == "timeout" and "--timeout-s" in r.text
+    finally:
+        release.set()
+    for f in [*blocker, *queued]:
+        f.result(10)
+    r = httpx.post(strict["url"] + "/v1/embeddings", json={"input": "a"}, timeout=30)
+    assert r.status_code == 200 and httpx.get(strict["url"] + "/health").json()["queue"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ batcher alone
+def test_a_request_larger_than_max_batch_is_split_and_the_wait_starts_at_the_first_item():
+    from tips.serve import Batcher
+
+    sizes, started = [], time.monotonic()
+    batcher = Batcher({"x": lambda items: (sizes.append((len(items), time.monotonic() - started)) or items)},
+                      max_batch=4, max_wait_s=0.3, max_queue=100)
+    batcher.start()
+    try:
+        assert [f.result(5) for f in batcher.submit("x", "g", list(range(10)))] == list(range(10))
+        assert [n for n, _ in sizes] == [4, 4, 2] and sizes[2][1] >= 0.29  # the rest waited for company
+        sizes.clear()
+        started = time.monotonic()
+        first = batcher.submit("x", "g", ["a"])
+        time.sleep(0.15)
+        second = batcher.submit("x", "g", ["b"])
+        assert first[0].result(5) == "a" and second[0].result(5) == "b"
+        assert sizes == [(2, pytest.approx(0.3, abs=0.12))]  # one batch, due 0.3 s after the *first* item
+    finally:
+        batcher.stop()
