@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..formats.heads import load_head
+from ..formats.optional import require
 from ..index import Index, check_same_space
 from ..index.queries import model_space
 from ..inference.loaded import resolve_device
@@ -121,8 +122,7 @@ def heads_from_args(args: argparse.Namespace, width: int) -> dict:
 
 def serve(args: argparse.Namespace) -> int:
     """Check what is given, load the model, heads and index, then run uvicorn until interrupted."""
-    import uvicorn
-
+    uvicorn = require("uvicorn", "tips-serve", extra="serve")
     if args.index is not None and not args.index.is_dir():
         raise FileNotFoundError(f"--index {args.index}: no such folder (build one with tips-index)")
     loaded = model_from_args(args)

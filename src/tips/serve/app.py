@@ -14,41 +14,33 @@ import math
 import time
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..formats.optional import require
 from ..inference.open_vocab import parse_classes
 from ..inference.uploads import UploadError, decode_upload, square_tensor
 from .batching import Batcher, QueueFull
 from .codec import array_body, b64_array, check_text, image_from_field, png_bytes, thumbnail_jpeg, to_input_size
 from .forwards import DENSE_TASKS, ServedModel
-from .limits import ApiError, Limits, too_large
+from .limits import ApiError, ServeOptions, too_large
 from .metrics import Metrics
+
+# fastapi (with pydantic, which it is built on) is the serve extra: imported here, with the install command if absent
+_fastapi = require("fastapi", "tips-serve", extra="serve")
+_responses = require("fastapi.responses", "tips-serve", extra="serve")
+_pydantic = require("pydantic", "tips-serve", extra="serve")
+FastAPI, Request = _fastapi.FastAPI, _fastapi.Request
+RequestValidationError = require("fastapi.exceptions", "tips-serve", extra="serve").RequestValidationError
+run_in_threadpool = require("fastapi.concurrency", "tips-serve", extra="serve").run_in_threadpool
+FileResponse, JSONResponse, Response = _responses.FileResponse, _responses.JSONResponse, _responses.Response
+BaseModel, ConfigDict, ValidationError = _pydantic.BaseModel, _pydantic.ConfigDict, _pydantic.ValidationError
 
 PAGE = Path(__file__).parent / "page"
 ROUTES = ("/v1/embeddings", "/v1/depth", "/v1/normals", "/v1/segmentation", "/v1/open-vocab", "/v1/search",
           "/v1/images", "/health", "/metrics", "/")
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """max_batch: items per forward (1 turns batching off); max_wait_ms: how long a batch's first item waits for
-    others; max_queue: items waiting before requests are refused with 503; timeout_s: a request's time limit (503
-    past it); limits: what one request may hold."""
-
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
-    timeout_s: float = 30.0
-    limits: Limits = field(default_factory=Limits)
 
 
 # ---------------------------------------------------------------------------------------------- request bodies

@@ -8,7 +8,7 @@ limit and the flag that sets it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -24,6 +24,19 @@ class Limits:
     max_text_chars: int = 20_000
     max_classes: int = 256
     max_k: int = 100
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """max_batch: items per forward (1 turns batching off); max_wait_ms: how long a batch's first item waits for
+    others; max_queue: items waiting before requests are refused with 503; timeout_s: a request's time limit (503
+    past it); limits: what one request may hold."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    timeout_s: float = 30.0
+    limits: Limits = field(default_factory=Limits)
 
 
 class ApiError(Exception):

@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from ..formats.optional import require
+
+_prom = require("prometheus_client", "tips-serve metrics", extra="serve")
+CollectorRegistry, Counter, Gauge, Histogram = _prom.CollectorRegistry, _prom.Counter, _prom.Gauge, _prom.Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    content_type = CONTENT_TYPE_LATEST
+    content_type = _prom.CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -37,4 +39,4 @@ class Metrics:
         self.batch_size.labels(kind).observe(size)
 
     def text(self) -> bytes:
-        return generate_latest(self.registry)
+        return _prom.generate_latest(self.registry)
