@@ -329,3 +329,68 @@ def test_a_request_larger_than_max_batch_is_split_and_the_wait_starts_at_the_fir
         assert sizes == [(2, pytest.approx(0.3, abs=0.12))]  # one batch, due 0.3 s after the *first* item
     finally:
         batcher.stop()
+
+
+# ------------------------------------------------------------------------------------------------ the page, in Chromium
+def chromium_driver():
+    """Headless Chromium from the distribution's packages; under CI=true a missing browser fails the test."""
+    import os
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        message = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_page_searches_by_text_and_shows_dense_results_of_an_upload_in_a_real_browser(setup):
+    from pathlib import Path
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    screens = Path(__file__).resolve().parents[1] / "screens"
+    screens.mkdir(exist_ok=True)
+    driver = chromium_driver()
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(setup["url"] + "/")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), NAME))
+        driver.save_screenshot(str(screens / "1-loaded.png"))
+        driver.find_element(By.ID, "search-text").send_keys("a cat")
+        driver.find_element(By.ID, "search-button").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "search-note"), "hits"))
+        hits = driver.find_elements(By.CSS_SELECTOR, "#search-results figure.hit")
+        assert len(hits) == 5  # every image of the index, best first
+        wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+                                 for img in d.find_elements(By.CSS_SELECTOR, "#search-results img")))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#search-results canvas.heat")) == 5
+        captions = [h.find_element(By.TAG_NAME, "figcaption").text for h in hits]
+        assert all(c.split()[1].endswith(".png") for c in captions)
+        driver.save_screenshot(str(screens / "2-text-search.png"))
+
+        driver.find_element(By.ID, "image-file").send_keys(str(setup["photos"][0]))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "image-note"), "done"))
+        tasks = {img.get_attribute("data-task"): img for img in
+                 driver.find_elements(By.CSS_SELECTOR, "#dense-results img.result")}
+        assert set(tasks) == {"input", "depth", "normals", "segmentation", "open-vocab"}
+        w, h = Image.open(setup["photos"][0]).size
+        for task, img in tasks.items():  # each a decoded picture at the input's size
+            wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img))
+            assert driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img) == [w, h]
+        driver.execute_script("document.getElementById('image-panel').scrollIntoView()")
+        driver.save_screenshot(str(screens / "3-image-upload.png"))
+    finally:
+        driver.quit()
