@@ -249,6 +249,7 @@ BAD = [  # (body as JSON or raw bytes, status, the field the error names)
     ({"input": "a cat", "temperature": 1}, 422, "temperature"),
     ({"input": [3.5]}, 422, "input[0]"),
     ({"input": []}, 422, "input"),
+    ({"input": ["a", ""]}, 422, "input[1]"),
     (None, 413, "body"),  # _big_text_body
     ({"input": ["a"] * 5}, 413, "input"),
     ({"input": "x" * 51}, 413, "input"),
@@ -283,9 +284,14 @@ def test_a_bad_request_answers_its_4xx_naming_the_field(strict, body, status, pa
     ("/v1/open-vocab", {"image": "x", "classes": []}, 422, "classes"),
     ("/v1/search", {"text": "a cat", "k": 50}, 422, "k"),
     ("/v1/search", {"text": "a", "image": "b"}, 422, "text"),
+    ("/v1/search", {"text": " "}, 422, "text"),
+    ("/v1/open-vocab", {"image": "x", "classes": ", ,|"}, 422, "classes"),
+    ("/v1/open-vocab", {"image": "x", "classes": ["a", 1]}, 422, "classes[1]"),
+    ("/v1/images/99", None, 404, "row"),
 ])
 def test_the_other_routes_name_the_field_too(strict, route, body, status, param):
-    r = httpx.post(strict["url"] + route, json=body, timeout=30)
+    r = (httpx.get(strict["url"] + route, timeout=30) if body is None else
+         httpx.post(strict["url"] + route, json=body, timeout=30))
     assert r.status_code == status and r.json()["error"]["param"] == param, r.text
 
 
@@ -394,3 +400,39 @@ def test_the_page_searches_by_text_and_shows_dense_results_of_an_upload_in_a_rea
         driver.save_screenshot(str(screens / "3-image-upload.png"))
     finally:
         driver.quit()
+
+
+# ------------------------------------------------------------------------------------------------ docs/serving.md
+SERVER_MARK = "<!-- not run: needs a running server (tests/test_serve.py runs this block against one) -->"
+
+
+def served_examples() -> list[tuple[str, str]]:
+    """(language, code) of every block of docs/serving.md marked as needing a running server."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    return [(m.group(1), m.group(2)) for m in re.finditer(re.escape(SERVER_MARK) + r"\n```(bash|python)\n(.*?)^```",
+                                                           text, re.S | re.M)]
+
+
+def test_the_serving_docs_examples_run_against_the_server(setup, tmp_path, monkeypatch):
+    import contextlib
+    import subprocess
+
+    examples = served_examples()
+    assert {lang for lang, _ in examples} == {"bash", "python"} and len(examples) >= 5
+    Image.open(setup["photos"][0]).convert("RGB").save(tmp_path / "photo.jpg")
+    host = setup["url"].removeprefix("http://")
+    monkeypatch.chdir(tmp_path)
+    for lang, code in examples:
+        code = code.replace("127.0.0.1:8000", host).replace("tips-v2-b14", NAME)
+        if lang == "bash":
+            out = subprocess.run(["bash", "-euo", "pipefail", "-c", code], capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0 and '"error"' not in out.stdout, (code, out.stdout[-500:], out.stderr[-500:])
+        else:
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(compile(code, "docs/serving.md", "exec"), {})
+            assert printed.getvalue().strip(), code
+    assert Image.open(tmp_path / "depth.png").size == Image.open(tmp_path / "photo.jpg").size

@@ -20,6 +20,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ..formats.optional import require
+from ..inference.images import MAX_RESIZED_PIXELS
 from ..inference.open_vocab import parse_classes
 from ..inference.uploads import UploadError, decode_upload, square_tensor
 from .batching import Batcher, QueueFull
@@ -73,7 +74,7 @@ class OpenVocabRequest(DenseRequest):
 class SearchRequest(_Body):
     text: str | None = None
     image: str | None = None
-    k: int = 10
+    k: int | None = None  # default: 10, or --max-k when smaller
     model: str | None = None
     cls: Literal["alt", "syn"] | None = None
     heatmaps: bool = False
@@ -115,7 +116,7 @@ class Server:
             return schema.model_validate(data)
         except ValidationError as e:
             first = e.errors()[0]
-            param = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("str", "list", "literal"))) or "body"
+            param = _param([p for p in first["loc"] if not str(p).startswith(("str", "list", "literal"))]) or "body"
             message = f"{param}: {first['msg']}" + (f" (unknown field; known: {', '.join(schema.model_fields)})"
                                                     if first["type"] == "extra_forbidden" else "")
             raise ApiError(422, message, param, "invalid_value") from None
@@ -223,15 +224,25 @@ class Server:
         started = time.monotonic()
         body: OpenVocabRequest = await self.read(request, OpenVocabRequest)
         self.check_model(body.model)
-        classes = parse_classes(body.classes) if isinstance(body.classes, str) else [c for c in body.classes if c.strip()]
-        if not classes:
+        names = [n for n in (body.classes.split(",") if isinstance(body.classes, str) else body.classes)
+                 if n.replace("|", "").strip()]
+        if not names:
             raise ApiError(422, "classes: give at least one class name", "classes", "invalid_value")
-        if len(classes) > self.limits.max_classes:
-            raise too_large("classes", "a list of classes", len(classes), self.limits.max_classes, "--max-classes")
-        for i, c in enumerate(classes):
-            for name in (c if isinstance(c, tuple) else (c,)):
-                check_text(name, f"classes[{i}]", self.limits.max_text_chars)
+        if len(names) > self.limits.max_classes:
+            raise too_large("classes", "a list of classes", len(names), self.limits.max_classes, "--max-classes")
+        for i, name in enumerate(names):
+            check_text(name, f"classes[{i}]", self.limits.max_text_chars)
+        try:
+            classes = parse_classes(",".join(names)) if isinstance(body.classes, str) else names
+        except ValueError as e:
+            raise ApiError(422, f"classes: {e}", "classes", "invalid_value") from None
         image = await self.image(body.image, "image")
+        side = self.served.model.image_size  # the protocol resizes the short side to it, then slides windows
+        resized = side * side * max(image.width, image.height) // max(1, min(image.width, image.height))
+        if resized > MAX_RESIZED_PIXELS:
+            raise ApiError(413, f"image: {image.width}x{image.height} resized to a {side}-pixel short side would be "
+                           f"{resized} pixels, more than {MAX_RESIZED_PIXELS} (an extreme aspect ratio)", "image",
+                           "too_large")
         (seg,) = await self.wait(self.submit("open_vocab", "open_vocab", [(image, classes)]), started)
         labels = seg.labels.numpy().astype(np.int32)
         if body.format == "png":
@@ -249,8 +260,9 @@ class Server:
             raise ApiError(404, "/v1/search: no index is loaded; start tips-serve with --index DIR", None, "no_index")
         if (body.text is None) == (body.image is None):
             raise ApiError(422, "text, image: give exactly one of them", "text", "invalid_value")
-        if not 1 <= body.k <= self.limits.max_k:
-            raise ApiError(422, f"k: {body.k} is outside 1..{self.limits.max_k} (tips-serve --max-k)", "k", "invalid_value")
+        k = min(10, self.limits.max_k) if body.k is None else body.k
+        if not 1 <= k <= self.limits.max_k:
+            raise ApiError(422, f"k: {k} is outside 1..{self.limits.max_k} (tips-serve --max-k)", "k", "invalid_value")
         if body.text is not None:
             text = check_text(body.text, "text", self.limits.max_text_chars)
             ((query, _),) = await self.wait(self.submit("text", "text", [text]), started)
@@ -264,7 +276,7 @@ class Server:
         full = query
         if index.width < len(query):
             query = query[: index.width] / max(float(np.linalg.norm(query[: index.width])), 1e-12)
-        scores, rows = await run_in_threadpool(index.search, query[None].astype(np.float32), body.k)
+        scores, rows = await run_in_threadpool(index.search, query[None].astype(np.float32), k)
         hits = [{**_plain(row), "score": float(s)} for row, s in zip(rows[0], scores[0])]
         if body.heatmaps and body.text is not None and hits:
             maps = await self.heatmaps(hits, full, started)
@@ -306,6 +318,14 @@ class Server:
                 "heads": sorted(s.heads), "index": None if s.index is None else
                 {"kind": s.index.kind, "count": s.index.count, "width": s.index.width},
                 "queue": self.batcher.pending, "random_weights": s.random}
+
+
+def _param(loc: Sequence[Any]) -> str:
+    """A pydantic location as the field's name: ``("classes", 0)`` → ``classes[0]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def _plain(row: dict) -> dict:
