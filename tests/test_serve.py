@@ -436,3 +436,35 @@ def test_the_serving_docs_examples_run_against_the_server(setup, tmp_path, monke
                 exec(compile(code, "docs/serving.md", "exec"), {})
             assert printed.getvalue().strip(), code
     assert Image.open(tmp_path / "depth.png").size == Image.open(tmp_path / "photo.jpg").size
+
+
+@pytest.mark.slow  # a fresh Python that imports torch and builds a model: ~10 s on 2 cores
+def test_the_tips_serve_command_serves_until_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    port = serving.free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "tips.cli.serve", "--random-init", "tiny", "--random-head", "depth",
+                             "--port", str(port), "--max-batch", "1"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                health = httpx.get(url + "/health", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+                time.sleep(0.5)
+        assert health["model"] == "random-init:tiny:seed=0" and health["heads"] == ["depth"] and health["random_weights"]
+        r = httpx.post(url + "/v1/embeddings", json={"input": "a cat", "model": health["model"]}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == health["width"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 0 and "Traceback" not in err, err
