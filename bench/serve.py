@@ -5,10 +5,10 @@ against the same model called in-process.
     python -m bench.serve --kind text --requests 64         # text embeddings
     python -m bench.serve --variant s14 --requests 256      # a larger tower (random weights: speed only)
 
-Each request embeds one item (a 224-px photo for ``image``, a sentence for ``text``) through ``POST /v1/embeddings``
-of a real uvicorn on 127.0.0.1 (one process, the worker thread of tips.serve). ``batching on`` is
-``--max-batch 32 --max-wait-ms 5``, ``off`` is ``--max-batch 1``. For each concurrency C, C client threads send
-``--requests`` requests in all (each thread its own HTTP connection); the table gives requests/s, p50 and p99
+Each request embeds one item (a photo at the model's size for ``image``, a sentence for ``text``) through
+``POST /v1/embeddings`` of ``tips-serve --random-init VARIANT`` on 127.0.0.1, started in its own process.
+``batching on`` is ``--max-batch 32 --max-wait-ms 5``, ``off`` is ``--max-batch 1``. For each concurrency C, C
+asyncio clients (each its own HTTP connection) send ``--requests`` requests in all; the table gives requests/s, p50 and p99
 latency, and the ratio of batched to unbatched throughput. ``in-process`` is the same model called directly: one
 item per call (the unbatched bound, no HTTP) and 32 items per call (the batched bound).
 """
@@ -16,41 +16,51 @@ item per call (the unbatched bound, no HTTP) and 32 items per call (the batched 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import json
+import os
+import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import torch
-import uvicorn
 from PIL import Image
 
-import tips
+from tips.inference import random_model
 from bench.machine import cpu_name
-from tips.serve import ServedModel, ServeOptions, create_app
 
 
 @contextmanager
-def serving(app):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
+def serving(variant: str, max_batch: int, threads: int | None):
+    """``tips-serve --random-init VARIANT`` in its own process (the clients' threads never share its GIL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    proc = subprocess.Popen([sys.executable, "-m", "tips.cli.serve", "--random-init", variant, "--tokenizer", "bpe",
+                             "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", "5",
+                             "--device", "cpu"], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=5).raise_for_status()
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None:
+                    raise RuntimeError("tips-serve exited before answering /health") from None
+                time.sleep(0.3)
+        yield url
     finally:
-        server.should_exit = True
-        thread.join(10)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
 
 
 def workload(kind: str, n: int, side: int) -> list[dict]:
@@ -69,20 +79,25 @@ def workload(kind: str, n: int, side: int) -> list[dict]:
 
 
 def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, np.ndarray]:
-    """(requests/s, latencies in ms) of sending ``bodies`` from ``concurrency`` threads."""
-    local = threading.local()
+    """(requests/s, latencies in ms) of sending ``bodies`` from ``concurrency`` clients, each on its connection."""
 
-    def one(body: dict) -> float:
-        client = getattr(local, "client", None) or setattr(local, "client", httpx.Client(timeout=300)) or local.client
-        started = time.perf_counter()
-        r = client.post(url + "/v1/embeddings", json={**body, "encoding_format": "base64"})
-        r.raise_for_status()
-        return (time.perf_counter() - started) * 1000
+    async def run() -> list[float]:
+        todo = iter(bodies)
+        times: list[float] = []
+        async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
+            async def worker() -> None:
+                for body in todo:
+                    started = time.perf_counter()
+                    r = await client.post(url + "/v1/embeddings", json={**body, "encoding_format": "base64"})
+                    r.raise_for_status()
+                    times.append((time.perf_counter() - started) * 1000)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return times
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        times = np.array(list(pool.map(one, bodies)))
-    return len(bodies) / (time.perf_counter() - started), times
+    times = asyncio.run(run())
+    return len(bodies) / (time.perf_counter() - started), np.array(times)
 
 
 @torch.inference_mode()
@@ -105,21 +120,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=("image", "text"), default="image")
     parser.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads of the server and of the "
+                        "in-process calls (default torch's)")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = tips.create_model(args.variant, tokenizer="bpe").eval()
+    model = random_model(args.variant, "bpe", seed=0)  # the weights tips-serve --random-init builds
     bodies = workload(args.kind, args.requests, model.image_size)
     in_process(model, args.kind, bodies[:4], 4)  # warm-up
     rows = {"in-process, 1 per call": in_process(model, args.kind, bodies, 1),
             "in-process, 32 per call": in_process(model, args.kind, bodies, 32)}
     results: dict[str, dict[int, dict[str, float]]] = {}
     for label, max_batch in (("batching on", 32), ("batching off", 1)):
-        app = create_app(ServedModel(model, args.variant), ServeOptions(max_batch=max_batch, max_wait_ms=5))
-        with serving(app) as url:
+        with serving(args.variant, max_batch, args.threads) as url:
             load(url, bodies[:8], 4)  # warm-up: connections, first forwards
             results[label] = {}
             for c in args.concurrency:
