@@ -168,6 +168,35 @@ def test_search_equals_the_python_index_search_for_text_and_image(setup):
     assert all(h["heatmap"]["shape"] == [grid, grid] for h in r.json()["hits"])
 
 
+def test_a_region_index_answers_its_cells_with_heat_maps_and_refuses_image_queries(setup, tmp_path):
+    from tips.cli.serve import served_index
+    from tips.index import Index
+    from tips.index.queries import embed_texts, model_space
+    from tips.inference.regions import encode_regions, region_boxes
+    from tips.inference.uploads import square_tensor
+    from tips.serve import ServedModel
+
+    model, photos, k = setup["model"], setup["photos"], 2
+    images = torch.stack([square_tensor(Image.open(p).convert("RGB"), model.image_size, model.patch_size) for p in photos])
+    vectors = encode_regions(model, images, k).reshape(-1, model.width).numpy()  # (N·k², D)
+    grid = model.image_size // model.patch_size
+    boxes = region_boxes(grid, grid, k).tolist()
+    rows = {"id": [p.name for p in photos for _ in range(k * k)], "source": [str(p) for p in photos for _ in range(k * k)],
+            "cell": [c for _ in photos for c in range(k * k)], "box": [boxes[c] for _ in photos for c in range(k * k)]}
+    space = model_space(model, NAME, "region")
+    Index.build(vectors, rows, space, max_memory=2**30).save(tmp_path / "regions")
+    served = ServedModel(model, NAME, index=served_index(tmp_path / "regions", model, NAME))
+    with serving.running(create_app(served)) as url:
+        r = httpx.post(url + "/v1/search", json={"text": "a cat's face", "k": 4, "heatmaps": True}, timeout=60)
+        expected = Index.open(tmp_path / "regions").search(embed_texts(model, ["a cat's face"]), 4, space)
+        hits = r.json()["hits"]
+        assert r.json()["kind"] == "region"
+        assert [(h["id"], h["cell"]) for h in hits] == [(e["id"], e["cell"]) for e in expected.rows[0]]
+        assert all(len(h["box"]) == 4 and h["heatmap"]["shape"] == [grid, grid] for h in hits)
+        r = httpx.post(url + "/v1/search", json={"image": data_url(photos[0])}, timeout=60)
+        assert r.status_code == 422 and r.json()["error"]["param"] == "image"
+
+
 # ------------------------------------------------------------------------------------------------ batching
 def test_200_requests_from_32_clients_equal_each_input_run_alone(setup):
     model, photos = setup["model"], setup["photos"]
