@@ -76,7 +76,6 @@ class SearchRequest(_Body):
     image: str | None = None
     k: int | None = None  # default: 10, or --max-k when smaller
     model: str | None = None
-    cls: Literal["alt", "syn"] | None = None
     heatmaps: bool = False
 
 
@@ -100,12 +99,12 @@ class Server:
             if not declared.isdigit():
                 raise ApiError(400, f"Content-Length {declared!r} is not a number", "body", "invalid_body")
             if int(declared) > limit:
-                raise too_large("body", "a body of bytes", int(declared), limit, "--max-body-bytes")
+                raise too_large("body", int(declared), limit, "bytes", "--max-body-bytes")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise too_large("body", "a body of at least bytes", len(body), limit, "--max-body-bytes")
+                raise too_large("body", len(body), limit, "bytes (at least)", "--max-body-bytes")
         try:
             data = json.loads(bytes(body))
         except (ValueError, UnicodeDecodeError) as e:
@@ -128,7 +127,7 @@ class Server:
 
     def submit(self, kind: str, group: Any, payloads: Sequence[Any]) -> list[Future]:
         if len(payloads) > self.options.max_queue:
-            raise too_large("input", "a request of items", len(payloads), self.options.max_queue, "--max-queue")
+            raise too_large("input", len(payloads), self.options.max_queue, "items (the whole queue)", "--max-queue")
         try:
             return self.batcher.submit(kind, group, payloads)
         except QueueFull as e:
@@ -167,7 +166,7 @@ class Server:
         if not items:
             raise ApiError(422, "input: give at least one text or image", "input", "invalid_value")
         if len(items) > self.limits.max_inputs:
-            raise too_large("input", "a list of items", len(items), self.limits.max_inputs, "--max-inputs")
+            raise too_large("input", len(items), self.limits.max_inputs, "items", "--max-inputs")
         texts: list[tuple[int, str]] = []
         images: list[tuple[int, Any]] = []
         for i, item in enumerate(items):
@@ -184,8 +183,13 @@ class Server:
         decoded = [await self.image(value, f"input[{i}].image") for i, value in images]
         tensors = await run_in_threadpool(lambda: [self.model_tensor(im) for im in decoded])
         side = self.served.model.image_size
-        futures = (self.submit("text", "text", [t for _, t in texts]) if texts else []) + (
-            self.submit("image", ("image", side), tensors) if tensors else [])
+        futures = self.submit("text", "text", [t for _, t in texts]) if texts else []
+        try:
+            futures += self.submit("image", ("image", side), tensors) if tensors else []
+        except ApiError:
+            for f in futures:  # the texts' forwards would be for nobody
+                f.cancel()
+            raise
         results = await self.wait(futures, started)
         vectors: dict[int, np.ndarray] = {}
         tokens = 0
@@ -229,7 +233,7 @@ class Server:
         if not names:
             raise ApiError(422, "classes: give at least one class name", "classes", "invalid_value")
         if len(names) > self.limits.max_classes:
-            raise too_large("classes", "a list of classes", len(names), self.limits.max_classes, "--max-classes")
+            raise too_large("classes", len(names), self.limits.max_classes, "classes", "--max-classes")
         for i, name in enumerate(names):
             check_text(name, f"classes[{i}]", self.limits.max_text_chars)
         try:

@@ -50,7 +50,7 @@ def check_text(value: object, param: str, max_chars: int) -> str:
     if not isinstance(value, str):
         raise ApiError(422, f"{param}: expected a string, got {type(value).__name__}", param, "invalid_type")
     if len(value) > max_chars:
-        raise too_large(param, "text of length", len(value), max_chars, "--max-text-chars")
+        raise too_large(param, len(value), max_chars, "characters", "--max-text-chars")
     if not value.strip():
         raise ApiError(422, f"{param}: an empty text has no embedding; send at least one word", param, "empty_text")
     return value

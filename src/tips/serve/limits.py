@@ -54,7 +54,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
-def too_large(param: str, what: str, size: int, limit: int, flag: str) -> ApiError:
-    """413 naming the field, the size, the limit and the flag that raises it."""
-    return ApiError(413, f"{param}: {what} {size} is over the limit of {limit} (tips-serve {flag})", param,
-                    "too_large")
+def too_large(param: str, size: int, limit: int, unit: str, flag: str) -> ApiError:
+    """413 naming the field, its size, the limit and the flag that raises it: ``input: 5 items, over the limit of 4
+    (tips-serve --max-inputs)``."""
+    return ApiError(413, f"{param}: {size} {unit}, over the limit of {limit} (tips-serve {flag})", param, "too_large")
