@@ -124,12 +124,12 @@ def test_each_dense_endpoint_answers_at_the_inputs_size(setup, task, channels):
     assert r.status_code == 200, r.text
     values = decode_array(r.json())
     assert values.shape == ((channels, h, w) if channels else (h, w))
-    head, model = setup["served"].heads[task], setup["model"]
-    from tips.inference.uploads import square_tensor
+    if task == "depth":  # the model-resolution output resized to the photo's: its mean barely moves
+        from tips.inference.uploads import square_tensor
 
-    with torch.inference_mode():
-        alone = head.predict(model, square_tensor(Image.open(photo).convert("RGB"), model.image_size, 14)[None])[0]
-    if task == "depth":  # the model-resolution output, resized: compare at a pixel-exact spot, the mean
+        head, model = setup["served"].heads[task], setup["model"]
+        with torch.inference_mode():
+            alone = head.predict(model, square_tensor(Image.open(photo).convert("RGB"), model.image_size, 14)[None])[0]
         assert abs(values.mean() - alone.mean().item()) < 0.05 * abs(alone.mean().item()) + 1e-4
     if task == "normals":
         np.testing.assert_allclose(np.linalg.norm(values, axis=0), 1, atol=1e-4)
@@ -204,24 +204,29 @@ def test_200_requests_from_32_clients_equal_each_input_run_alone(setup):
     alone_text = {t: text_alone(model, t) for t in texts}
     alone_image = {p: image_alone(model, p) for p in photos}
     urls = {p: data_url(p) for p in photos}
+    clients: dict[int, httpx.Client] = {}  # one connection per client thread
 
     def one(i: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        if i % 3 == 0:
-            chosen = [photos[i % len(photos)], photos[(i + 1) % len(photos)]]
+        if i % 4 == 0:
+            chosen = [photos[i % len(photos)]]
             body = {"input": [{"image": urls[p]} for p in chosen], "encoding_format": "float"}
             expected = [alone_image[p] for p in chosen]
         else:
             chosen = [texts[i % 40], texts[(i * 7) % 40], texts[(i * 3) % 40]]
             body, expected = {"input": chosen}, [alone_text[t] for t in chosen]
-        with httpx.Client(timeout=120) as client:
-            r = client.post(setup["url"] + "/v1/embeddings", json=body)
+        client = clients.get(threading.get_ident())
+        if client is None:
+            client = clients[threading.get_ident()] = httpx.Client(timeout=120)
+        r = client.post(setup["url"] + "/v1/embeddings", json=body)
         assert r.status_code == 200, r.text
         return [(np.asarray(d["embedding"]), e) for d, e in zip(r.json()["data"], expected)]
 
     before = batch_counts(setup["url"])
     with ThreadPoolExecutor(32) as pool:
         results = [pair for pairs in pool.map(one, range(200)) for pair in pairs]
-    assert len(results) == 200 // 3 * 2 + 2 + (200 - 67) * 3
+    for client in clients.values():
+        client.close()
+    assert len(results) == 50 + 150 * 3
     for got, expected in results:
         assert cosine(got, expected) >= 0.99999 and np.abs(got - expected).max() <= 1e-5
     after = batch_counts(setup["url"])
