@@ -87,3 +87,14 @@ def test_a_photo_that_needs_resizing_is_close_and_its_cosine_is_reported(exporte
     with capsys.disabled():
         print(f"\nsentence-transformers vs tips on a 301x197 photo resized to {model.image_size}: cosine {cosine:.8f} (1 - cosine = {1 - cosine:.2e})")
     assert cosine >= 0.99
+
+
+def test_tips_load_reads_the_original_model_back_from_either_folder(exported):
+    model, folder = exported
+    x = photo((model.image_size, model.image_size))
+    with torch.inference_mode():
+        want = model.encode_image(model.preprocess(x)[None])
+        for cls in ("alt", "syn"):
+            got = tips.load(folder / cls).encode_image(model.preprocess(x)[None])
+            torch.testing.assert_close(got.cls_alt, want.cls_alt, atol=1e-5, rtol=0)
+            torch.testing.assert_close(got.cls_syn, want.cls_syn, atol=1e-5, rtol=0)

@@ -10,8 +10,8 @@ plus sentence-transformers' own files: ``modules.json`` (its ``Transformer`` mod
 ``pooler_output`` of the image tower is the first token. For ``cls="syn"`` (CLS2, the synthetic-caption space) the
 written tower has its two CLS tokens swapped: both enter without a position, and attention does not depend on
 token order, so the first token's output is then exactly CLS2. That folder is for sentence-transformers; its
-``Tipsv2Model`` is not the original model (its CLS1 is the original CLS2), which config.json's ``"tips"`` field
-records (``cls_swapped``).
+``Tipsv2Model`` has the original CLS2 first, which config.json's ``"tips"`` field records (``cls_swapped``), so
+``tips.load`` swaps them back and reads the original model.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import copy
 import json
 from pathlib import Path
 
-import torch
-
 from ..io.atomic import staged_dir
 from ..models.tips import TIPS
-from .hf import EXTRA_FIELD, export_transformers
+from .hf import CLS_SWAPPED, EXTRA_FIELD, export_transformers, swap_cls_tokens
 
 MODULE = "sentence_transformers.base.modules"
 MODULES = [
@@ -48,13 +46,7 @@ def cls_first(model: TIPS, cls: str) -> TIPS:
         raise ValueError(f"--cls {cls!r}: expected one of {CLS} (alt: CLS1, alt-text space; syn: CLS2, captions)")
     if cls == "alt":
         return model
-    swapped = copy.deepcopy(model)
-    v = swapped.vision
-    with torch.no_grad():
-        cls_token, reg_token = v.cls_token.detach().clone(), v.reg_token.detach().clone()
-        v.cls_token.copy_(reg_token)
-        v.reg_token.copy_(cls_token)
-    return swapped
+    return swap_cls_tokens(copy.deepcopy(model))
 
 
 def write_sentence_transformers(model: TIPS, out_dir: str | Path, cls: str = "alt") -> dict[str, Path]:
@@ -74,7 +66,7 @@ def write_sentence_transformers(model: TIPS, out_dir: str | Path, cls: str = "al
             f.rename(tmp / f.name)
         (tmp / "model").rmdir()
         config = json.loads((tmp / "config.json").read_text())
-        config.setdefault(EXTRA_FIELD, {})["cls_swapped"] = cls == "syn"
+        config.setdefault(EXTRA_FIELD, {})[CLS_SWAPPED] = cls == "syn"
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "1_Normalize").mkdir()
         (tmp / "modules.json").write_text(json.dumps(MODULES, indent=2))
