@@ -90,7 +90,10 @@ def test_a_photo_that_needs_resizing_is_close_and_its_cosine_is_reported(exporte
 
 
 def test_tips_load_reads_the_original_model_back_from_either_folder(exported):
+    from tips.formats.detect import detect
+
     model, folder = exported
+    assert detect(folder / "syn").format == "sentence-transformers"
     x = photo((model.image_size, model.image_size))
     with torch.inference_mode():
         want = model.encode_image(model.preprocess(x)[None])

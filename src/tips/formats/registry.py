@@ -46,6 +46,7 @@ MODEL_READERS: dict[str, Callable[..., Any]] = {
     "pretrained": lambda path, text=None, heads=None: pretrained.read(_no_options(path, text=text, heads=heads)),
     "transformers": hf.read,
     "timm": timm.read,
+    "sentence-transformers": hf.read,  # our transformers folder with sentence-transformers' files beside it
 }
 HEAD_READERS: dict[str, Callable[..., Any]] = {
     "official": dpt.read_official,
