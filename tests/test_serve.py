@@ -84,6 +84,7 @@ def test_the_openai_client_without_encoding_format_gets_the_in_process_embedding
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=setup["url"] + "/v1", api_key="unused", max_retries=0)
     texts = ["a cat on a sofa", "two dogs", "a very long sentence about a red bicycle leaning on a wall in Rome"]
+    assert [m.id for m in client.models.list()] == [NAME]
     got = client.embeddings.create(model=NAME, input=texts)  # the client asks for base64 and decodes it
     assert [d.index for d in got.data] == [0, 1, 2] and got.model == NAME and got.usage.prompt_tokens > 0
     for d, text in zip(got.data, texts):

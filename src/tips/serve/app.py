@@ -1,6 +1,6 @@
 """The HTTP routes of ``tips-serve``: :func:`create_app` builds a FastAPI app around a :class:`ServedModel`.
 
-``POST /v1/embeddings`` (OpenAI-compatible), ``/v1/depth`` ``/v1/normals`` ``/v1/segmentation`` (the DPT heads
+``POST /v1/embeddings`` and ``GET /v1/models`` (OpenAI-compatible), ``/v1/depth`` ``/v1/normals`` ``/v1/segmentation`` (the DPT heads
 given at start), ``/v1/open-vocab``, ``/v1/search`` (with ``--index``), ``GET /v1/images/{row}`` (an indexed
 image, for the page), ``GET /health``, ``GET /metrics``, and the page at ``/``. Every forward runs on the one
 worker thread of :mod:`.batching`; every refusal is an :class:`.limits.ApiError` (docs/serving.md lists them).
@@ -40,7 +40,7 @@ FileResponse, JSONResponse, Response = _responses.FileResponse, _responses.JSONR
 BaseModel, ConfigDict, ValidationError = _pydantic.BaseModel, _pydantic.ConfigDict, _pydantic.ValidationError
 
 PAGE = Path(__file__).parent / "page"
-ROUTES = ("/v1/embeddings", "/v1/depth", "/v1/normals", "/v1/segmentation", "/v1/open-vocab", "/v1/search",
+ROUTES = ("/v1/models", "/v1/embeddings", "/v1/depth", "/v1/normals", "/v1/segmentation", "/v1/open-vocab", "/v1/search",
           "/v1/images", "/health", "/metrics", "/")
 
 
@@ -316,6 +316,10 @@ class Server:
             raise ApiError(404, f"row {row}: its image is not readable on this machine", "row", "not_found")
         return Response(await run_in_threadpool(thumbnail_jpeg, image), media_type="image/jpeg")
 
+    def models(self) -> dict:
+        """OpenAI's model list: the one model this server serves."""
+        return {"object": "list", "data": [{"id": self.served.name, "object": "model", "owned_by": "tips"}]}
+
     def health(self) -> dict:
         s = self.served
         return {"status": "ok", "model": s.name, "width": s.model.width, "image_size": s.model.image_size,
@@ -400,6 +404,7 @@ def create_app(served: ServedModel, options: ServeOptions | None = None) -> Fast
             route = next((r for r in ROUTES if path == r or (r not in ("/",) and path.startswith(r + "/"))), "other")
             server.metrics.observe_request(route, status, time.monotonic() - started)
 
+    app.get("/v1/models")(server.models)
     app.post("/v1/embeddings")(server.embeddings)
     for task in DENSE_TASKS:
         app.post(f"/v1/{task}", name=task)(_dense_route(server, task))
