@@ -47,7 +47,7 @@ def example_commands(text: str) -> list[list[str]]:
 def test_console_scripts_are_the_known_ones():
     assert set(SCRIPTS) == {"tips-extract", "tips-export", "tips-predict", "tips-shards", "tips-caption",
                             "tips-scenes", "tips-train", "tips-probe", "tips-demo", "tips-merge", "tips-download",
-                            "tips-index", "tips-search"}
+                            "tips-index", "tips-search", "tips-serve"}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
@@ -55,7 +55,8 @@ def test_every_console_script_help_shows_an_example_and_the_out_flag(capsys, scr
     text = help_text(capsys, script)
     assert "\nexamples:\n" in text, f"{script} --help has no examples"
     assert any(argv[0] == script for argv in example_commands(text)) or script == "tips-train"
-    if script != "tips-probe":  # its subcommands write (checked below); the top level only dispatches
+    # tips-probe's subcommands write (checked below), its top level only dispatches; tips-serve writes nothing
+    if script not in ("tips-probe", "tips-serve"):
         assert "-o DIR, --out DIR" in text, f"{script} --help has no -o/--out"
 
 
@@ -203,6 +204,7 @@ def test_every_command_says_the_same_without_a_model(tmp_path, capsys):
         "tips-extract": [str(tmp_path), "-o", str(tmp_path / "x")],
         "tips-predict": ["depth", str(tmp_path), "--random-head", "-o", str(tmp_path / "p")],
         "tips-probe": ["segmentation", "--dataset", f"scenes:{tmp_path}", "-o", str(tmp_path / "r")],
+        "tips-serve": ["--random-head", "depth"],
     }
     for script, argv in runs.items():
         assert entry(script)(argv) == 1

@@ -91,6 +91,12 @@ CASES = [
     ("tips-search", ["--index", "{tmp}", "--query", "a cat", "--bogus"], 2, "--bogus"),
     ("tips-search", ["--index", "{tmp}", "--query", "a cat", "-k", "0"], 2, "-k"),
     ("tips-search", ["--index", "{tmp}/nope", "--query", "a cat", "--random-init", "tiny"], 1, "nope"),
+    ("tips-serve", ["--random-init", "tiny", "--bogus"], 2, "--bogus"),
+    ("tips-serve", ["--random-init", "tiny", "--port", "70000"], 2, "--port"),
+    ("tips-serve", ["--random-init", "tiny", "--max-batch", "0"], 2, "--max-batch"),
+    ("tips-serve", ["--random-init", "tiny", "--random-head", "depht"], 2, "depht"),
+    ("tips-serve", ["--random-init", "tiny", "--index", "{tmp}/nope"], 1, "nope"),
+    ("tips-serve", ["--model", OFFICIAL], 1, "offline"),
 ]
 
 

@@ -28,6 +28,8 @@ examples:
   # an official model as a transformers folder, and a dense head in the official format
   tips-export --model tips-v2-b14 --format transformers -o out/tipsv2-b14-hf
   tips-export --head tips-v2-b14-depth --format official -o out/depth-head
+  # a folder SentenceTransformer(DIR) loads: texts and images in the CLS1 (alt-text) space
+  tips-export --model tips-v2-b14 --format sentence-transformers --cls alt -o out/tipsv2-b14-st
 """
 
 
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, help="one of the registered formats (see above)")
     p.add_argument("--resolution", type=int, help="onnx: fixed input side of the image graph (default: the model's)")
     renamed(p, "--image-size", "--resolution")
+    p.add_argument("--cls", choices=("alt", "syn"), help="sentence-transformers: the image CLS images embed with "
+                   "(alt: CLS1, alt-text space, the default; syn: CLS2, synthetic captions)")
     p.add_argument("--int8", action="store_true", help="onnx: also write onnxruntime dynamic-int8 graphs")
     add_debug_arg(p)
     return p
@@ -90,6 +94,8 @@ def _run(args: argparse.Namespace) -> int:
         options["image_size"] = args.resolution
     if args.int8:
         options["int8"] = True
+    if args.cls:
+        options["cls"] = args.cls
     try:
         writer = registry.get_writer(args.format, "head" if args.head else "model")
     except ValueError as e:

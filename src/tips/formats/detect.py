@@ -31,7 +31,7 @@ def detect_format(keys: set[str] | list[str]) -> str:
 
 class Layout(NamedTuple):
     """What a path holds: ``format`` (a key of ``READERS`` / ``WRITERS``: ``"pretrained"``, ``"official"``,
-    ``"transformers"``, ``"timm"``) and ``holds`` (``"model"``, ``"head"`` or both: a ``tipsv2_dpt`` folder)."""
+    ``"transformers"``, ``"timm"``, ``"sentence-transformers"``) and ``holds`` (``"model"``, ``"head"`` or both: a ``tipsv2_dpt`` folder)."""
 
     format: str
     holds: frozenset[str]
@@ -56,6 +56,8 @@ def detect(path: str | os.PathLike) -> Layout:
             return Layout("pretrained", HEAD)
         if cfg.get("model_type") == "tipsv2_dpt":
             return Layout("transformers", BOTH)
+        if (folder / "modules.json").is_file() and (folder / "sentence_bert_config.json").is_file():
+            return Layout("sentence-transformers", MODEL)  # a transformers folder inside (formats.sentence_transformers)
         if (folder / WEIGHTS_NAME).is_file() and (path.is_dir() or path.name == WEIGHTS_NAME):
             return Layout("transformers", MODEL)
         if path.is_dir():

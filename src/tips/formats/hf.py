@@ -42,6 +42,7 @@ VISION_PREFIX, TEXT_PREFIX = "vision_encoder.", "text_encoder."
 DPT_MODEL_TYPE = "tipsv2_dpt"
 DPT_HEAD_PREFIXES = ("depth_head.", "normals_head.", "segmentation_head.")  # beside vision_encoder. in tipsv2_dpt files
 EXTRA_FIELD = "tips"  # our fields inside config.json
+CLS_SWAPPED = "cls_swapped"  # in EXTRA_FIELD: the folder's image tower has CLS2 first (a --cls syn sentence-transformers export)
 _GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
 
 
@@ -256,7 +257,19 @@ def _read(path: Path, heads: int | None, text: Path | None, tensors: Callable[[P
     tau = tau if tau is not None else _config_temperature(cfg)
     model = TIPS(config)
     ours = official_vision_to_ours(vision, model.vision, source)
-    return load_into(model, ours, text_sd, (tau, extra.get("temperature_syn")), source)
+    model = load_into(model, ours, text_sd, (tau, extra.get("temperature_syn")), source)
+    return swap_cls_tokens(model) if extra.get(CLS_SWAPPED) else model  # undo a --cls syn sentence-transformers export
+
+
+def swap_cls_tokens(model: TIPS) -> TIPS:
+    """Exchange the image tower's two CLS tokens in place (CLS1 ↔ CLS2). Neither carries a position and attention
+    does not depend on token order, so the first token's output becomes exactly the other CLS's."""
+    v = model.vision
+    with torch.no_grad():
+        cls_token = v.cls_token.detach().clone()
+        v.cls_token.copy_(v.reg_token)
+        v.reg_token.copy_(cls_token)
+    return model
 
 
 # --------------------------------------------------------------------------- writing

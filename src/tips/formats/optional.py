@@ -1,4 +1,5 @@
-"""Optional dependencies (deploy: onnx, onnxruntime, torchao; index: faiss, pyarrow): imported on use, with the
+"""Optional dependencies (deploy: onnx, onnxruntime, torchao; index: faiss, pyarrow; serve: fastapi, uvicorn,
+prometheus-client): imported on use, with the
 install command."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ DEPLOY_INSTALL = "pip install 'tips[deploy]'  (or: pip install onnx onnxruntime 
 INSTALL = {
     "deploy": DEPLOY_INSTALL,
     "index": "pip install 'tips[index]'  (or: pip install faiss-cpu pyarrow)",
+    "serve": "pip install 'tips[serve]'  (or: pip install fastapi uvicorn prometheus-client)",
 }
 
 

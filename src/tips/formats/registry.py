@@ -21,6 +21,7 @@ from .hf import export_transformers
 from .hf_dpt import export_transformers_dpt
 from .official import export_official
 from .onnx import write_onnx
+from .sentence_transformers import write_sentence_transformers
 from .timm import export_timm
 
 MODEL_WRITERS: dict[str, Callable[..., Any]] = {
@@ -29,6 +30,7 @@ MODEL_WRITERS: dict[str, Callable[..., Any]] = {
     "transformers": export_transformers,
     "timm": export_timm,
     "onnx": write_onnx,
+    "sentence-transformers": write_sentence_transformers,
 }
 HEAD_WRITERS: dict[str, Callable[..., Any]] = {
     "official": export_official_head,
@@ -44,6 +46,7 @@ MODEL_READERS: dict[str, Callable[..., Any]] = {
     "pretrained": lambda path, text=None, heads=None: pretrained.read(_no_options(path, text=text, heads=heads)),
     "transformers": hf.read,
     "timm": timm.read,
+    "sentence-transformers": hf.read,  # our transformers folder with sentence-transformers' files beside it
 }
 HEAD_READERS: dict[str, Callable[..., Any]] = {
     "official": dpt.read_official,
