@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def flag_overrides(task: str, args: argparse.Namespace) -> dict:
     if task == "segmentation":
         top["seg.head"] = args.head
         top["seg.object_classes"] = True if args.object_classes else None
-        top["seg.classes"] = json.dumps(args.classes.split(",")) if args.classes else None
+        top["seg.classes"] = args.classes.split(",") if args.classes else None
     elif task == "normals":
         top.update({"normals.head": args.head, "normals.loss": args.loss, "normals.mask": args.mask})
     else:

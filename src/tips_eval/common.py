@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -26,12 +27,37 @@ from .options import add_config_args
 from .templates import render
 
 CLS_CHOICES = ("alt", "syn", "mean")
+Cls = Literal["alt", "syn", "mean"]
+Dtype = Literal["float32", "bfloat16", "float16"]  # tips.models.dtypes.DTYPES (a test keeps them equal)
+Quantize = Literal["int8"]  # tips.inference.quantize.MODES
+
+
+@dataclass
+class GlobalTaskOptions:
+    """The options every global task shares (the flags of :func:`add_global_task_args`); each task's schema adds
+    its own. ``--config`` keys and ``key=value`` overrides are these field names."""
+
+    model: Optional[str] = None
+    random_init: Optional[str] = None
+    text: Optional[str] = None
+    tokenizer: Optional[str] = None
+    seed: int = 0
+    dtype: Dtype = "float32"
+    quantize: Optional[Quantize] = None
+    cls: Cls = "alt"
+    resolution: Optional[int] = None  # square input side; None = the model's native one
+    batch_size: int = 64
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    device: str = "auto"  # decided at run time: CUDA when available, else the CPU
+    out: Optional[Path] = None
+    no_progress: bool = False
 
 
 # ----------------------------------------------------------------------------- model
 def add_global_task_args(parser: argparse.ArgumentParser) -> None:
     """Flags every global task shares: which model (:func:`tips.cli.model_args.add_model_args`), how to feed it, where
-    results go, and ``--config`` + ``key=value`` overrides (:mod:`tips_eval.options`)."""
+    results go, and ``--config`` + ``key=value`` overrides (:mod:`tips_eval.options`). The defaults live in
+    :class:`GlobalTaskOptions`; the flags' ``default=`` only shows in ``--help``."""
     add_model_args(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--cls", choices=CLS_CHOICES, default="alt",
