@@ -22,7 +22,7 @@ from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
 from tips.inference.loaded import resolve_device
 from tips.io.recipes import describe_recipes
 
-from .options import examples
+from .options import OptionError, examples
 
 FORWARDED = {"zero-shot": "tips_eval.zero_shot", "retrieval": "tips_eval.retrieval", "knn": "tips_eval.knn",
              "zero-shot-seg": "tips_eval.zero_shot_seg", "compression": "tips_eval.compression",
@@ -153,11 +153,15 @@ def run_dense(task: str, argv: list[str]) -> int:
 
     from .datasets import parse_spec
 
-    args = dense_parser(task).parse_args(argv)
+    parser = dense_parser(task)
+    args = parser.parse_args(argv)
+    try:  # a mistake in the file, a flag or an override is a usage error, as in the global tasks
+        cfg = load_probe_config(args.config, args.overrides, **flag_overrides(task, args))
+    except OptionError as e:
+        parser.error(str(e))
     _, data_path, _ = parse_spec(args.dataset)
     if not data_path.exists():  # before the model is built (an official one downloads)
         raise FileNotFoundError(f"--dataset {args.dataset}: {data_path} does not exist")
-    cfg = load_probe_config(args.config, args.overrides, **flag_overrides(task, args))
     device = str(resolve_device(args.device))
     model, identity, label = build_model(args, device)
     result = run_probe(model, args.dataset, cfg, args.out, identity, label, args.cache_dir, args.train_split,
