@@ -71,6 +71,8 @@ CASES = [
     ("tips-probe", ["depth", "--random-init", "tiny", "--dataset", "scenes:{tmp}/nope"], 1, "nope"),
     ("tips-probe", ["depth", "--model", OFFICIAL, "--dataset", "scenes:{tmp}"], 1, "offline"),
     ("tips-probe", ["retrieval", "--data", "{tmp}", "--bogus"], 2, "--bogus"),
+    ("tips-probe", ["compare", "{tmp}/nope"], 1, "nope"),
+    ("tips-probe", ["compare", "{tmp}", "--format", "html"], 2, "html"),
     ("tips-probe", ["depth", "--random-init", "tiny", "--dataset", "scenes:{tmp}", "depth.spacing=cubic"], 2,
      "depth.spacing='cubic': expected one of uniform, log"),
     ("tips-probe", ["knn", "--train", "{tmp}", "--val", "{tmp}", "--random-init", "tiny", "cls=x"], 2,

@@ -22,6 +22,7 @@ from tips.inference import encoding
 from tips.inference.encoding import ImageProgress
 from tips.cli.model_args import add_model_args, add_output_arg, model_from_args
 from tips.inference.loaded import resolve_device
+from tips.io import write_text_atomic
 
 from .options import add_config_args
 from .templates import render
@@ -182,22 +183,34 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_results(out: Path | None, task: str, result: dict[str, Any], table: str) -> dict[str, Path]:
-    """Print the table; with ``out`` also write ``{out}/{task}.json`` and ``{out}/{task}.md``."""
+    """Print the table; with ``out`` also write ``{out}/{task}.json`` and ``{out}/{task}.md`` and append the run to
+    ``{out}/results.jsonl`` (:mod:`tips_eval.compare`)."""
+    from .compare import global_records, log_records
+
     print(table)
     if out is None:
         return {}
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{task}.json", "markdown": out / f"{task}.md"}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(f"# {task}\n\n" + table, encoding="utf-8")
-    print(f"wrote {paths['json']} and {paths['markdown']}")
+    write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
+    write_text_atomic(paths["markdown"], f"# {task}\n\n" + table)
+    paths["log"] = log_records(out, global_records(result, paths["json"]))
+    print(f"wrote {paths['json']} and {paths['markdown']}; added the run to {paths['log']}")
     return paths
 
 
 def base_protocol(task: str, args: argparse.Namespace, checkpoint: dict[str, Any], resolution: int | None) -> dict[str, Any]:
-    """What every global-task result records about how it was measured."""
+    """What every global-task result records about how it was measured; ``model`` is the label and identity tag
+    that ``tips-probe compare`` shows (as in the dense probes' result names)."""
+    from .features import model_identity
+    from .report import identity_tag
+
+    identity, label = model_identity(getattr(args, "model", None), getattr(args, "random_init", None),
+                                     getattr(args, "seed", 0), getattr(args, "quantize", None),
+                                     getattr(args, "dtype", "float32"))
     return {
         "task": task,
+        "model": {"label": label, "id": identity_tag(identity)},
         "cls": args.cls,
         "resolution": resolution,
         "checkpoint": checkpoint,
