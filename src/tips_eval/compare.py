@@ -48,7 +48,8 @@ def headline_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, flo
         if isinstance(value, dict):
             out.update(headline_metrics(value, f"{name}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = None if isinstance(value, float) and not math.isfinite(value) else value  # type: ignore[assignment]
+            finite = not isinstance(value, float) or math.isfinite(value)
+            out[name] = value if finite else None  # type: ignore[assignment]
     return out
 
 
@@ -140,10 +141,13 @@ def global_records(result: dict[str, Any], file: str | Path | None = None) -> li
     base = {"time": None, "task": protocol["task"], "protocol": protocol.get("cls", ""), "model": model,
             "file": None if file is None else str(file)}
     if "runs" in result:  # zero-shot-seg: one line per benchmark
-        return [{**base, "dataset": run["dataset"], "metrics": headline_metrics(run["metrics"])} for run in result["runs"]]
+        return [{**base, "dataset": run["dataset"], "metrics": headline_metrics(run["metrics"])}
+                for run in result["runs"]]
     if "rows" in result:  # compression: metric at each precision and width
-        metrics = {f"{row['precision']}.d{row['width']}.{k}": v for row in result["rows"]
-                   for k, v in headline_metrics({k: v for k, v in row.items() if k not in ("precision", "width")}).items()}
+        metrics = {}
+        for row in result["rows"]:
+            measured = headline_metrics({k: v for k, v in row.items() if k not in ("precision", "width")})
+            metrics.update({f"{row['precision']}.d{row['width']}.{k}": v for k, v in measured.items()})
         return [{**base, "dataset": "", "metrics": metrics}]
     return [{**base, "dataset": _dataset_name(protocol.get("dataset")), "metrics": headline_metrics(result["metrics"])}]
 

@@ -174,7 +174,8 @@ def parse_task_args(parser: TaskParser, argv: Sequence[str] | None) -> Any:
     A mistake exits 2 with one line (:meth:`CliParser.error`)."""
     fields = [f.name for f in dataclasses.fields(parser.schema)]
     # Every option starts as None, so the namespace tells which flags were given (argparse leaves set attributes)
-    args = parser.parse_args(None if argv is None else list(argv), namespace=argparse.Namespace(**dict.fromkeys(fields)))
+    unset = argparse.Namespace(**dict.fromkeys(fields))
+    args = parser.parse_args(None if argv is None else list(argv), namespace=unset)
     flags = {name: getattr(args, name) for name in fields}
     try:
         return merge_options(parser.schema, args.config, flags, args.overrides)

@@ -57,7 +57,8 @@ class AugmentSection:
 class DPTSection:
     """DPT heads (``--head dpt``): trained on four cached blocks of frozen features (fast protocol)."""
 
-    preset: Literal["tips", "probe3d"] = "tips"  # tips (the official TIPSv2 decoder, final-LN tokens) | probe3d (512 ch, no final LN)
+    # tips: the official TIPSv2 decoder, final-LN tokens; probe3d: 512 channels, no final LN
+    preset: Literal["tips", "probe3d"] = "tips"
     fusion: int | None = None  # decoder width; None = the preset's (256 tips, 512 probe3d)
 
 
@@ -70,7 +71,7 @@ class SegSection:
 
 @dataclass
 class DepthSection:
-    head: Literal["lin1", "lin4", "dpt"] = "lin1"  # lin1 (last block) | lin4 (four blocks): DINOv2's linear depth heads
+    head: Literal["lin1", "lin4", "dpt"] = "lin1"  # lin1 (last block) | lin4 (four blocks): DINOv2's linear heads
     bins: int = 256
     spacing: Literal["uniform", "log"] = "uniform"
     depth_min: float | None = None  # default: the dataset's range
@@ -86,8 +87,9 @@ class DepthSection:
 
 @dataclass
 class NormalsSection:
-    head: Literal["lin1", "lin4", "dpt"] = "lin1"  # lin1 (last block) | lin4 (four blocks): a linear head to 3 (+ κ) channels
-    loss: Literal["angular", "uncertainty"] = "angular"  # uncertainty: probe3d's angular vMF NLL (adds a 4th output channel)
+    # lin1 (last block) | lin4 (four blocks): a linear head to 3 (+ κ) channels | dpt
+    head: Literal["lin1", "lin4", "dpt"] = "lin1"
+    loss: Literal["angular", "uncertainty"] = "angular"  # uncertainty: probe3d's angular vMF NLL (a 4th channel)
     upsample: int = 4  # the linear head's bilinear ×u before the loss, as the linear depth head
     mask: Literal["none", "objects"] = "none"  # objects: also report metrics on object pixels (needs seg maps)
     standardize: bool = True  # standardise inputs with train-cache channel statistics (as depth)
