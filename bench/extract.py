@@ -6,10 +6,13 @@ Paths (one model's weights; repeats interleaved, the order rotating each repeat)
 - ``int8``: ``tips.quantize(model, "int8")`` (fbgemm on CPU; ``tips-extract --quantize int8``);
 - ``int8-torchao``: torchao's int8 dynamic layers (opt-in with ``--paths``; very slow on AVX2 CPUs);
 - ``onnx`` / ``onnx-int8``: ``tips-export --format onnx [--int8]`` graphs run by onnxruntime (CPU);
+- ``transformers``: transformers' ``Tipsv2VisionModel`` (SDPA attention) loaded from ``tips-export --format
+  transformers`` of the same weights: the implementation a user gets with ``pip install transformers``;
 - ``official``: the official TIPS encoder's unfused softmax(QKᵀ)V attention, re-implemented independently in
   ``tips_reference/official_torch.py``, loaded with the same weights (official layout).
 
-Prints a markdown table of images/s (median over repeats) and the ratios to our fp32 and to ``official``, and
+Prints a markdown table of images/s (median over repeats) and the ratios to our fp32, to ``transformers`` and to
+``official``, and
 the cosine similarity of CLS1 to fp32 (the lowest over the batch).
 
     python bench/extract.py --variant b14                               # batch 8 at 224 and 2 at 448, CPU
@@ -32,8 +35,8 @@ import tips
 
 from tips_reference.official_torch import OfficialVisionEncoder, load_official_npz
 
-PATHS = ("fp32", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "official")
-DEFAULT_PATHS = "fp32,bf16,int8,onnx,onnx-int8,official"
+PATHS = ("fp32", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "transformers", "official")
+DEFAULT_PATHS = "fp32,bf16,int8,onnx,onnx-int8,transformers,official"
 
 
 def official_encoder(model: tips.TIPS, workdir: Path) -> OfficialVisionEncoder:
@@ -42,6 +45,17 @@ def official_encoder(model: tips.TIPS, workdir: Path) -> OfficialVisionEncoder:
     ref = OfficialVisionEncoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_hidden, cfg.ffn, cfg.patch_size, cfg.pos_grid)
     load_official_npz(ref, tips.save(model, workdir / "official", format="official")["vision"])
     return ref.eval()
+
+
+def transformers_encoder(model: tips.TIPS, workdir: Path) -> torch.nn.Module:
+    """transformers' ``Tipsv2VisionModel`` (SDPA) holding ``model``'s image tower, read from its transformers export."""
+    from transformers import Tipsv2VisionModel
+
+    vision_only = copy.deepcopy(model)
+    vision_only.text = None
+    vision_only.cfg = tips.ModelConfig(vision=model.cfg.vision, text=None)
+    tips.save(vision_only, workdir / "transformers", format="transformers")
+    return Tipsv2VisionModel.from_pretrained(workdir / "transformers", attn_implementation="sdpa").eval()
 
 
 def time_interleaved(
@@ -90,6 +104,9 @@ def build_paths(model: tips.TIPS, names: list[str], size: int, device: torch.dev
             if name in names:
                 sess = onnxruntime.InferenceSession(str(files[key]), providers=["CPUExecutionProvider"])
                 fns[name] = lambda x, s=sess: torch.from_numpy(s.run(["cls_alt"], {"images": x.cpu().numpy()})[0])
+    if "transformers" in names:
+        hf = transformers_encoder(model, workdir).to(device)
+        fns["transformers"] = lambda x: hf(pixel_values=x).last_hidden_state[:, 0]
     if "official" in names:
         ref = official_encoder(model, workdir).to(device)
         fns["official"] = lambda x: ref(x)[0][:, 0]
@@ -143,15 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print(f"variant {args.variant}, device {device} (threads {threads}), {args.iters} repeats after {args.warmup} "
           f"warm-up, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}\n")
-    print("| input | batch | path | img/s | × fp32 | × official | CLS1 cos to fp32 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| input | batch | path | img/s | × fp32 | × transformers | × official | CLS1 cos to fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for size, batch in zip(sizes, batches):
             speed, cos = bench_size(model, names, size, batch, args, device, Path(tmp))
             for n in speed:
                 vs_fp32 = f"{speed[n] / speed['fp32']:.2f}" if "fp32" in speed else "-"
+                vs_hf = f"{speed[n] / speed['transformers']:.2f}" if "transformers" in speed else "-"
                 vs_off = f"{speed[n] / speed['official']:.2f}" if "official" in speed else "-"
-                print(f"| {size} | {batch} | {n} | {speed[n]:.2f} | {vs_fp32} | {vs_off} | {cos[n]:.5f} |", flush=True)
+                print(f"| {size} | {batch} | {n} | {speed[n]:.2f} | {vs_fp32} | {vs_hf} | {vs_off} | {cos[n]:.5f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -313,3 +313,23 @@ def test_config_choices_are_enums_that_omegaconf_checks_with_the_key_named(tmp_p
     recipe.write_text("loss:\n  contrastive: hinge\n")
     with pytest.raises(ValueError, match=r"r\.yaml: loss\.contrastive: Invalid value 'hinge', expected one of \[softmax, sigmoid\]"):
         load_config([base, recipe])
+
+
+def test_our_warnings_print_as_one_line_and_others_as_python_prints_them(capsys):
+    import warnings
+
+    from tips.inference.slow_paths import SlowPathWarning
+
+    def body():
+        warnings.warn("bfloat16 on this CPU runs at about 0.14x float32; use --dtype float32", SlowPathWarning)
+        warnings.warn("a third-party notice", FutureWarning)
+        return 0
+
+    passed_on = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, *rest: passed_on.append((str(message), category))
+        assert run_main("tips-x", body) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["tips-x: warning: bfloat16 on this CPU runs at about 0.14x float32; use --dtype float32"]
+    assert passed_on == [("a third-party notice", FutureWarning)]  # left to whoever showed warnings before

@@ -5,7 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from tips_eval.demo_report import METRICS, chance_rate, markdown_table, picture_page, rate_se, reading, summarise, write_results
+from tips_eval.demo_picture import dense_page
+from tips_eval.demo_report import METRICS, chance_rate, markdown_table, rate_se, reading, summarise, write_results
 
 
 def test_rate_difference_needs_more_than_two_standard_errors():
@@ -72,12 +73,12 @@ def test_a_missing_metric_names_the_task_and_the_model():
         summarise({"trained": _results(1.0, 1.0, 1.0, 0.1, 1.0), "random": broken})
 
 
-def test_picture_page_puts_trained_beside_random_per_task(tmp_path):
+def test_dense_page_puts_trained_beside_random_per_task(tmp_path):
     pictures = {}
     for task in ("segmentation", "depth"):
         for label, colour in (("trained", "red"), ("random", "blue")):
             pictures[(task, label)] = tmp_path / f"{task}-{label}.png"
             Image.new("RGB", (50, 30), colour).save(pictures[(task, label)])
-    page = Image.open(picture_page(pictures, tmp_path / "page.png"))
+    page = Image.open(dense_page(pictures, tmp_path / "page.png"))
     assert page.size == (100, 2 * (30 + 40))
     assert page.getpixel((10, 50)) == (255, 0, 0) and page.getpixel((60, 50)) == (0, 0, 255)

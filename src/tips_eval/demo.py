@@ -6,7 +6,8 @@
    the scenes probe split with the same seed: retrieval (its captions), zero-shot classification of each
    image's main object, and the linear segmentation and depth probes;
 4. a table (direction, trained, random, a reading computed from the numbers) is printed and written to
-   ``results.md`` and ``results.json``, with one picture page ``picture.png``.
+   ``results.md`` and ``results.json``, with two pictures: ``picture.png`` (what pretraining measurably bought:
+   text queries with each model's top images, and object-pixel depth) and ``dense.png`` (the dense probes' panels).
 
 Data and pretraining run as subprocesses of their public commands (``tips-scenes``, ``accelerate launch``), so
 no application imports another; the probes are this application's own ``tips-probe``, called in-process (each
@@ -25,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from tips.cli.allocator import tune_cpu_allocator
 from tips.cli.errors import CliParser, add_debug_arg, run_main
@@ -33,13 +36,17 @@ from tips.cli.model_args import add_output_arg
 from tips.io.recipes import resolve_recipe
 
 from . import cli as probe_cli
-from .demo_report import markdown_table, picture_page, summarise, write_results
+from .datasets import open_dataset
+from .demo_picture import benefit_page, dense_page
+from .demo_report import markdown_table, summarise, write_results
+from .report import load_samples
 
 GLOBAL_RESOLUTION = 64  # data.views.global_size of the recipe
 # The fast protocol's 1,000 iterations of the linear heads were most of the old demo's 323 s of probes; both
 # models get the same budget, so the comparison stays fair, but the absolute numbers are a shorter fit.
 PROBE_ITERATIONS = 300
 DEPTH_BINS = 64
+NUM_QUERIES = 3  # text queries pictured with their top images
 RECIPE = resolve_recipe("pretrain/demo_cpu")  # bundled: the demo runs from any folder, from a wheel too
 
 
@@ -96,14 +103,28 @@ def probe_commands(model_args: list[str], probe: Path, out: Path, cache: Path, r
     # CLS2 and the synthetic captions: the alt-text is noisy by design and its CLS barely moves in a demo's steps.
     global_args = model_args + ["--resolution", str(GLOBAL_RESOLUTION), "--seed", str(seed), "--out", str(out),
                                 "--num-workers", "0", "--cls", "syn"]
+    num_queries = ["--num-vis", str(NUM_QUERIES)]
     return {
         "segmentation": ["segmentation", *dense, "--object-classes"],
         # 64 depth bins, not 256: the head's upsampled logits were most of a depth probe's time; the prediction
         # is the probability-weighted mean of the bin centres, so it is not quantised to the coarser bins.
         "depth": ["depth", *dense, "--mask", "objects", "--bins", str(DEPTH_BINS)],
-        "retrieval": ["retrieval", "--data", str(probe / "val"), *global_args],
+        "retrieval": ["retrieval", "--data", str(probe / "val"), *global_args, *num_queries],
         "zero-shot": ["zero-shot", "--data", f"scenes:{probe}", "--split", "val", *global_args],
     }
+
+
+def object_masks(probe: Path, keys: list[str]) -> list[np.ndarray]:
+    """(H, W) bool per val image key: True on pixels of an object class (what the depth probe's object RMSE scores)."""
+    val = open_dataset(f"scenes:{probe}", "val")
+    objects = torch.tensor(val.info.object_classes)
+    index = {k: i for i, k in enumerate(val.keys)}
+    return [torch.isin(val.load_seg(index[k]), objects).numpy() for k in keys]
+
+
+def recipe_steps() -> int:
+    """The demo recipe's training steps (the pictures' title quotes it)."""
+    return int(OmegaConf.load(RECIPE).run.steps)
 
 
 def read_result(folder: Path, task: str) -> dict:
@@ -185,13 +206,17 @@ def _run(args: argparse.Namespace) -> int:
     rows = summarise(results)
     pictures = {(task, label): Path(results[label][task]["paths"]["picture"])
                 for label in results for task in ("segmentation", "depth")}
-    page = picture_page(pictures, work / "picture.png")
+    dense = dense_page(pictures, work / "dense.png")
+    depth = {label: load_samples(results[label]["depth"]["paths"]["samples"]) for label in results}
+    page = benefit_page({label: results[label]["retrieval"]["metrics"]["examples"] for label in results}, depth,
+                        object_masks(probe, [s["key"] for s in depth["trained"]]), rows, work / "picture.png",
+                        args.steps or recipe_steps())
     table = markdown_table(rows)
     write_results(work / "results.json", rows, {
-        "checkpoint": str(checkpoint), "random_init": "tiny_p8", "picture": str(page),
+        "checkpoint": str(checkpoint), "random_init": "tiny_p8", "picture": str(page), "dense_picture": str(dense),
         "probe_split": str(probe / "val"), "seed": args.seed, "timings_s": {k: round(v, 1) for k, v in timings.items()},
     })
-    report = table + f"\n\nPicture page: {page}\n"
+    report = table + f"\n\nPictures: {page} (what pretraining bought), {dense} (dense probes)\n"
     report += "\nTimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f", total {sum(timings.values()):.0f}\n"
     (work / "results.md").write_text(report)
     print("\n== 4/4 results\n" + report + f"\nwritten to {work / 'results.json'} and {work / 'results.md'}; checkpoint {checkpoint}")

@@ -1,4 +1,5 @@
-"""What ``tips-demo`` reports: trained-vs-random rows with a one-line reading, ``results.json``, one picture page.
+"""What ``tips-demo`` reports: trained-vs-random rows with a one-line reading and ``results.json`` (its pictures:
+:mod:`tips_eval.demo_picture`).
 
 The reading is computed from the numbers. Rates over a known number of queries (R@1, zero-shot top-1) get a
 binomial standard error of the difference and count as a difference only beyond 2 SE, and as a gain only when
@@ -15,11 +16,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from PIL import Image, ImageDraw, ImageFont
-
-from tips.io import decode_image
-from tips.models import to_rgb
 
 RELATIVE_MARGIN = 0.05  # scores without an error bar: a difference under 5 % of the random tower's value is none
 RESULTS_FORMAT = 1
@@ -147,27 +143,3 @@ def write_results(path: Path, rows: dict[str, dict], extra: dict) -> Path:
     """``results.json``: ``{"format", "metrics": {key: {trained, random, higher_is_better, ...}}, **extra}``."""
     path.write_text(json.dumps({"format": RESULTS_FORMAT, "metrics": rows, **extra}, indent=1) + "\n")
     return path
-
-
-def picture_page(pictures: dict[tuple[str, str], Path], out: Path) -> Path:
-    """One PNG: a row per dense task (``(task, label)`` keys), the trained model's probe picture beside the
-    random tower's, each labelled."""
-    tasks = list(dict.fromkeys(task for task, _ in pictures))
-    labels = ("trained", "random")
-    images = {k: to_rgb(decode_image(Path(v).read_bytes(), max_pixels=None), in_place=True) for k, v in pictures.items()}
-    col_w = max(im.width for im in images.values())
-    row_h = {t: max(images[(t, lb)].height for lb in labels if (t, lb) in images) for t in tasks}
-    header = 40
-    page = Image.new("RGB", (2 * col_w, sum(row_h[t] + header for t in tasks)), "white")
-    draw = ImageDraw.Draw(page)
-    font = ImageFont.load_default(size=22)
-    y = 0
-    for t in tasks:
-        for c, lb in enumerate(labels):
-            name = "TIPS demo checkpoint" if lb == "trained" else "random init (same architecture)"
-            draw.text((c * col_w + 8, y + 8), f"{t}: {name}", fill="black", font=font)
-            if (t, lb) in images:
-                page.paste(images[(t, lb)], (c * col_w, y + header))
-        y += row_h[t] + header
-    page.save(out)
-    return out

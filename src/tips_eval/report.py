@@ -225,13 +225,33 @@ def _identity(checkpoint: dict) -> dict:
     return {k: v for k, v in checkpoint.items() if k != "label"}
 
 
+def save_samples(vis: list[VisSample], path: Path) -> Path:
+    """The pictured samples as plain arrays (no pickle: ``numpy.load(allow_pickle=False)`` reads them), so that
+    other pictures can be drawn from the same predictions: ``keys`` (N,) str, and per sample i ``image/i`` (H, W, 3)
+    uint8, ``target/i`` and ``pred/i`` (H, W) (or (H, W, 3) for normals)."""
+    arrays = {"keys": np.array([v.key for v in vis], dtype=str)}
+    for i, v in enumerate(vis):
+        arrays |= {f"image/{i}": v.image, f"target/{i}": v.target, f"pred/{i}": v.pred}
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_samples(path: str | Path) -> list[dict[str, np.ndarray | str]]:
+    """What :func:`save_samples` wrote: one ``{"key", "image", "target", "pred"}`` per sample."""
+    with np.load(path, allow_pickle=False) as z:
+        return [{"key": str(key), **{name: z[f"{name}/{i}"] for name in ("image", "target", "pred")}}
+                for i, key in enumerate(z["keys"])]
+
+
 def write_report(result: dict, vis: list[VisSample], out_dir: str | Path, name: str,
                  class_names: list[str] | None = None, depth_range: tuple[float, float] | None = None) -> dict[str, Path]:
-    """Write ``{name}.json``, ``{name}.md`` and ``{name}.png`` into ``out_dir``; returns their paths, which the
-    JSON records too (``result["paths"]``)."""
+    """Write ``{name}.json``, ``{name}.md``, ``{name}.png`` and the pictured samples' arrays ``{name}-samples.npz``
+    (:func:`save_samples`) into ``out_dir``; returns their paths, which the JSON records too (``result["paths"]``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md", "picture": out / f"{name}.png"}
+    paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md", "picture": out / f"{name}.png",
+             "samples": out / f"{name}-samples.npz"}
+    save_samples(vis, paths["samples"])
     result["paths"] = {k: str(v) for k, v in paths.items()}
     paths["json"].write_text(json.dumps(_finite(result), indent=2, default=_json_default, allow_nan=False) + "\n")
     paths["markdown"].write_text(markdown(result))

@@ -43,6 +43,22 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_ima
     return torch.cat(i2t), torch.cat(t2i)
 
 
+def retrieval_examples(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: torch.Tensor, count: int,
+                       k: int = 5) -> list[dict[str, Any]]:
+    """``count`` text→image queries, evenly spaced over the captions (not chosen by outcome): for each, the caption's
+    index, its own image's index, that image's 0-based rank and the top ``k`` image indices, best first.
+    image_emb (Ni, D), text_emb (Nt, D) normalised; caption_image (Nt,)."""
+    if count <= 0:
+        return []
+    queries = torch.linspace(0, text_emb.shape[0] - 1, min(count, text_emb.shape[0])).round().long().unique()
+    sim = text_emb[queries] @ image_emb.T  # (count, Ni)
+    targets = caption_image[queries]
+    ranks = common.rank_of_target(sim, targets)
+    top = sim.topk(min(k, image_emb.shape[0]), dim=1).indices
+    return [{"caption": int(q), "target": int(t), "rank": int(r), "top": [int(i) for i in row]}
+            for q, t, r, row in zip(queries, targets, ranks, top)]
+
+
 def recall_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """0-based ranks (N,) → R@k in %, mean and median 1-based rank."""
     out = {f"R@{k}": 100.0 * (ranks < k).float().mean().item() for k in ks}
@@ -53,19 +69,26 @@ def recall_metrics(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[
 
 
 def evaluate_retrieval(model: nn.Module, pairs: CaptionPairs, cls: str = "alt", resolution: int | None = None,
-                       batch_size: int = 64, workers: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Encode images and captions and score retrieval both ways."""
+                       batch_size: int = 64, workers: int = 0, progress: bool = True,
+                       num_examples: int = 0) -> dict[str, Any]:
+    """Encode images and captions and score retrieval both ways; ``num_examples`` text queries are recorded with
+    their top-5 images (:func:`retrieval_examples`, with the caption text and image paths)."""
     transform = common.image_transform(model, resolution)
     feats, _ = common.encode_images(model, pairs.dataset(transform), batch_size, workers, progress)
     images = common.select_cls(feats, cls)
     texts = common.encode_texts(model, pairs.captions, batch_size=max(batch_size, 64), progress=progress)
-    i2t, t2i = retrieval_ranks(images, texts, torch.as_tensor(pairs.caption_image))
+    caption_image = torch.as_tensor(pairs.caption_image)
+    i2t, t2i = retrieval_ranks(images, texts, caption_image)
+    examples = [{**e, "caption_text": pairs.captions[e["caption"]], "target_path": str(pairs.images[e["target"]]),
+                 "top_paths": [str(pairs.images[i]) for i in e["top"]]}
+                for e in retrieval_examples(images, texts, caption_image, num_examples)]
     return {
         "image_to_text": recall_metrics(i2t),
         "text_to_image": recall_metrics(t2i),
         "num_images": len(pairs.images),
         "num_captions": len(pairs.captions),
         "resolution": common.transform_size(transform),
+        **({"examples": examples} if examples else {}),
     }
 
 
@@ -91,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key/column of the caption(s): default caption|captions, or for the probe format "
                         "alt_text with --cls alt/mean and synthetic_captions with --cls syn")
     p.add_argument("--image-root", type=Path, default=None, help="where relative image paths start (default: the file's folder)")
+    p.add_argument("--num-vis", type=int, default=0, metavar="N",
+                   help="record N text queries (evenly spaced over the captions) with their top-5 images in the JSON")
     common.add_global_task_args(p)
     return p
 
@@ -114,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     model, checkpoint = common.load_model(args)
     with common.precision(model, args):
         metrics = evaluate_retrieval(model, pairs, args.cls, args.resolution, args.batch_size, args.num_workers,
-                                     not args.no_progress)
+                                     not args.no_progress, args.num_vis)
     protocol = common.base_protocol("retrieval", args, checkpoint, metrics.pop("resolution"))
     protocol.update({
         "dataset": str(pairs.source.resolve()),

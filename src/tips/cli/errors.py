@@ -13,8 +13,10 @@ Applications (``tips_eval``, ``tips_pipelines``) import these too, so every ``ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 from typing import Any, Callable, NoReturn
 
 DEBUG_ENV = "TIPS_DEBUG"
@@ -77,11 +79,32 @@ def error_line(prog: str, exc: BaseException) -> str:
     return f"{prog}: error: {text}"
 
 
+@contextlib.contextmanager
+def one_line_warnings(prog: str):
+    """Inside: a warning of our own (a ``tips`` category such as ``SlowPathWarning``) prints as
+    ``PROG: warning: MESSAGE``, one line, instead of Python's file-and-source-line pair; others as before."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] in ("tips", "tips_eval", "tips_pipelines"):
+            print(f"{prog}: warning: {_first_line(str(message))}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def run_main(prog: str, body: Callable[[], int | None], *, debug: bool = False) -> int:
     """Run a command's body; an exception becomes one line on stderr and exit 1 (2 for :class:`UsageError`),
-    and is re-raised with ``debug`` or ``TIPS_DEBUG=1`` so the traceback shows."""
+    and is re-raised with ``debug`` or ``TIPS_DEBUG=1`` so the traceback shows. Our warnings print as one line
+    (:func:`one_line_warnings`)."""
     try:
-        return int(body() or 0)
+        with one_line_warnings(prog):
+            return int(body() or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
