@@ -28,6 +28,7 @@ from tips.io.overrides import parse_override
 from tips.io.recipes import resolve_recipe
 
 T = TypeVar("T")
+PARSER_ONLY = {"config", "overrides", "debug", "help"}  # flags of the command line, not options of the task
 SCENES = "tips-scenes -o data/scenes --num-pretrain 0 --num-train 64 --num-val 16 --resolution 64"
 
 
@@ -176,6 +177,9 @@ def parse_task_args(parser: TaskParser, argv: Sequence[str] | None) -> Any:
     # Every option starts as None, so the namespace tells which flags were given (argparse leaves set attributes)
     unset = argparse.Namespace(**dict.fromkeys(fields))
     args = parser.parse_args(None if argv is None else list(argv), namespace=unset)
+    unknown = sorted(set(vars(args)) - set(fields) - PARSER_ONLY)
+    if any(not name.startswith("_renamed_") for name in unknown):  # a flag the schema would silently drop
+        raise TypeError(f"{parser.prog}: the flags {unknown} have no field in {parser.schema.__name__}")
     flags = {name: getattr(args, name) for name in fields}
     try:
         return merge_options(parser.schema, args.config, flags, args.overrides)

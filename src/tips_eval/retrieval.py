@@ -103,6 +103,7 @@ class RetrievalOptions(common.GlobalTaskOptions):
     data: Path = MISSING  # captions .jsonl/.csv/.tsv or a probe split folder
     caption_field: Optional[str] = None
     image_root: Optional[Path] = None
+    num_vis: int = 0  # text queries recorded with their top-5 images
 
 
 def build_parser() -> argparse.ArgumentParser:
