@@ -166,6 +166,10 @@ def test_cli_segmentation_on_scenes_writes_json_markdown_and_picture(scenes, tmp
     assert (tmp_path / "out" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert result["paths"]["picture"] == str(tmp_path / "out" / f"{name}.png")
     assert "| sphere |" in capsys.readouterr().out
+    [line] = (tmp_path / "out" / "results.jsonl").read_text().splitlines()  # the run, for tips-probe compare
+    logged = json.loads(line)
+    assert logged["model"]["label"] == "random-tiny" and logged["model"]["id"] in name  # the tag of the file name
+    assert logged["metrics"]["miou"] == result["metrics"]["miou"] and logged["file"].endswith(f"{name}.json")
 
 
 def test_cli_depth_from_a_save_pretrained_folder_with_object_mask_log_bins_and_flip_tta(scenes, tmp_path):

@@ -69,3 +69,32 @@ def test_retrieval_reads_the_scenes_split_captions(scenes, tmp_path):
     assert result["protocol"]["caption_field"] == "alt_text"
     assert result["metrics"]["num_images"] == 6 == result["metrics"]["num_captions"]
     assert 0 <= result["metrics"]["text_to_image"]["R@1"] <= 100
+
+
+def test_every_run_appends_a_line_and_compare_puts_the_models_side_by_side(scenes, tmp_path, capsys):
+    import csv
+    import io
+
+    from tips_eval import cli
+
+    for seed in ("0", "1"):  # one label, two identities: two rows
+        assert retrieval.main(["--data", str(scenes / "val"), *_random(tmp_path), "--seed", seed]) == 0
+        last = json.loads((tmp_path / "retrieval.json").read_text())
+    assert zero_shot.main(["--data", f"scenes:{scenes}", "--templates", "simple", *_random(tmp_path)]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["task"] for r in lines] == ["retrieval", "retrieval", "zero-shot"]  # the file kept the first run
+    assert lines[0]["model"]["label"] == lines[1]["model"]["label"] == "random-tiny_p8"
+    assert lines[0]["model"]["id"] != lines[1]["model"]["id"] and lines[0]["model"] == lines[2]["model"]
+    assert lines[1]["metrics"]["text_to_image.R@1"] == last["metrics"]["text_to_image"]["R@1"]
+    capsys.readouterr()
+    assert cli.main(["compare", str(tmp_path), "--format", "csv"]) == 0
+    table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert table[0] == ["model", "retrieval/image_to_text.R@1", "retrieval/text_to_image.R@1", "zero-shot/top1"]
+    rows = {row[0]: row[1:] for row in table[1:]}
+    seed1 = f"random-tiny_p8 ({lines[1]['model']['id']})"
+    assert len(rows) == 2 and float(rows[seed1][1]) == last["metrics"]["text_to_image"]["R@1"]
+    assert rows[seed1][2] == ""  # seed 1 never ran zero-shot
+    assert cli.main(["compare", str(tmp_path / "retrieval.json"), str(tmp_path / "zero-shot.json")]) == 0
+    markdown = capsys.readouterr().out.splitlines()  # the result JSONs give the same models
+    assert markdown[0] == "| model | retrieval/image_to_text.R@1 | retrieval/text_to_image.R@1 | zero-shot/top1 |"
+    assert len(markdown) == 2 + 2

@@ -227,3 +227,19 @@ def test_demo_quick_start(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "images encoded, 1 skipped" in out and "broken-on-purpose.jpg" in out
     assert (tmp_path / "pca.png").is_file() and (tmp_path / "text_embeddings.safetensors").is_file()
+
+
+def test_cli_checks_its_inputs_before_it_builds_the_model(image_dir, tmp_path, capsys, monkeypatch):
+    import tips.cli.extract as cli
+
+    def no_model(args):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(cli, "model_from_args", no_model)
+    out = str(tmp_path / "out")
+    assert main([str(tmp_path / "no-such-photos"), "-o", out, "--random-init", "tiny"]) == 1
+    assert "no-such-photos: no such file, folder, glob match or shard" in capsys.readouterr().err
+    assert main([str(image_dir), "-o", out, "--random-init", "tiny", "--texts", str(tmp_path / "nope.txt")]) == 1
+    assert "--texts" in (err := capsys.readouterr().err) and "nope.txt: no such file" in err
+    assert main([str(image_dir), "-o", out, "--random-init", "tiny"]) == 1  # a good source reaches the model
+    assert "the model was built" in capsys.readouterr().err

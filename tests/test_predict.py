@@ -120,3 +120,36 @@ def test_reduced_precision_flags_change_the_computation_but_not_the_answer(image
     # The error is small beside how much the prediction varies over the image (random heads vary little).
     error, spread = (low - full).abs().mean(), (full - full.mean(dim=(1, 2), keepdim=True)).abs().mean()
     assert error < 0.2 * spread, (error, spread)
+
+
+def test_a_head_that_does_not_fit_the_model_is_refused_before_any_image_is_read(image_dir, model, tmp_path, capsys,
+                                                                               monkeypatch):
+    import importlib
+
+    predict = importlib.import_module("tips.inference.predict")  # the module (the package exports a function so named)
+    save_pretrained_head(build_head("depth", model.width + 8, fusion=32), tmp_path / "wide")  # another tower's
+    save_pretrained_head(build_head("depth", model.width, fusion=32), tmp_path / "depth")
+
+    class NoReading(predict.ImageDataset):
+        def __getitem__(self, i):
+            raise AssertionError("an image was read")
+
+    monkeypatch.setattr(predict, "ImageDataset", NoReading)
+    cli = importlib.import_module("tips.cli.predict")
+    real_model = cli.model_from_args
+    monkeypatch.setattr(cli, "model_from_args", lambda args: (_ for _ in ()).throw(AssertionError("model built")))
+    assert _run("depth", tmp_path / "no-such-photos", tmp_path / "o", "--random-head") == 1  # the source first
+    assert "no-such-photos: no such file" in capsys.readouterr().err
+    assert _run("depth", image_dir, tmp_path / "o", "--head", str(tmp_path / "no-such-head")) == 1  # the head file
+    assert "no-such-head: no such file or folder" in capsys.readouterr().err
+    assert _run("normals", image_dir, tmp_path / "o", "--head", str(tmp_path / "depth")) == 1  # its task
+    assert "is a depth head" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "model_from_args", real_model)
+    monkeypatch.setenv("TIPS_DEBUG", "1")  # the error itself, not its line
+    with pytest.raises(ValueError, match=rf"the head .*wide does not fit the model: .*width {model.width + 8}, "
+                                         rf"the model's is {model.width}"):
+        _run("depth", image_dir, tmp_path / "o", "--head", str(tmp_path / "wide"))
+    with pytest.raises(ValueError, match="is a depth head"):  # the task too
+        _run("normals", image_dir, tmp_path / "o", "--head", str(tmp_path / "depth"))
+    with pytest.raises(AssertionError, match="an image was read"):  # the reader is patched where predict reads
+        _run("depth", image_dir, tmp_path / "o", "--head", str(tmp_path / "depth"))

@@ -1,4 +1,4 @@
-"""``tips-probe {segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression}``: measure frozen
+"""``tips-probe {segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression,retention,compare}``: measure frozen
 TIPS features.
 
 Every subcommand takes the model flags of :mod:`tips.cli.model_args` (``--model`` | ``--random-init``, ``--text``,
@@ -6,13 +6,14 @@ Every subcommand takes the model flags of :mod:`tips.cli.model_args` (``--model`
 ``key=value`` overrides: for the dense probes the keys of the probe config (``optim.lr=3e-4 depth.bins=128``,
 ``configs/probe/*.yaml``), for the others the flags' long names (``cls=syn batch_size=16``). The global
 subcommands live in ``tips_eval.zero_shot``, ``tips_eval.retrieval``, ``tips_eval.knn``, ``tips_eval.zero_shot_seg``, ``tips_eval.compression``.
+Every finished run appends a line to ``results.jsonl`` in its ``--out`` folder; ``tips-probe compare`` puts them in
+one table (:mod:`tips_eval.compare`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tips.cli.errors import CliParser, add_debug_arg, renamed, run_main
 from tips.inference.loaded import resolve_device
 from tips.io.recipes import describe_recipes
 
-from .options import examples
+from .options import OptionError, examples
 
 FORWARDED = {"zero-shot": "tips_eval.zero_shot", "retrieval": "tips_eval.retrieval", "knn": "tips_eval.knn",
              "zero-shot-seg": "tips_eval.zero_shot_seg", "compression": "tips_eval.compression",
@@ -114,7 +115,7 @@ def flag_overrides(task: str, args: argparse.Namespace) -> dict:
     if task == "segmentation":
         top["seg.head"] = args.head
         top["seg.object_classes"] = True if args.object_classes else None
-        top["seg.classes"] = json.dumps(args.classes.split(",")) if args.classes else None
+        top["seg.classes"] = args.classes.split(",") if args.classes else None
     elif task == "normals":
         top.update({"normals.head": args.head, "normals.loss": args.loss, "normals.mask": args.mask})
     else:
@@ -127,24 +128,10 @@ def flag_overrides(task: str, args: argparse.Namespace) -> dict:
 
 def build_model(args: argparse.Namespace, device: str) -> tuple[tips.TIPS, dict, str]:
     """The model, its identity for the feature cache, and a short label for file names and tables."""
-    from .features import checkpoint_identity
+    from .features import model_identity
 
     model = model_from_args(args).model
-    if args.random_init:
-        identity = checkpoint_identity(None, random_init=args.random_init, seed=args.seed)
-        label = f"random-{args.random_init}"
-    else:
-        identity = checkpoint_identity(args.model)
-        path = Path(args.model)
-        label = args.model
-        if path.exists():  # trainer exports are all called export/: name them by their run step too
-            # trainer exports are called export/ and final/: name them by their run (and step) too
-            label = path.name if path.name not in ("export", "final", "") else f"{path.parent.name}-{path.name}"
-    if args.quantize:  # int8 weights are other weights: their features get their own cache entry
-        identity = {**identity, "quantize": args.quantize}
-        label = f"{label}-{args.quantize}"
-    if args.dtype != "float32":
-        label = f"{label}-{args.dtype}"
+    identity, label = model_identity(args.model, args.random_init, args.seed, args.quantize, args.dtype)
     return tips.prepare_for_inference(model, device, args.quantize), identity, label
 
 
@@ -154,11 +141,15 @@ def run_dense(task: str, argv: list[str]) -> int:
 
     from .datasets import parse_spec
 
-    args = dense_parser(task).parse_args(argv)
+    parser = dense_parser(task)
+    args = parser.parse_args(argv)
+    try:  # a mistake in the file, a flag or an override is a usage error, as in the global tasks
+        cfg = load_probe_config(args.config, args.overrides, **flag_overrides(task, args))
+    except OptionError as e:
+        parser.error(str(e))
     _, data_path, _ = parse_spec(args.dataset)
     if not data_path.exists():  # before the model is built (an official one downloads)
         raise FileNotFoundError(f"--dataset {args.dataset}: {data_path} does not exist")
-    cfg = load_probe_config(args.config, args.overrides, **flag_overrides(task, args))
     device = str(resolve_device(args.device))
     model, identity, label = build_model(args, device)
     result = run_probe(model, args.dataset, cfg, args.out, identity, label, args.cache_dir, args.train_split,
@@ -176,11 +167,13 @@ def top_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list-configs", action="store_true", help="list the bundled recipes (--config NAME) and exit")
     sub = p.add_subparsers(dest="command",
-                           metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression,retention}")
+                           metavar="{segmentation,depth,normals,zero-shot,retrieval,knn,zero-shot-seg,compression,retention,compare}")
     for name in DENSE:
         sub.add_parser(name, help=f"{name} probe on frozen features (tips-probe {name} --help)", add_help=False)
     for name, module in FORWARDED.items():
         sub.add_parser(name, help=f"{SUBCOMMAND_HELP[name]} (tips-probe {name} --help)", add_help=False)
+    sub.add_parser("compare", help="one table of probe results: a row per model, a column per task/metric "
+                                   "(tips-probe compare --help)", add_help=False)
     return p
 
 
@@ -198,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not argv:
         parser.error(f"give a subcommand: {', '.join(commands)}")
+    if argv[0] == "compare":  # reads result files: no model, no config
+        from . import compare
+
+        return run_main("tips-probe compare", lambda: compare.main(argv[1:]), debug="--debug" in argv)
     if argv[0] not in commands:
-        parser.error(f"no subcommand {argv[0]!r}; choose one of {', '.join(commands)}")
+        parser.error(f"no subcommand {argv[0]!r}; choose one of {', '.join(commands)}, compare")
     command, rest = argv[0], argv[1:]
     if command in DENSE:
         return run_main(f"tips-probe {command}", lambda: run_dense(command, rest), debug="--debug" in rest)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -21,17 +22,43 @@ from tips.inference import encoding
 from tips.inference.encoding import ImageProgress
 from tips.cli.model_args import add_model_args, add_output_arg, model_from_args
 from tips.inference.loaded import resolve_device
+from tips.io import write_text_atomic
 
 from .options import add_config_args
 from .templates import render
 
 CLS_CHOICES = ("alt", "syn", "mean")
+Cls = Literal["alt", "syn", "mean"]
+Dtype = Literal["float32", "bfloat16", "float16"]  # tips.models.dtypes.DTYPES (a test keeps them equal)
+Quantize = Literal["int8"]  # tips.inference.quantize.MODES
+
+
+@dataclass
+class GlobalTaskOptions:
+    """The options every global task shares (the flags of :func:`add_global_task_args`); each task's schema adds
+    its own. ``--config`` keys and ``key=value`` overrides are these field names."""
+
+    model: Optional[str] = None
+    random_init: Optional[str] = None
+    text: Optional[str] = None
+    tokenizer: Optional[str] = None
+    seed: int = 0
+    dtype: Dtype = "float32"
+    quantize: Optional[Quantize] = None
+    cls: Cls = "alt"
+    resolution: Optional[int] = None  # square input side; None = the model's native one
+    batch_size: int = 64
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    device: str = "auto"  # decided at run time: CUDA when available, else the CPU
+    out: Optional[Path] = None
+    no_progress: bool = False
 
 
 # ----------------------------------------------------------------------------- model
 def add_global_task_args(parser: argparse.ArgumentParser) -> None:
     """Flags every global task shares: which model (:func:`tips.cli.model_args.add_model_args`), how to feed it, where
-    results go, and ``--config`` + ``key=value`` overrides (:mod:`tips_eval.options`)."""
+    results go, and ``--config`` + ``key=value`` overrides (:mod:`tips_eval.options`). The defaults live in
+    :class:`GlobalTaskOptions`; the flags' ``default=`` only shows in ``--help``."""
     add_model_args(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--cls", choices=CLS_CHOICES, default="alt",
@@ -156,22 +183,34 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_results(out: Path | None, task: str, result: dict[str, Any], table: str) -> dict[str, Path]:
-    """Print the table; with ``out`` also write ``{out}/{task}.json`` and ``{out}/{task}.md``."""
+    """Print the table; with ``out`` also write ``{out}/{task}.json`` and ``{out}/{task}.md`` and append the run to
+    ``{out}/results.jsonl`` (:mod:`tips_eval.compare`)."""
+    from .compare import global_records, log_records
+
     print(table)
     if out is None:
         return {}
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{task}.json", "markdown": out / f"{task}.md"}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(f"# {task}\n\n" + table, encoding="utf-8")
-    print(f"wrote {paths['json']} and {paths['markdown']}")
+    write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
+    write_text_atomic(paths["markdown"], f"# {task}\n\n" + table)
+    paths["log"] = log_records(out, global_records(result, paths["json"]))
+    print(f"wrote {paths['json']} and {paths['markdown']}; added the run to {paths['log']}")
     return paths
 
 
 def base_protocol(task: str, args: argparse.Namespace, checkpoint: dict[str, Any], resolution: int | None) -> dict[str, Any]:
-    """What every global-task result records about how it was measured."""
+    """What every global-task result records about how it was measured; ``model`` is the label and identity tag
+    that ``tips-probe compare`` shows (as in the dense probes' result names)."""
+    from .features import model_identity
+    from .report import identity_tag
+
+    identity, label = model_identity(getattr(args, "model", None), getattr(args, "random_init", None),
+                                     getattr(args, "seed", 0), getattr(args, "quantize", None),
+                                     getattr(args, "dtype", "float32"))
     return {
         "task": task,
+        "model": {"label": label, "id": identity_tag(identity)},
         "cls": args.cls,
         "resolution": resolution,
         "checkpoint": checkpoint,

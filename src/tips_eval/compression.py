@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 import tips
 
-from tips.cli.errors import CliParser
-
 from . import common
-from .options import examples, parse_task_args
+from .options import TaskParser, examples, parse_task_args
 from .global_data import read_caption_pairs, read_image_folder
 from .knn import knn_votes
 from .retrieval import default_caption_field, recall_metrics, retrieval_ranks
@@ -135,8 +134,24 @@ EXAMPLES = examples(
 )
 
 
+@dataclass
+class CompressionOptions(common.GlobalTaskOptions):
+    precisions: str = "fp32,bf16,int8"  # comma-separated subset of PRECISIONS
+    dims: Optional[str] = None  # comma-separated widths; None = D, D/2, D/4, D/8
+    retrieval: Optional[str] = None
+    knn_train: Optional[str] = None
+    knn_val: Optional[str] = None
+    k: int = 20
+    zero_shot: Optional[str] = None
+    templates: str = "simple"
+    dense: Optional[str] = None
+    dense_tasks: str = "segmentation,depth"
+    dense_overrides: list[str] = field(default_factory=list)
+    cache_dir: Optional[str] = None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="tips-probe compression", description=__doc__.split("\n\n")[0],
+    p = TaskParser(schema=CompressionOptions, prog="tips-probe compression", description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_global_task_args(p)  # its --dtype/--quantize are refused here: --precisions sets them
     p.add_argument("--precisions", default="fp32,bf16,int8", help=f"comma-separated subset of {','.join(PRECISIONS)}")

@@ -118,6 +118,27 @@ def checkpoint_identity(model_source: str | None, random_init: str | None = None
     return {"kind": "name", "name": str(model_source)}
 
 
+def model_identity(model_source: str | None, random_init: str | None = None, seed: int = 0,
+                   quantize: str | None = None, dtype: str = "float32") -> tuple[dict, str]:
+    """The identity of the weights a run measures (:func:`checkpoint_identity`, plus the int8 mode: other weights)
+    and a short label for file names and result tables (``random-tiny_p8``, ``tips-v2-b14``, ``b14-final``)."""
+    if random_init:
+        identity = checkpoint_identity(None, random_init=random_init, seed=seed)
+        label = f"random-{random_init}"
+    else:
+        identity = checkpoint_identity(model_source)
+        path = Path(str(model_source))
+        label = str(model_source)
+        if path.exists():  # trainer exports are called export/ and final/: name them by their run (and step) too
+            label = path.name if path.name not in ("export", "final", "") else f"{path.parent.name}-{path.name}"
+    if quantize:  # int8 weights are other weights: their features get their own cache entry
+        identity = {**identity, "quantize": quantize}
+        label = f"{label}-{quantize}"
+    if dtype != "float32":
+        label = f"{label}-{dtype}"
+    return identity, label
+
+
 def weights_identity(model: torch.nn.Module) -> dict:
     """Identity of in-memory weights: a SHA-256 over every image-tower tensor (names, shapes, bytes)."""
     digest = hashlib.sha256()

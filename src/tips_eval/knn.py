@@ -4,16 +4,16 @@ the k most cosine-similar training images vote for their class with weight exp(s
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from tips.cli.errors import CliParser
-
 from . import common
-from .options import examples, parse_task_args
+from .options import TaskParser, examples, parse_task_args
 from .global_data import ImageFolder, read_image_folder
 
 
@@ -59,11 +59,19 @@ EXAMPLES = examples(
 )
 
 
+@dataclass
+class KnnOptions(common.GlobalTaskOptions):
+    train: Path = MISSING  # TRAIN/<class_folder>/<images>
+    val: Path = MISSING  # VAL/<class_folder>/<images>
+    k: int = 20
+    temperature: float = 0.07
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="tips-probe knn", description="DINO-style weighted kNN (weights exp(cos / T)) of a val image folder against a train image folder.",
+    p = TaskParser(schema=KnnOptions, prog="tips-probe knn", description="DINO-style weighted kNN (weights exp(cos / T)) of a val image folder against a train image folder.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", type=Path, required=True, help="TRAIN/<class_folder>/<images>")
-    p.add_argument("--val", type=Path, required=True, help="VAL/<class_folder>/<images> (same class folders)")
+    p.add_argument("--train", type=Path, help="(required) TRAIN/<class_folder>/<images>")
+    p.add_argument("--val", type=Path, help="(required) VAL/<class_folder>/<images> (same class folders)")
     p.add_argument("--k", type=int, default=20, help="neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default 0.07)")
     common.add_global_task_args(p)

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import MISSING
 
 import torch
 import torch.nn.functional as F
 
 import tips
-from tips.cli.errors import CliParser, add_debug_arg
+from tips.cli.errors import add_debug_arg
 from tips.inference.loaded import resolve_device
 from tips.io import write_json_atomic
 
 from .demo_report import METRICS, RELATIVE_MARGIN, _get
+from .options import TaskParser, add_config_args, parse_task_args
 
 DENSE_METRICS = {m.key: m for m in METRICS if m.task in ("segmentation", "depth")}
 
@@ -72,17 +76,30 @@ def markdown(rows: dict[str, dict], cosine: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class RetentionOptions:
+    before: str = MISSING  # the original checkpoint
+    after: str = MISSING  # the fine-tuned checkpoint
+    dataset: str = MISSING  # a dense dataset with train and val splits
+    resolution: int = 64
+    iterations: int = 300
+    seed: int = 0
+    out: str = MISSING
+    device: str = "auto"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="tips-probe retention", description=__doc__.split("\n\n")[0])
-    p.add_argument("--before", required=True, help="the original checkpoint (anything tips.load reads)")
-    p.add_argument("--after", required=True, help="the fine-tuned checkpoint (e.g. runs/ft/final)")
-    p.add_argument("--dataset", required=True, help="a dense dataset with train and val splits, e.g. scenes:data/scenes/probe")
+    p = TaskParser(schema=RetentionOptions, prog="tips-probe retention", description=__doc__.split("\n\n")[0])
+    p.add_argument("--before", help="(required) the original checkpoint (anything tips.load reads)")
+    p.add_argument("--after", help="(required) the fine-tuned checkpoint (e.g. runs/ft/final)")
+    p.add_argument("--dataset", help="(required) a dense dataset with train and val splits, e.g. scenes:data/scenes/probe")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--iterations", type=int, default=300, help="probe optimiser steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--out", required=True, help="folder for both models' probe results and retention.json")
+    p.add_argument("-o", "--out", help="(required) folder for both models' probe results and retention.json")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:1 …")
     add_debug_arg(p)
+    add_config_args(p)
     return p
 
 
@@ -91,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from .datasets import open_dataset
     from .demo import DEPTH_BINS, read_result
 
-    args = build_parser().parse_args(argv)
+    args = parse_task_args(build_parser(), argv)
     out = Path(args.out)
     device = str(resolve_device(args.device))
     results: dict[str, dict[str, dict]] = {}

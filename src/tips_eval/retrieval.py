@@ -9,16 +9,17 @@ at least as high as its best caption.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+from omegaconf import MISSING
 
 import torch
 from torch import nn
 
-from tips.cli.errors import CliParser
-
 from . import common
-from .options import examples, parse_task_args
+from .options import TaskParser, examples, parse_task_args
 from .global_data import CaptionPairs, read_caption_pairs
 
 
@@ -97,11 +98,19 @@ EXAMPLES = examples(
 )
 
 
+@dataclass
+class RetrievalOptions(common.GlobalTaskOptions):
+    data: Path = MISSING  # captions .jsonl/.csv/.tsv or a probe split folder
+    caption_field: Optional[str] = None
+    image_root: Optional[Path] = None
+    num_vis: int = 0  # text queries recorded with their top-5 images
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="tips-probe retrieval", description="Image-to-text and text-to-image retrieval (R@1/5/10, mean and median rank) from image-caption pairs.",
+    p = TaskParser(schema=RetrievalOptions, prog="tips-probe retrieval", description="Image-to-text and text-to-image retrieval (R@1/5/10, mean and median rank) from image-caption pairs.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True,
-                   help="captions .jsonl/.csv/.tsv (image + caption[s]) or a probe split folder with captions.jsonl")
+    p.add_argument("--data", type=Path,
+                   help="(required) captions .jsonl/.csv/.tsv (image + caption[s]) or a probe split folder with captions.jsonl")
     p.add_argument("--caption-field", default=None,
                    help="key/column of the caption(s): default caption|captions, or for the probe format "
                         "alt_text with --cls alt/mean and synthetic_captions with --cls syn")

@@ -8,16 +8,17 @@ OpenAI ImageNet templates), re-normalised; logits are cos(image CLS, class) / τ
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+from omegaconf import MISSING
 
 import torch
 from torch import nn
 
-from tips.cli.errors import CliParser
-
 from . import common
-from .options import examples, parse_task_args
+from .options import TaskParser, examples, parse_task_args
 from .global_data import ImageFolder, read_image_folder, read_scene_objects
 from .templates import get_templates
 
@@ -74,11 +75,19 @@ EXAMPLES = examples(
 )
 
 
+@dataclass
+class ZeroShotOptions(common.GlobalTaskOptions):
+    data: str = MISSING  # ROOT of class folders, or scenes:DIR
+    split: str = "val"
+    classes: Optional[Path] = None
+    templates: str = "openai"  # openai | simple | tcl | a file of templates
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="tips-probe zero-shot", description="Zero-shot classification of a class-per-folder image set with prompt templates.",
+    p = TaskParser(schema=ZeroShotOptions, prog="tips-probe zero-shot", description="Zero-shot classification of a class-per-folder image set with prompt templates.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True,
-                   help="ROOT/<class_folder>/<images>, or scenes:DIR (a probe split folder with classes.json): each "
+    p.add_argument("--data",
+                   help="(required) ROOT/<class_folder>/<images>, or scenes:DIR (a probe split folder with classes.json): each "
                         "image labelled by the object class covering most of its segmentation map")
     p.add_argument("--split", default="val", help="split of a scenes:DIR probe folder (default val)")
     p.add_argument("--classes", type=Path, default=None,

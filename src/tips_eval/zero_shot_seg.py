@@ -9,8 +9,9 @@ with the notebook's rule. Several ``--dataset`` give one table.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +19,6 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from tips.cli.errors import CliParser
 from tips.inference.open_vocab import (
     MODES, NONE_ID, ClassList, OpenVocabOptions, OpenVocabPreset, encode_classes, load_preset, open_vocab_segment,
     preset_names, value_readout,
@@ -29,7 +29,7 @@ from tips.models import to_rgb
 from . import common
 from .datasets import open_dataset, parse_spec
 from .global_data import read_seg_folder
-from .options import examples, parse_task_args
+from .options import TaskParser, examples, parse_task_args
 from .templates import get_templates
 
 __all__ = ["confusion_matrix", "evaluate_zero_shot_seg", "iou_metrics", "main", "value_readout"]
@@ -134,8 +134,25 @@ EXAMPLES = examples(
 )
 
 
+@dataclass
+class ZeroShotSegOptions(common.GlobalTaskOptions):
+    data: Optional[Path] = None  # a probe folder, or
+    dataset: Optional[list[str]] = None  # benchmarks KIND:PATH (one table)
+    split: str = "val"
+    preset: Optional[str] = None  # default: the dataset's
+    templates: str = "tcl"
+    mode: Literal["whole", "slide"] = "slide"  # tips.inference.open_vocab.MODES
+    geometry: Literal["notebook", "paper"] = "notebook"
+    window: Optional[int] = None
+    stride: Optional[int] = None
+    background_threshold: Optional[float] = None
+    logit_scale: Optional[float] = None
+    fast_resize: bool = False
+    max_images: Optional[int] = None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="tips-probe zero-shot-seg",
+    p = TaskParser(schema=ZeroShotSegOptions, prog="tips-probe zero-shot-seg",
                                 description="Zero-shot segmentation mIoU with the official TIPS protocol (value readout "
                                             "of the last block, TCL prompts, whole or slide).",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

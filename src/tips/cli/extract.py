@@ -107,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         resolve_device(args.device)  # a device that is not there, before anything is read or built
         check_sources(args.source)
+        if args.texts is not None and not Path(args.texts).is_file():  # also before the model
+            raise FileNotFoundError(f"--texts {args.texts}: no such file (one prompt per line)")
         result = extract(args.source, args.out, model_from_args(args), options_from_args(args))
     return report("tips-extract", result, args.device, args.dtype, args.quantize)
 

@@ -9,10 +9,12 @@ segmentation into classes you name, on any image source.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Sequence
 
+from ..formats.heads import load_head
 from ..inference.loaded import resolve_device
 from ..inference.open_vocab import (
     MODES, NONE_ID, TCL_TEMPLATES, OpenVocabOptions, OpenVocabRun, load_preset, parse_classes, preset_names,
@@ -131,7 +133,13 @@ def _run(args: argparse.Namespace) -> int:
         classes, names, options, run = open_vocab_from_args(args)
         result = write_open_vocab(args.source, args.out, model_from_args(args), classes, options, run, names)
     else:
-        result = write_predictions(args.source, args.out, model_from_args(args), options_from_args(args))
+        options = options_from_args(args)
+        if args.head:  # the head's file, layout and task before the model is built (15-25 s for B/14)
+            head = load_head(args.head)
+            if head.task != args.task:
+                raise ValueError(f"tips-predict {args.task}: the head {args.head} is a {head.task} head")
+            options = dataclasses.replace(options, head=head, head_name=args.head)
+        result = write_predictions(args.source, args.out, model_from_args(args), options)
     return report("tips-predict", result, args.device, args.dtype, args.quantize)
 
 

@@ -18,7 +18,8 @@ examples:
   tips-scenes -o data/scenes --num-pretrain 256 --num-train 0 --num-val 0 --resolution 128 --shard-size 64
   tips-train --config configs/pretrain/demo_cpu.yaml -o runs/demo "data.train=[data/scenes/pretrain/shard-{000000..000003}.tar]" run.steps=20
   # the TIPS B/14 recipe on every GPU of a machine
-  accelerate launch -m tips.cli.train --config configs/pretrain/tips_v1_b14.yaml -o runs/b14 "data.train=shards/train-{000000..000999}.tar"
+  accelerate launch --multi_gpu --num_processes 8 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    -m tips.cli.train --config configs/pretrain/tips_v1_b14.yaml -o runs/b14 "data.train=shards/train-{000000..000999}.tar"
 """
 
 

@@ -177,6 +177,7 @@ class PredictOptions:
     logits: bool = True
     sheet: int = 16
     progress: bool = True
+    head_name: str | None = None  # how errors name a head given as a DenseHead (e.g. the file it came from)
 
 
 def write_predictions(
@@ -197,7 +198,7 @@ def write_predictions(
         raise ValueError(f"no images found in {sources}")
     loaded = as_loaded(model)
     net = loaded.model
-    dense = _resolve_head(o.head, o.random_head, o.task, net, o.seed)
+    dense = _resolve_head(o.head, o.random_head, o.task, net, o.seed, o.head_name)
     resolution = o.resolution or net.image_size
     check_resolution(resolution, net.patch_size)
     dev = resolve_device(o.device)
@@ -225,7 +226,7 @@ def write_predictions(
     return result
 
 
-def _resolve_head(head, random_head: bool, task: str, net: TIPS, seed: int) -> DenseHead:
+def _resolve_head(head, random_head: bool, task: str, net: TIPS, seed: int, head_name: str | None = None) -> DenseHead:
     if (head is None) == (not random_head):
         raise ValueError("give exactly one of --head (a head file, folder or official name) and --random-head")
     if random_head:
@@ -233,6 +234,12 @@ def _resolve_head(head, random_head: bool, task: str, net: TIPS, seed: int) -> D
         dense = build_head(task, net.width).eval()
     else:
         dense = head if isinstance(head, DenseHead) else load_head(head)
+    name = f"the head {head_name or head}" if head_name or not isinstance(head, DenseHead) else "the head"
     if dense.task != task:
-        raise ValueError(f"tips-predict {task}: the head {head} is a {dense.task} head")
+        raise ValueError(f"tips-predict {task}: {name} is a {dense.task} head")
+    try:  # the head must read this tower: found now, before any image is decoded
+        dense.check_fits(net)
+    except ValueError as e:
+        raise ValueError(f"tips-predict {task}: {name} does not fit the model: {e}; use a head trained on "
+                         "this model's tower, or --random-head") from None
     return dense

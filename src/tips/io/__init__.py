@@ -4,7 +4,8 @@
 - reproducible tar shards: :class:`ShardFile`, :func:`write_shard`, :func:`encode_sample` (fixed metadata,
   renamed into place when complete);
 - atomic writes that honour the umask: :func:`atomic_file`, :func:`atomic_path`, :func:`replace_dir`,
-  :func:`write_bytes_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic`;
+  :func:`write_bytes_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic`, and
+  :func:`append_line` (one line, one ``O_APPEND`` write);
 - digests: :func:`sha256_file`;
 - images: :func:`decode_image` (bytes → a PIL image in its stored mode, the pixel limit checked per call from the
   header; one :class:`ImageDecodeError` with a reason); ``tips.models.to_rgb`` turns it into what a model reads;
@@ -15,7 +16,7 @@
 - lossless 16-bit PNGs (depth, surface normals): :func:`encode_png16`, :func:`read_png16`, :func:`normals_to_uint16` ….
 """
 
-from .atomic import atomic_file, atomic_path, fsync_dir, replace_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .atomic import append_line, atomic_file, atomic_path, fsync_dir, replace_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .png16 import (
     NORMALS_ENCODING,
     PNG16Error,
@@ -50,6 +51,7 @@ __all__ = [
     "PNG16Error",
     "ShardFile",
     "archive_size",
+    "append_line",
     "atomic_file",
     "atomic_path",
     "decode_png16",

@@ -123,3 +123,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
     """Human-readable JSON (UTF-8, non-ASCII kept), newline-terminated."""
     write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` (a newline is added) to ``path`` with one ``write`` on an ``O_APPEND`` descriptor, so that
+    lines from runs that finish at the same time never interleave (POSIX appends are atomic for regular files on
+    local disks), and fsync it. Raises OSError if the system wrote only part of it."""
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    if b"\n" in data[:-1]:
+        raise ValueError(f"{path}: one line expected, got text with newlines")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies, as for any new file
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"{path}: wrote {written} of {len(data)} bytes of a line")
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -296,14 +296,20 @@ class DenseHead(nn.Module):
     def task(self) -> str:
         return self.cfg.task
 
-    def features(self, model: nn.Module, images: torch.Tensor) -> list[Level]:
-        """The four (CLS1 (B, D), patch tokens (B, h, w, D)) levels of ``model`` (a TIPS model or its image tower)."""
+    def check_fits(self, model: nn.Module) -> tuple[int, ...]:
+        """The blocks this head reads from ``model`` (a TIPS model or its image tower); ValueError, naming both
+        sizes, when the tower's width is not the head's or the blocks do not exist. Needs no image."""
         vision = getattr(model, "vision", model)
         if vision.cfg.width != self.cfg.width:
             raise ValueError(
                 f"this DPT head was built for a tower of width {self.cfg.width}, the model's is {vision.cfg.width}"
             )
-        layers = self.cfg.layers_for(vision.cfg.depth)
+        return self.cfg.layers_for(vision.cfg.depth)
+
+    def features(self, model: nn.Module, images: torch.Tensor) -> list[Level]:
+        """The four (CLS1 (B, D), patch tokens (B, h, w, D)) levels of ``model`` (a TIPS model or its image tower)."""
+        vision = getattr(model, "vision", model)
+        layers = self.check_fits(vision)
         feats = vision.intermediate_layers(images, list(layers), norm=self.cfg.norm_tokens)
         return [(f.cls_alt, f.patch_tokens) for f in feats]
 

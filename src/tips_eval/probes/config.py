@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from omegaconf import OmegaConf
 
-from tips.io.overrides import parse_override
-from tips.io.recipes import resolve_recipe
+from ..options import merge_options
 
 TASKS = ("segmentation", "depth", "normals")
 PROTOCOLS = ("fast", "dinov2")
@@ -29,7 +28,7 @@ class FeatureSection:
     layers: str = "last"  # last | last4 | quarters (DINOv2 lin.4 blocks) | "2,5,8,11"
     norm: bool = True  # final LayerNorm on every extracted block
     cls: bool = False  # concatenate CLS1 to every patch token
-    dtype: str = "float32"  # compute dtype of the image tower (autocast): float32 | bfloat16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype of the image tower (autocast)
 
 
 @dataclass
@@ -39,7 +38,7 @@ class OptimSection:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup: int = 100
-    schedule: str = "poly"  # poly (power 1) | cosine
+    schedule: Literal["poly", "cosine"] = "poly"  # poly (power 1)
     grad_clip: float = 0.0  # 0 = off
 
 
@@ -58,46 +57,48 @@ class AugmentSection:
 class DPTSection:
     """DPT heads (``--head dpt``): trained on four cached blocks of frozen features (fast protocol)."""
 
-    preset: str = "tips"  # tips (the official TIPSv2 decoder, final-LN tokens) | probe3d (512 ch, no final LN)
+    # tips: the official TIPSv2 decoder, final-LN tokens; probe3d: 512 channels, no final LN
+    preset: Literal["tips", "probe3d"] = "tips"
     fusion: int | None = None  # decoder width; None = the preset's (256 tips, 512 probe3d)
 
 
 @dataclass
 class SegSection:
-    head: str = "linear"  # linear (BatchNorm + 1×1 conv) | dpt
+    head: Literal["linear", "dpt"] = "linear"  # linear: BatchNorm + 1×1 conv
     object_classes: bool = False  # also report mIoU over the dataset's object classes
     classes: list[str] = field(default_factory=list)  # or over these named classes
 
 
 @dataclass
 class DepthSection:
-    head: str = "lin1"  # lin1 (last block) | lin4 (four blocks): DINOv2's linear depth heads | dpt
+    head: Literal["lin1", "lin4", "dpt"] = "lin1"  # lin1 (last block) | lin4 (four blocks): DINOv2's linear heads
     bins: int = 256
-    spacing: str = "uniform"  # uniform | log
+    spacing: Literal["uniform", "log"] = "uniform"
     depth_min: float | None = None  # default: the dataset's range
     depth_max: float | None = None
     upsample: int = 4
     grad_loss_weight: float = 0.5
     sig_warmup: int = 100  # SigLoss uses only its mean term for this many iterations (DINOv2)
     flip_tta: bool = False
-    eigen_crop: str = "auto"  # auto (NYU frames) | on | off
-    mask: str = "none"  # none | objects: also report metrics on object pixels (needs seg maps)
+    eigen_crop: Literal["auto", "on", "off"] = "auto"  # auto: on for NYU frames
+    mask: Literal["none", "objects"] = "none"  # objects: also report metrics on object pixels (needs seg maps)
     standardize: bool = True  # fast protocol: standardise inputs with train-cache channel statistics
 
 
 @dataclass
 class NormalsSection:
-    head: str = "lin1"  # lin1 (last block) | lin4 (four blocks): a linear head to 3 (+ κ) channels | dpt
-    loss: str = "angular"  # angular | uncertainty (probe3d's angular vMF NLL; adds a 4th output channel)
+    # lin1 (last block) | lin4 (four blocks): a linear head to 3 (+ κ) channels | dpt
+    head: Literal["lin1", "lin4", "dpt"] = "lin1"
+    loss: Literal["angular", "uncertainty"] = "angular"  # uncertainty: probe3d's angular vMF NLL (a 4th channel)
     upsample: int = 4  # the linear head's bilinear ×u before the loss, as the linear depth head
-    mask: str = "none"  # none | objects: also report metrics on object pixels (needs seg maps)
+    mask: Literal["none", "objects"] = "none"  # objects: also report metrics on object pixels (needs seg maps)
     standardize: bool = True  # standardise inputs with train-cache channel statistics (as depth)
 
 
 @dataclass
 class ProbeConfig:
-    task: str = "segmentation"
-    protocol: str = "fast"
+    task: Literal["segmentation", "depth", "normals"] = "segmentation"
+    protocol: Literal["fast", "dinov2"] = "fast"
     seed: int = 0
     features: FeatureSection = field(default_factory=FeatureSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -164,21 +165,19 @@ def preset(task: str, protocol: str, head: str = "lin1", dpt: str = "tips") -> d
 def load_probe_config(
     path: str | Path | None = None, overrides: list[str] | None = None, **top: Any
 ) -> ProbeConfig:
-    """Preset of the resulting (task, protocol, head) ← YAML file ← dotted overrides (later wins).
+    """Preset of the resulting (task, protocol, head) ← YAML file ← flags ← dotted overrides (later wins), through
+    the merge every ``tips-probe`` subcommand uses (:func:`tips_eval.options.merge_options`).
 
-    ``top``: values from command-line flags given as dotted keys, e.g. ``{"optim.iterations": 50}``; they sit
-    between the file and the free-form ``key=value`` overrides (:func:`tips.io.overrides.parse_override`, as in
-    ``tips-train``). Unknown keys raise an error naming them.
+    ``top``: values from command-line flags given as dotted keys, e.g. ``{"optim.iterations": 50}`` (None = not
+    given); they sit between the file and the free-form ``key=value`` overrides
+    (:func:`tips.io.overrides.parse_override`, as in ``tips-train``). Unknown keys and values outside a field's
+    choices raise :class:`tips_eval.options.OptionError` (a ValueError), one line naming them.
     """
-    base = OmegaConf.structured(ProbeConfig)
-    layers = [OmegaConf.load(resolve_recipe(path))] if path is not None else []  # a file or a bundled name
-    layers.append(OmegaConf.from_dotlist([f"{k}={v}" for k, v in top.items() if v is not None]))
-    layers += [parse_override(o, base) for o in overrides or []]  # errors name the override
-    probe = OmegaConf.merge(OmegaConf.structured(ProbeConfig), *layers)
-    head = {"segmentation": probe.seg.head, "depth": probe.depth.head, "normals": probe.normals.head}[probe.task]
-    chosen = preset(probe.task, probe.protocol, head, probe.dpt.preset)
-    cfg = OmegaConf.merge(OmegaConf.structured(ProbeConfig), chosen, *layers)
-    out: ProbeConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    def chosen(cfg: Any) -> dict[str, Any]:
+        head = {"segmentation": cfg.seg.head, "depth": cfg.depth.head, "normals": cfg.normals.head}[cfg.task]
+        return preset(cfg.task, cfg.protocol, head, cfg.dpt.preset)
+
+    out = merge_options(ProbeConfig, path, top, overrides or [], preset=chosen)
     validate(out)
     return out
 

@@ -11,6 +11,7 @@ import tips
 
 from ..datasets import open_dataset
 from ..features import FeatureSpec, cached_features, parse_resolution, resolve_layers, weights_identity
+from ..compare import dense_record, log_records
 from ..report import markdown, run_name, write_report
 from .config import ProbeConfig, to_dict
 from .dense import run_dpt
@@ -98,7 +99,8 @@ def run_probe(
         name = run_name(cfg.task, val.info.name, tag, checkpoint_label, cfg.seed, checkpoint)
         if outcome.head is not None:
             result["head_paths"] = save_head(outcome.head, Path(out_dir), name)
-        write_report(result, outcome.vis, out_dir, name, val.info.class_names or None,
-                     depth_range(cfg, val.info) if cfg.task == "depth" else None)
+        paths = write_report(result, outcome.vis, out_dir, name, val.info.class_names or None,
+                             depth_range(cfg, val.info) if cfg.task == "depth" else None)
+        result["paths"]["log"] = str(log_records(out_dir, [dense_record(result, paths["json"])]))
     result["markdown"] = markdown(result)
     return result
