@@ -45,8 +45,8 @@ def _flags(text: str) -> list[str]:
     flags = []
     text = re.sub(r"\$\(\(.*?\)\)|\$\{?\w+\}?", "0", text)  # shell variables and arithmetic: any value parses
     for word in shlex.split(text):
-        if word.startswith("tips/configs/"):  # the bundled launch configs, in the source tree
-            word = str(ROOT / "src" / word)
+        if word.startswith("src/tips/configs/"):  # the bundled launch configs, named from the clone's root
+            word = str(ROOT / word)
         flags.append(word)
     return flags
 
