@@ -1,5 +1,6 @@
 """The demo's first picture (issue 41 item 14): text queries with each model's top images, the caption's own image
-framed, and object-pixel depth; the retrieval examples it is drawn from; the probe samples it reads."""
+framed, and depth with every image's object RMSE; the retrieval examples it is drawn from; the probe samples it
+reads; the depth probe's per-image object RMSE."""
 
 import numpy as np
 import pytest
@@ -51,10 +52,9 @@ def test_the_page_frames_the_own_image_and_shows_both_sections(tmp_path):
     gt = np.linspace(1, 10, 32 * 32, dtype=np.float32).reshape(32, 32)
     sample = {"key": "val-0", "image": np.zeros((32, 32, 3), np.uint8), "target": gt}
     depth = {"trained": [{**sample, "pred": gt + 0.5}], "random": [{**sample, "pred": gt + 3.0}]}
-    mask = np.zeros((32, 32), bool)
-    mask[8:16, 8:16] = True
+    object_rmse = {"trained": {"val-0": 0.5, "val-1": 2.0}, "random": {"val-0": 3.0, "val-1": 1.0}}
     rows = {"text_to_image_r1": {"trained": 18.0, "random": 0.8}, "object_depth_rmse": {"trained": 0.5, "random": 3.0}}
-    page = np.asarray(Image.open(benefit_page(examples, depth, [mask], rows, tmp_path / "page.png", 150)).convert("RGB"))
+    page = np.asarray(Image.open(benefit_page(examples, depth, object_rmse, rows, tmp_path / "page.png", 150)).convert("RGB"))
     hit = np.array([int(HIT[i:i + 2], 16) for i in (1, 3, 5)])
     framed = (np.abs(page.astype(int) - hit).sum(-1) < 30)
     assert framed.sum() > 100  # the trained model's top 1 is the caption's own image: it is framed

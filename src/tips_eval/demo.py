@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -36,7 +35,6 @@ from tips.cli.model_args import add_output_arg
 from tips.io.recipes import resolve_recipe
 
 from . import cli as probe_cli
-from .datasets import open_dataset
 from .demo_picture import benefit_page, dense_page
 from .demo_report import markdown_table, summarise, write_results
 from .report import load_samples
@@ -112,14 +110,6 @@ def probe_commands(model_args: list[str], probe: Path, out: Path, cache: Path, r
         "retrieval": ["retrieval", "--data", str(probe / "val"), *global_args, *num_queries],
         "zero-shot": ["zero-shot", "--data", f"scenes:{probe}", "--split", "val", *global_args],
     }
-
-
-def object_masks(probe: Path, keys: list[str]) -> list[np.ndarray]:
-    """(H, W) bool per val image key: True on pixels of an object class (what the depth probe's object RMSE scores)."""
-    val = open_dataset(f"scenes:{probe}", "val")
-    objects = torch.tensor(val.info.object_classes)
-    index = {k: i for i, k in enumerate(val.keys)}
-    return [torch.isin(val.load_seg(index[k]), objects).numpy() for k in keys]
 
 
 def recipe_steps() -> int:
@@ -209,8 +199,8 @@ def _run(args: argparse.Namespace) -> int:
     dense = dense_page(pictures, work / "dense.png")
     depth = {label: load_samples(results[label]["depth"]["paths"]["samples"]) for label in results}
     page = benefit_page({label: results[label]["retrieval"]["metrics"]["examples"] for label in results}, depth,
-                        object_masks(probe, [s["key"] for s in depth["trained"]]), rows, work / "picture.png",
-                        args.steps or recipe_steps())
+                        {label: results[label]["depth"]["metrics"]["objects"]["per_image_rmse"] for label in results},
+                        rows, work / "picture.png", args.steps or recipe_steps())
     table = markdown_table(rows)
     write_results(work / "results.json", rows, {
         "checkpoint": str(checkpoint), "random_init": "tiny_p8", "picture": str(page), "dense_picture": str(dense),

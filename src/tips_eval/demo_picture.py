@@ -22,7 +22,6 @@ from tips.models import to_rgb
 
 LABELS = {"trained": "TIPS demo checkpoint", "random": "random init (same architecture)"}
 HIT = "#1a9e3a"  # the frame of the caption's own image
-ERROR_COLORMAP = "Reds"
 TOP_K = 5
 
 
@@ -31,13 +30,14 @@ def _read_rgb(path: str | Path) -> np.ndarray:
 
 
 def benefit_page(examples: dict[str, Sequence[dict]], depth: dict[str, Sequence[dict]],
-                 object_masks: Sequence[np.ndarray], rows: dict[str, dict], out: Path, steps: int) -> Path:
-    """One PNG: text→image queries (each model's top five images) and object-pixel depth, trained beside random.
+                 object_rmse: dict[str, dict[str, float]], rows: dict[str, dict], out: Path, steps: int) -> Path:
+    """One PNG: text→image queries (each model's top five images) and depth, trained beside random: a few
+    predictions, and every validation image's object-pixel RMSE of one model against the other.
 
     examples: per model label, the retrieval probe's ``examples`` (same queries for both, as
     :func:`tips_eval.retrieval.retrieval_examples` records them); depth: per label, the depth probe's samples
     (:func:`tips_eval.report.load_samples`: image (H, W, 3), target and pred (H, W) metres, same keys for both);
-    object_masks: per depth sample, (H, W) bool, True on object pixels; rows: the demo table
+    object_rmse: per label, the depth probe's per-image object-pixel RMSE by image key; rows: the demo table
     (:func:`tips_eval.demo_report.summarise`), whose numbers the section titles quote.
     """
     import matplotlib
@@ -46,7 +46,7 @@ def benefit_page(examples: dict[str, Sequence[dict]], depth: dict[str, Sequence[
     import matplotlib.pyplot as plt
 
     queries = list(zip(examples["trained"], examples["random"]))
-    samples = list(zip(depth["trained"], depth["random"], object_masks))
+    samples = list(zip(depth["trained"], depth["random"]))
     q_h, d_h = 1.75, 1.9  # inches per query block / per depth row
     height = 1.0 + 0.8 + q_h * len(queries) + 0.75 + d_h * len(samples) + 0.3
     fig = plt.figure(figsize=(13, height))
@@ -85,54 +85,60 @@ def benefit_page(examples: dict[str, Sequence[dict]], depth: dict[str, Sequence[
                     spine.set_linewidth(4 if hit else 0.8)
     y = bottom - 0.6 / height
     fig.text(0.01, y, f"Depth from a linear probe on frozen patch features: object-pixel RMSE "
-                      f"{depth_row['trained']:.2f} m trained vs {depth_row['random']:.2f} m random (error shown on "
-                      "object pixels only).", fontsize=10, va="bottom")
+                      f"{depth_row['trained']:.2f} m trained vs {depth_row['random']:.2f} m random (mean over "
+                      "images; right: every image).", fontsize=10, va="bottom")
     top = y - 0.25 / height
     _depth_rows(fig, samples, top, 0.3 / height)
+    _rmse_scatter(fig, object_rmse, top, 0.3 / height)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
 
 
-def _depth_rows(fig, samples: list[tuple[dict, dict, np.ndarray]], top: float, bottom: float) -> None:
-    """Rows = samples; columns = input | ground truth | trained | random | trained error | random error."""
+def _depth_rows(fig, samples: list[tuple[dict, dict]], top: float, bottom: float) -> None:
+    """Rows = samples; columns = input | ground truth | trained | random, one depth colour scale."""
     import matplotlib
 
-    grid = fig.add_gridspec(len(samples), 6, top=top, bottom=bottom, left=0.01, right=0.86, hspace=0.25, wspace=0.05)
-    near, far = depth_limits(np.concatenate([t["target"].ravel() for t, _, _ in samples]))
+    grid = fig.add_gridspec(len(samples), 4, top=top, bottom=bottom, left=0.01, right=0.5, hspace=0.12, wspace=0.05)
+    near, far = depth_limits(np.concatenate([t["target"].ravel() for t, _ in samples]))
     cmap = matplotlib.colormaps[DEPTH_COLORMAP].with_extremes(bad=(0.6, 0.6, 0.6))
-    on_objects = [np.abs(s["pred"] - s["target"])[m] for t, r, m in samples for s in (t, r) if m.any()]
-    err_max = float(np.percentile(np.concatenate(on_objects), 99)) if on_objects else 1.0
-    err_max = err_max or 1.0
-    depth_im = err_im = None
-    for r, (trained, random, mask) in enumerate(samples):
+    depth_im = None
+    for r, (trained, random) in enumerate(samples):
         gt = np.ma.masked_where(trained["target"] <= 0, trained["target"])
-        grey = trained["image"].mean(-1)
-        panels = [("input", trained["image"], {}), ("ground truth", gt, {"cmap": cmap, "vmin": near, "vmax": far})]
-        panels += [(f"{label}", s["pred"], {"cmap": cmap, "vmin": near, "vmax": far})
-                   for label, s in (("trained", trained), ("random", random))]
+        panels = [("input", trained["image"], {}), ("ground truth", gt, {"cmap": cmap, "vmin": near, "vmax": far}),
+                  ("trained", trained["pred"], {"cmap": cmap, "vmin": near, "vmax": far}),
+                  ("random", random["pred"], {"cmap": cmap, "vmin": near, "vmax": far})]
         for c, (title, array, kw) in enumerate(panels):
             ax = fig.add_subplot(grid[r, c])
             im = ax.imshow(array, **kw)
-            if kw:
-                depth_im = im
+            depth_im = im if kw else depth_im
             ax.set_title(title if r == 0 else "", fontsize=9)
-        for c, (label, s) in enumerate((("trained", trained), ("random", random)), start=4):
-            ax = fig.add_subplot(grid[r, c])
-            ax.imshow(grey, cmap="gray", vmin=0, vmax=255, alpha=0.35)
-            err = np.abs(s["pred"] - s["target"])
-            err_im = ax.imshow(np.ma.masked_where(~mask, err), cmap=ERROR_COLORMAP, vmin=0, vmax=err_max)
-            rmse = float(np.sqrt(np.mean(err[mask] ** 2))) if mask.any() else float("nan")
-            ax.set_title(f"{label} error: RMSE {rmse:.2f} m", fontsize=9)
-        for ax in fig.axes[-6:]:
             ax.set_xticks([])
             ax.set_yticks([])
     span = top - bottom
-    fig.colorbar(depth_im, cax=fig.add_axes((0.875, bottom + 0.52 * span, 0.012, 0.45 * span)),
-                 label="depth (m); bright = near;\nclipped at the 1st-99th pct")
-    fig.colorbar(err_im, cax=fig.add_axes((0.875, bottom + 0.02 * span, 0.012, 0.45 * span)),
-                 label="|error| (m) on object pixels;\nclipped at the 99th pct")
+    fig.colorbar(depth_im, cax=fig.add_axes((0.51, bottom + 0.1 * span, 0.01, 0.8 * span)),
+                 label="depth (m); bright = near; clipped at the 1st-99th pct of the ground truth")
+
+
+def _rmse_scatter(fig, object_rmse: dict[str, dict[str, float]], top: float, bottom: float) -> None:
+    """Each validation image's object-pixel RMSE: random tower (x) against trained (y); below the diagonal =
+    pretraining helped on that image."""
+    keys = sorted(set(object_rmse["trained"]) & set(object_rmse["random"]))
+    x = np.array([object_rmse["random"][k] for k in keys])
+    y = np.array([object_rmse["trained"][k] for k in keys])
+    span = top - bottom
+    ax = fig.add_axes((0.64, bottom + 0.08 * span, 0.33, 0.84 * span))
+    ax.scatter(x, y, s=14, color="#1f5fa8", alpha=0.75)
+    hi = float(max(x.max(initial=1.0), y.max(initial=1.0))) * 1.05
+    ax.plot([0, hi], [0, hi], color="grey", linewidth=1, linestyle="--")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("random init: object-pixel RMSE (m)", fontsize=9)
+    ax.set_ylabel("trained: object-pixel RMSE (m)", fontsize=9)
+    better = int((y < x).sum())
+    ax.set_title(f"per image: trained lower on {better} of {len(keys)} (below the diagonal)", fontsize=9)
 
 
 def dense_page(pictures: dict[tuple[str, str], Path], out: Path) -> Path:

@@ -132,6 +132,7 @@ class _Evaluator:
                 raise ValueError(f"{dataset.info.name}: depth.mask=objects needs seg maps with object classes")
             self.objects = DepthMetrics(lo, hi, eigen)
             self.object_ids = torch.tensor(dataset.info.object_classes)
+            self.object_rmse: dict[str, float] = {}  # per image key, so that two models compare image by image
         self.vis: list[VisSample] = []
 
     def add(self, i: int, pred: torch.Tensor, features: np.ndarray) -> None:
@@ -140,7 +141,9 @@ class _Evaluator:
         pred = F.interpolate(pred, size=gt.shape, mode="bilinear", align_corners=False)[0, 0].cpu()
         self.all.update(pred, gt)
         if self.objects is not None:
-            self.objects.update(pred, gt, torch.isin(self.dataset.load_seg(i), self.object_ids))
+            one = self.objects.update(pred, gt, torch.isin(self.dataset.load_seg(i), self.object_ids))
+            if one is not None:
+                self.object_rmse[self.dataset.keys[i]] = one["rmse"]
         if len(self.vis) < self.num_vis:
             image = np.asarray(self.dataset.load_image(i))
             self.vis.append(VisSample(self.dataset.keys[i], image, gt.numpy(), pred.numpy(), features))
@@ -148,7 +151,7 @@ class _Evaluator:
     def metrics(self) -> dict:
         out = {"all": self.all.compute(), "eigen_crop": self.eigen}
         if self.objects is not None:
-            out["objects"] = self.objects.compute()
+            out["objects"] = {**self.objects.compute(), "per_image_rmse": self.object_rmse}
         return out
 
 
