@@ -16,7 +16,7 @@ from tips_eval.demo_report import METRICS
 def test_demo_runs_every_stage_and_reports_a_table(tmp_path):
     work = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "tips_eval.demo", "--workdir", str(work), "--steps", "2", "--num-pretrain", "64",
+        [sys.executable, "-m", "tips_eval.demo", "-o", str(work), "--steps", "2", "--num-pretrain", "64",
          "--num-train", "8", "--num-val", "8", "--probe-iterations", "5"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
     )
@@ -32,4 +32,5 @@ def test_demo_runs_every_stage_and_reports_a_table(tmp_path):
     assert [r[0] for r in rows] == [m.label for m in METRICS], report
     page = Image.open(results["picture"])
     assert page.width > page.height / 2  # two columns: trained beside random
+    assert Image.open(results["dense_picture"]).width > 0
     assert set(results["timings_s"]) >= {"data", "pretraining", "retrieval (trained)", "zero-shot (random)"}
