@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +148,19 @@ def test_open_vocab_equals_the_library_function(setup):
     expected = open_vocab_segment(setup["model"], Image.open(photo).convert("RGB"), classes)
     assert r.json()["classes"] == expected.class_names
     np.testing.assert_array_equal(decode_array(r.json()), expected.labels.numpy())
+    # the PNG carries a legend: every class present, in the colour its pixels are drawn
+    png = httpx.post(setup["url"] + "/v1/open-vocab", json={"image": data_url(photo), "classes": classes,
+                                                            "format": "png"}, timeout=60)
+    legend = json.loads(png.headers["x-tips-legend"])
+    labels = expected.labels.numpy()
+    names = expected.class_names + ["none of these"]
+    assert {row["name"] for row in legend} == {names[min(int(i), len(names) - 1)] for i in np.unique(labels)}
+    assert sum(row["share"] for row in legend) == pytest.approx(1.0, abs=1e-3)
+    rgb = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"))
+    for row in legend:
+        colour = tuple(int(row["colour"][k:k + 2], 16) for k in (1, 3, 5))
+        share = (rgb == colour).all(-1).mean()
+        assert share == pytest.approx(row["share"], abs=1e-3), row
 
 
 def test_search_equals_the_python_index_search_for_text_and_image(setup):
@@ -431,6 +445,8 @@ def test_the_page_searches_by_text_and_shows_dense_results_of_an_upload_in_a_rea
         for task, img in tasks.items():  # each a decoded picture at the input's size
             wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img))
             assert driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img) == [w, h]
+        legends = driver.find_elements(By.CSS_SELECTOR, "#dense-results ul.legend")
+        assert len(legends) == 2 and all(lg.find_elements(By.TAG_NAME, "li") for lg in legends)  # seg + open-vocab
         driver.execute_script("document.getElementById('image-panel').scrollIntoView()")
         driver.save_screenshot(str(screens / "3-image-upload.png"))
     finally:

@@ -22,9 +22,11 @@ import numpy as np
 from ..formats.optional import require
 from ..inference.images import MAX_RESIZED_PIXELS
 from ..inference.open_vocab import parse_classes
+from ..inference.pictures import class_names
 from ..inference.uploads import UploadError, decode_upload, square_tensor
 from .batching import Batcher, QueueFull
-from .codec import array_body, b64_array, check_text, image_from_field, png_bytes, thumbnail_jpeg, to_input_size
+from .codec import (array_body, b64_array, check_text, image_from_field, legend_header, png_bytes, thumbnail_jpeg,
+                    to_input_size)
 from .forwards import DENSE_TASKS, ServedModel
 from .limits import ApiError, ServeOptions, too_large
 from .metrics import Metrics
@@ -40,6 +42,7 @@ FileResponse, JSONResponse, Response = _responses.FileResponse, _responses.JSONR
 BaseModel, ConfigDict, ValidationError = _pydantic.BaseModel, _pydantic.ConfigDict, _pydantic.ValidationError
 
 PAGE = Path(__file__).parent / "page"
+LEGEND_HEADER = "X-Tips-Legend"  # a class PNG's classes and colours, for the page's legend (codec.legend_header)
 ROUTES = ("/v1/models", "/v1/embeddings", "/v1/depth", "/v1/normals", "/v1/segmentation", "/v1/open-vocab", "/v1/search",
           "/v1/images", "/health", "/metrics", "/")
 
@@ -221,7 +224,10 @@ class Server:
         head = self.served.heads[task]
         values = await run_in_threadpool(to_input_size, task, output, (image.height, image.width))
         if body.format == "png":
-            return Response(await run_in_threadpool(png_bytes, task, values, head.cfg.out_channels), media_type="image/png")
+            legend = ({LEGEND_HEADER: legend_header(values, class_names(head.cfg.out_channels), head.cfg.out_channels)}
+                      if task == "segmentation" else None)
+            return Response(await run_in_threadpool(png_bytes, task, values, head.cfg.out_channels),
+                            media_type="image/png", headers=legend)
         return JSONResponse({"object": task, "model": self.served.name, **array_body(values)})
 
     async def open_vocab(self, request: Request) -> Response:
@@ -251,7 +257,7 @@ class Server:
         labels = seg.labels.numpy().astype(np.int32)
         if body.format == "png":
             return Response(await run_in_threadpool(png_bytes, "segmentation", labels, len(seg.class_names)),
-                            media_type="image/png")
+                            media_type="image/png", headers={LEGEND_HEADER: legend_header(labels, seg.class_names)})
         return JSONResponse({"object": "open-vocab", "model": self.served.name, "classes": seg.class_names,
                              "background_id": seg.background_id, **array_body(labels)})
 

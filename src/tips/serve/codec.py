@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import re
 
 import numpy as np
@@ -80,6 +81,23 @@ def to_input_size(task: str, output: torch.Tensor, size: tuple[int, int]) -> np.
     return resized.numpy()
 
 
+def class_colours(values: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """(K, 3) uint8: the fixed palette, long enough for every id in ``values`` (255 = none of these included)."""
+    return palette(max(int(num_classes or 0), int(values.max()) + 1 if values.size else 1))
+
+
+def legend_header(labels: np.ndarray, names: list[str], num_classes: int | None = None) -> str:
+    """The ``X-Tips-Legend`` header of a class-id PNG: JSON (ASCII) ``[{"name", "colour": "#rrggbb", "share"}]``
+    for every id present in ``labels`` (H, W), largest first, in the colours :func:`png_bytes` draws; an id past
+    ``names`` is "none of these" (open-vocab's below-threshold pixels)."""
+    colours = class_colours(labels, num_classes if num_classes is not None else len(names))
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(colours))
+    rows = [{"name": names[i] if i < len(names) else "none of these",
+             "colour": "#" + "".join(f"{int(c):02x}" for c in colours[i]), "share": round(float(counts[i] / labels.size), 4)}
+            for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    return json.dumps(rows, ensure_ascii=True, separators=(",", ":"))
+
+
 def png_bytes(task: str, values: np.ndarray, num_classes: int | None = None) -> bytes:
     """A picture at the array's own size: depth on the colour map (bright = near), normals as (n + 1) / 2 RGB,
     class ids in a fixed palette."""
@@ -90,7 +108,7 @@ def png_bytes(task: str, values: np.ndarray, num_classes: int | None = None) -> 
     elif task == "normals":
         rgb = (np.clip((values.transpose(1, 2, 0) + 1) / 2, 0, 1) * 255 + 0.5).astype(np.uint8)
     else:
-        colours = palette(max(int(num_classes or 0), int(values.max()) + 1 if values.size else 1))
+        colours = class_colours(values, num_classes)
         rgb = colours[np.clip(values, 0, len(colours) - 1)]
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buffer, format="PNG")

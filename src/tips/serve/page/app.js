@@ -73,6 +73,22 @@ function readDataUrl(file) {
   });
 }
 
+function legendList(rows) {
+  // every colour the class picture uses, largest share first (the server sends them with the PNG)
+  const list = document.createElement("ul");
+  list.className = "legend";
+  for (const row of rows) {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = row.colour;
+    const share = row.share < 0.001 ? "< 0.1" : (100 * row.share).toFixed(1);
+    item.append(swatch, document.createTextNode(row.name + " " + share + " %"));
+    list.append(item);
+  }
+  return list;
+}
+
 async function showImage(file) {
   const image = await readDataUrl(file);
   $("dense-results").replaceChildren();
@@ -86,13 +102,16 @@ async function showImage(file) {
   const failures = [];
   await Promise.all(tasks.map(async ([task, path, body]) => {
     try {
-      const blob = await (await post(path, body)).blob();
+      const response = await post(path, body);
+      const blob = await response.blob();
       const figure = document.createElement("figure");
       figure.className = "dense";
       figure.innerHTML = "<img class='result'><figcaption></figcaption>";
       figure.querySelector("img").dataset.task = task;
       figure.querySelector("img").src = URL.createObjectURL(blob);
       figure.querySelector("figcaption").textContent = task;
+      const legend = response.headers.get("X-Tips-Legend");
+      if (legend) figure.append(legendList(JSON.parse(legend)));
       $("dense-results").append(figure);
     } catch (e) {
       failures.push(task + ": " + e.message);
