@@ -21,6 +21,7 @@ from ..inference.open_vocab import (
     read_class_file, write_open_vocab,
 )
 from ..inference.predict import TASKS, PredictOptions, write_predictions
+from ..inference.upsample import UPSAMPLERS
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.sources import check_sources
 from .allocator import tune_cpu_allocator
@@ -58,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: model's)")
     r.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio (sides rounded to the patch)")
     r.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (0 = no limit)")
+    t = p.add_argument_group("high resolution (docs/dense_heads.md)")
+    t.add_argument("--tile", type=int, metavar="SIZE", help="run on overlapping tiles of SIZE px (a multiple of the "
+                   "patch; the model's native size is best), blended without seams; without --resolution the photo "
+                   "keeps its own size")
+    t.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
+                   help="share of a tile overlapping its neighbour, in [0, 0.5) (default 0.25)")
+    t.add_argument("--upsample", choices=UPSAMPLERS, default="bilinear",
+                   help="resize the head's map to the image bilinearly (default) or with the joint bilateral "
+                        "upsampler guided by the image (jbu)")
     v = p.add_argument_group("open-vocab (classes you name; docs/open_vocabulary.md)")
     v.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "road, car, person|people"')
     v.add_argument("--classes-file", help="one class per line, synonyms separated by ', '")
@@ -87,7 +97,8 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
         task=args.task, head=args.head, random_head=args.random_head, seed=args.seed, resolution=args.resolution,
         keep_aspect=args.keep_aspect, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         max_pixels=args.max_pixels, dtype=args.dtype, quantize=args.quantize, logits=not args.no_logits,
-        sheet=args.sheet, progress=not args.no_progress,
+        sheet=args.sheet, progress=not args.no_progress, tile=args.tile, overlap=args.overlap,
+        upsample=args.upsample,
     )
 
 
@@ -101,6 +112,9 @@ def open_vocab_from_args(args: argparse.Namespace) -> tuple[list[tuple[str, ...]
         raise ValueError(f"open-vocab needs exactly one of --classes, --classes-file, --preset (got {given or 'none'})")
     if args.head or args.random_head:
         raise ValueError("--head / --random-head are for depth, normals and segmentation; open-vocab uses the text tower")
+    if args.upsample != "bilinear":
+        raise ValueError("--upsample is for depth, normals and segmentation; open-vocab resizes its class scores "
+                         "bilinearly")
     threshold, scale, background, names = args.background_threshold, args.logit_scale, NONE_ID, None
     if args.preset:
         preset = load_preset(args.preset)
@@ -112,7 +126,7 @@ def open_vocab_from_args(args: argparse.Namespace) -> tuple[list[tuple[str, ...]
         classes = parse_classes(args.classes) if args.classes else read_class_file(args.classes_file)
     options = OpenVocabOptions(mode=args.mode, size=args.resolution, stride=args.stride, templates=TCL_TEMPLATES,
                                background_threshold=threshold or None, logit_scale=scale, background_id=background,
-                               resize="torch" if args.fast_resize else "pil")
+                               resize="torch" if args.fast_resize else "pil", tile=args.tile, overlap=args.overlap)
     run = OpenVocabRun(device=args.device, max_pixels=args.max_pixels, dtype=args.dtype, quantize=args.quantize,
                        probabilities=args.probabilities, sheet=args.sheet, progress=not args.no_progress)
     return classes, names, options, run

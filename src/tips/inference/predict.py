@@ -18,6 +18,12 @@ rounded to the patch size). Output folder, per image ``ID`` (its path relative t
   (``normals`` (3, H, W) float32); ``ID.segmentation.safetensors`` (``argmax`` (H, W) int16, ``logits`` (C, H, W)
   float16 unless ``--no-logits``);
 - ``contact_sheet.png`` (the first ``--sheet`` pictures) and ``skipped.json``.
+
+``--tile SIZE --overlap FRACTION`` runs the head on overlapping tiles of SIZE pixels and blends their outputs
+(:mod:`tips.inference.tiling`); without ``--resolution`` the photo keeps its own size (sides rounded to the patch).
+``--upsample jbu`` resizes the head's output to the image with the joint bilateral upsampler guided by the image
+(:mod:`tips.inference.upsample`) instead of bilinearly. Either way the map is upsampled in strips, so a segmentation
+holds its (C, H, W) float16 logits and about one tile row of the head's output, not a float32 (C, H, W) map.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from .extract import NoReadableImages, check_resolution, run_batches
 from .images import Decoded, ImageDataset, collate_decoded
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .precision import prepare_for_inference
+from .tiling import RoundToPatch, TilePlan, Tiling, blend_rows, plan_tiles, upsample_bands
+from .upsample import Upsampler
 
 TASKS = ("depth", "normals", "segmentation")
 
@@ -69,6 +77,45 @@ def predict(
     if len({tuple(x.shape) for x in xs}) == 1:
         return head.predict(model, torch.stack(xs))
     return [head.predict(model, x[None]) for x in xs]
+
+
+FUSED_CELLS = {"tips": 8, "probe3d": 16}  # cells of a head's fused output map per patch
+
+
+@torch.inference_mode()
+def predict_dense(model: TIPS, head: DenseHead, image: torch.Tensor, tiling: Tiling | None = None,
+                  upsample: Upsampler = Upsampler("bilinear"), batch: int = 8,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """image (3, H, W) in [0, 1], H, W multiples of the patch → the task output (K, H, W) on the CPU in ``dtype``.
+
+    tiling: overlapping tiles blended on the head's fused map (None: the whole image at once); the fused map is
+    resized to (H, W) by ``upsample`` in strips (guided by ``image`` for ``jbu``), then normals are normalised.
+    One tile covering the image gives :meth:`DenseHead.predict`'s output (up to float rounding of the resize).
+    """
+    vision = getattr(model, "vision", model)
+    p = vision.cfg.patch_size
+    _, H, W = image.shape
+    grid = (H // p, W // p)
+    if H % p or W % p:
+        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
+    plan = plan_tiles(grid, tiling, p) if tiling is not None else TilePlan(grid, (0,), (0,), grid, 0)
+    param = next(vision.parameters())
+    image = image.to(param.device)
+    th, tw = plan.tile
+
+    def run(boxes: list[tuple[int, int]]) -> torch.Tensor:  # (n, K, th·s, tw·s)
+        crops = torch.stack([image[:, y * p:(y + th) * p, x * p:(x + tw) * p] for y, x in boxes])
+        return head.task_map(head.decode(head.features(model, crops.to(param.dtype))))
+
+    scale = FUSED_CELLS[head.cfg.preset]
+    out: torch.Tensor | None = None
+    bands = blend_rows(plan, run, scale, batch)
+    for lo, strip in upsample_bands(bands, (grid[0] * scale, grid[1] * scale), (H, W), upsample, image.float()):
+        strip = head.finish(strip[None])[0]
+        if out is None:
+            out = torch.empty(strip.shape[0], H, W, dtype=dtype)
+        out[:, lo:lo + strip.shape[1]] = strip.to("cpu", dtype)
+    return out
 
 
 @dataclass
@@ -100,18 +147,24 @@ class PredictionWriter:
     """Per batch: predict, then write each image's picture and raw output; keeps pictures for the contact sheet."""
 
     def __init__(self, model: TIPS, head: DenseHead, out_dir: Path, logits: bool, sheet: int,
-                 dtype: str | torch.dtype = "float32", random: bool = False) -> None:
+                 dtype: str | torch.dtype = "float32", random: bool = False, tiling: Tiling | None = None,
+                 upsample: str = "bilinear", batch: int = 8) -> None:
         self.model, self.head, self.out_dir, self.logits, self.sheet = model, head, out_dir, logits, sheet
         self.random = random  # a random head or model: every picture says so
+        self.tiling, self.upsample, self.batch = tiling, Upsampler(upsample), batch
         self.model, self.dtype = model, dtype  # run_batches' job: model, dtype, encode, write
         self.names = pics.class_names(head.cfg.out_channels) if head.task == "segmentation" else []
         self.ids: list[str] = []
         self.files: list[Path] = []
         self.pictures: list[tuple[str, Image.Image]] = []
 
-    def encode(self, model: TIPS, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) → the head's output (B, K, H, W) float32 on the CPU."""
-        return self.head.predict(model, images).float().cpu()
+    def encode(self, model: TIPS, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """images (B, 3, H, W) → the head's output (B, K, H, W) float32 on the CPU; tiled or upsampled by ``jbu``,
+        one (K, H, W) per image (segmentation logits in float16, what the file stores)."""
+        if self.tiling is None and self.upsample.name == "bilinear":
+            return self.head.predict(model, images).float().cpu()
+        dtype = torch.float16 if self.head.task == "segmentation" else torch.float32
+        return [predict_dense(model, self.head, x, self.tiling, self.upsample, self.batch, dtype) for x in images]
 
     def write(self, out: torch.Tensor, items: list[Decoded]) -> None:
         for item, pred in zip(items, out):
@@ -178,6 +231,9 @@ class PredictOptions:
     sheet: int = 16
     progress: bool = True
     head_name: str | None = None  # how errors name a head given as a DenseHead (e.g. the file it came from)
+    tile: int | None = None
+    overlap: float = 0.25
+    upsample: str = "bilinear"
 
 
 def write_predictions(
@@ -199,6 +255,10 @@ def write_predictions(
     loaded = as_loaded(model)
     net = loaded.model
     dense = _resolve_head(o.head, o.random_head, o.task, net, o.seed, o.head_name)
+    tiling = Tiling(o.tile, o.overlap) if o.tile is not None else None
+    if tiling is not None:
+        tiling.check(net.patch_size)
+    Upsampler(o.upsample)  # a bad name before anything is read
     resolution = o.resolution or net.image_size
     check_resolution(resolution, net.patch_size)
     dev = resolve_device(o.device)
@@ -207,12 +267,18 @@ def write_predictions(
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = PredictionWriter(net, dense, out_dir, o.logits, o.sheet, o.dtype,
-                              random=o.random_head or "random_init" in loaded.record)
-    dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
+                              random=o.random_head or "random_init" in loaded.record, tiling=tiling,
+                              upsample=o.upsample, batch=o.batch_size)
+    if tiling is not None and o.resolution is None:
+        preprocess = RoundToPatch(net.patch_size)
+    else:
+        preprocess = Preprocess(resolution, net.patch_size, o.keep_aspect)
+    dataset = ImageDataset(refs, preprocess, o.max_pixels)
+    images = 1 if tiling is not None else o.batch_size  # tiled: batch_size counts tiles, one image at a time
+    loader = torch.utils.data.DataLoader(dataset, batch_size=images, num_workers=o.num_workers,
                                          collate_fn=collate_decoded)
     start = time.perf_counter()
-    skipped = run_batches(loader, len(refs), o.batch_size, writer, o.progress)
+    skipped = run_batches(loader, len(refs), images, writer, o.progress)
     result = PredictResult(writer.ids, skipped, writer.files, time.perf_counter() - start)
     skipped_path = out_dir / "skipped.json"
     write_text_atomic(skipped_path, json.dumps([{"id": i, "reason": r} for i, r in skipped], indent=1))

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from ..models.preprocess import pil_to_tensor
 from .upsample import Upsampler, low_guide, source_coords
 
 STRIP_ROWS_VALUES = 1 << 23  # output values per upsampled strip (channels × rows × width)
@@ -184,3 +187,22 @@ def upsample_bands(bands: Iterable[tuple[int, torch.Tensor]], in_size: tuple[int
         if next_out < H:
             keep = int(y0[next_out])
             held, held_start = held[:, keep - held_start:], keep
+
+
+class RoundToPatch:
+    """PIL image → (3, H, W) in [0, 1] at the photo's own size, each side rounded to the nearest multiple of the
+    patch (tiled runs without ``--resolution``); quacks like :class:`tips.models.Preprocess`."""
+
+    def __init__(self, patch_size: int) -> None:
+        self.patch_size = patch_size
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        p = self.patch_size
+        return max(p, round(height / p) * p), max(p, round(width / p) * p)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        x = pil_to_tensor(image)
+        H, W = self.output_size(x.shape[2], x.shape[1])
+        if (H, W) == tuple(x.shape[1:]):
+            return x
+        return F.interpolate(x[None], size=(H, W), mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
