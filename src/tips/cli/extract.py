@@ -10,6 +10,7 @@ from typing import Sequence
 
 from ..inference.extract import ExtractOptions, ExtractResult, extract
 from ..inference.loaded import build_model, resolve_device
+from ..inference.upsample import DEFAULT_FACTOR, UPSAMPLERS
 from ..io.sources import check_sources
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..models.dtypes import DTYPES
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--patch-tokens", action="store_true", help="also store patch tokens (N, h, w, D)")
     o.add_argument("--pool-patches", type=int, metavar="K", help="store patch tokens average-pooled to K x K")
+    o.add_argument("--tile", type=int, metavar="SIZE", help="patch tokens from overlapping tiles of SIZE px blended "
+                   "without seams (with --patch-tokens; without --resolution the photo keeps its own size)")
+    o.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
+                   help="share of a tile overlapping its neighbour, in [0, 0.5) (default 0.25)")
+    o.add_argument("--upsample", choices=UPSAMPLERS, help="store patch tokens at --upsample-factor times the patch "
+                   "grid, float16: jbu (joint bilateral, guided by the image) or bilinear")
+    o.add_argument("--upsample-factor", type=float, default=DEFAULT_FACTOR, metavar="F",
+                   help=f"with --upsample: times the patch grid (default {DEFAULT_FACTOR})")
     o.add_argument("--shard-size", type=int, metavar="N", help="images per output file (features-00000.safetensors …)")
     o.add_argument("--save-dtype", choices=sorted(DTYPES), default="float32", help="dtype of stored features")
     o.add_argument("--texts", help="prompts file (one per line) → text_embeddings.safetensors")
@@ -85,7 +94,8 @@ def options_from_args(args: argparse.Namespace) -> ExtractOptions:
         quantize=args.quantize, patch_tokens=args.patch_tokens, pool_patches=args.pool_patches,
         shard_size=args.shard_size, max_pixels=args.max_pixels, texts=args.texts, pca=args.pca,
         progress=not args.no_progress, force=args.force, regions=args.regions, rank=args.rank,
-        world_size=args.world_size,
+        world_size=args.world_size, tile=args.tile, overlap=args.overlap, upsample=args.upsample,
+        upsample_factor=args.upsample_factor,
     )
 
 
