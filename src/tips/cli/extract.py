@@ -10,11 +10,11 @@ from typing import Sequence
 
 from ..inference.extract import ExtractOptions, ExtractResult, extract
 from ..inference.loaded import build_model, resolve_device
-from ..inference.upsample import DEFAULT_FACTOR, UPSAMPLERS
 from ..io.sources import check_sources
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..models.dtypes import DTYPES
 from .allocator import tune_cpu_allocator
+from .dense_args import add_tile_args, add_upsample_args, check_dense_args
 from .demo_images import write_demo_images
 from .errors import CliParser, add_debug_arg, report, run_main
 from .model_args import add_inference_args, add_model_args, add_output_arg, model_from_args
@@ -57,14 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--patch-tokens", action="store_true", help="also store patch tokens (N, h, w, D)")
     o.add_argument("--pool-patches", type=int, metavar="K", help="store patch tokens average-pooled to K x K")
-    o.add_argument("--tile", type=int, metavar="SIZE", help="patch tokens from overlapping tiles of SIZE px blended "
-                   "without seams (with --patch-tokens; without --resolution the photo keeps its own size)")
-    o.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
-                   help="share of a tile overlapping its neighbour, in [0, 0.5) (default 0.25)")
-    o.add_argument("--upsample", choices=UPSAMPLERS, help="store patch tokens at --upsample-factor times the patch "
-                   "grid, float16: jbu (joint bilateral, guided by the image) or bilinear")
-    o.add_argument("--upsample-factor", type=float, default=DEFAULT_FACTOR, metavar="F",
-                   help=f"with --upsample: times the patch grid (default {DEFAULT_FACTOR})")
+    add_tile_args(o, "with --patch-tokens: patch tokens")
+    add_upsample_args(o, "with --patch-tokens: store them at --upsample-factor times the patch grid as float16, "
+                         "by jbu (joint bilateral, guided by the image) or bilinear", factor=True, default=None)
     o.add_argument("--shard-size", type=int, metavar="N", help="images per output file (features-00000.safetensors …)")
     o.add_argument("--save-dtype", choices=sorted(DTYPES), default="float32", help="dtype of stored features")
     o.add_argument("--texts", help="prompts file (one per line) → text_embeddings.safetensors")
@@ -108,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--demo needs a folder: --demo DIR or --demo -o DIR")
     if args.demo is None and (not args.source or not args.out):
         parser.error("give a SOURCE and -o/--out DIR (or --demo -o DIR)")
+    check_dense_args(parser, args)
     return run_main(parser.prog, lambda: _run(args), debug=args.debug)
 
 

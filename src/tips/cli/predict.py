@@ -21,10 +21,10 @@ from ..inference.open_vocab import (
     read_class_file, write_open_vocab,
 )
 from ..inference.predict import TASKS, PredictOptions, write_predictions
-from ..inference.upsample import UPSAMPLERS
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.sources import check_sources
 from .allocator import tune_cpu_allocator
+from .dense_args import add_tile_args, add_upsample_args, check_dense_args
 from .errors import CliParser, add_debug_arg, report, run_main
 from .model_args import add_model_args, add_output_arg, model_from_args
 
@@ -60,14 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio (sides rounded to the patch)")
     r.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (0 = no limit)")
     t = p.add_argument_group("high resolution (docs/dense_heads.md)")
-    t.add_argument("--tile", type=int, metavar="SIZE", help="run on overlapping tiles of SIZE px (a multiple of the "
-                   "patch; the model's native size is best), blended without seams; without --resolution the photo "
-                   "keeps its own size")
-    t.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
-                   help="share of a tile overlapping its neighbour, in [0, 0.5) (default 0.25)")
-    t.add_argument("--upsample", choices=UPSAMPLERS, default="bilinear",
-                   help="resize the head's map to the image bilinearly (default) or with the joint bilateral "
-                        "upsampler guided by the image (jbu)")
+    add_tile_args(t, "predictions")
+    add_upsample_args(t, "resize the head's map to the image bilinearly (default) or with the joint bilateral "
+                         "upsampler guided by the image (jbu; not open-vocab)", factor=False, default="bilinear")
     v = p.add_argument_group("open-vocab (classes you name; docs/open_vocabulary.md)")
     v.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "road, car, person|people"')
     v.add_argument("--classes-file", help="one class per line, synonyms separated by ', '")
@@ -137,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_cpu_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_dense_args(parser, args)
     return run_main(parser.prog, lambda: _run(args), debug=args.debug)
 
 

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -103,14 +104,22 @@ def predict_dense(model: TIPS, head: DenseHead, image: torch.Tensor, tiling: Til
     image = image.to(param.device)
     th, tw = plan.tile
 
-    def run(boxes: list[tuple[int, int]]) -> torch.Tensor:  # (n, K, th·s, tw·s)
-        crops = torch.stack([image[:, y * p:(y + th) * p, x * p:(x + tw) * p] for y, x in boxes])
-        return head.task_map(head.decode(head.features(model, crops.to(param.dtype))))
-
     scale = FUSED_CELLS[head.cfg.preset]
+
+    def run(boxes: list[tuple[int, int]], exact: bool = False) -> torch.Tensor:  # (n, K, th·s, tw·s)
+        crops = torch.stack([image[:, y * p:(y + th) * p, x * p:(x + tw) * p] for y, x in boxes])
+        out = head.task_map(head.decode(head.features(model, crops.to(param.dtype))))
+        if not exact and tuple(out.shape[-2:]) != (th * scale, tw * scale):  # an odd patch grid decodes larger
+            out = F.interpolate(out.float(), size=(th * scale, tw * scale), mode="bilinear", align_corners=False)
+        return out
+
+    if plan.count == 1:  # the whole image: the decoder's own output grid, as DenseHead.predict resizes it
+        low = run([(0, 0)], exact=True)[0].float()
+        bands, low_size = [(0, low)], tuple(low.shape[-2:])
+    else:
+        bands, low_size = blend_rows(plan, run, scale, batch), (grid[0] * scale, grid[1] * scale)
     out: torch.Tensor | None = None
-    bands = blend_rows(plan, run, scale, batch)
-    for lo, strip in upsample_bands(bands, (grid[0] * scale, grid[1] * scale), (H, W), upsample, image.float()):
+    for lo, strip in upsample_bands(bands, low_size, (H, W), upsample, image.float()):
         strip = head.finish(strip[None])[0]
         if out is None:
             out = torch.empty(strip.shape[0], H, W, dtype=dtype)
