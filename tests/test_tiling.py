@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -280,40 +279,19 @@ def test_a_tile_off_the_patch_grid_is_refused_naming_the_nearest(photos, tmp_pat
 
 
 # ------------------------------------------------------------------ memory of a tiled prediction
-PEAK_SCRIPT = textwrap.dedent("""
-    import resource, sys, torch
-    from PIL import Image
-    import numpy as np
-    import tips
-    from tips.inference.predict import PredictOptions, write_predictions
-    from tips.models.dpt import build_head
-    side, out = int(sys.argv[1]), sys.argv[2]
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)).resize((side, side), Image.BICUBIC).save(
-        out + "/photo.png")
-    torch.manual_seed(0)
-    model = tips.create_model("tiny").eval()
-    head = build_head("segmentation", model.width, 150, fusion=16).eval()
-    options = PredictOptions(task="segmentation", head=head, tile=224, overlap=0.25, batch_size=4, num_workers=0,
-                             progress=False, device="cpu", sheet=1, max_pixels=None)
-    write_predictions(out + "/photo.png", out + "/pred", model, options)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-""")
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def peak_rss(side: int, folder: Path) -> int:
-    folder.mkdir()
-    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(side), str(folder)], capture_output=True, text=True,
-                          timeout=900, check=True)
-    return int(done.stdout.split()[-1])
+def peak_rss(side: int, folder: Path) -> dict:
+    """bench/tiled_memory.py in a fresh process: its peak RSS and output bytes for a SIDE² photo."""
+    done = subprocess.run([sys.executable, "-m", "bench.tiled_memory", "--side", str(side), "--out", str(folder)],
+                          capture_output=True, text=True, timeout=1800, check=True, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_peak_memory_of_a_tiled_prediction_grows_with_its_output_arrays_only(tmp_path):
     small, large = peak_rss(1024, tmp_path / "small"), peak_rss(2048, tmp_path / "large")
-
-    def output_bytes(side: int) -> int:  # float16 logits (150, H, W) + int16 argmax, at the size rounded to 14
-        s = round(side / 14) * 14
-        return 150 * s * s * 2 + s * s * 2
-
-    assert large - small <= 1.25 * (output_bytes(2048) - output_bytes(1024)), (small, large)
+    assert large["predicted"] == [2044, 2044] and large["output_bytes"] > 3.9 * small["output_bytes"]
+    grown = large["peak_rss_bytes"] - small["peak_rss_bytes"]
+    assert grown <= 1.25 * (large["output_bytes"] - small["output_bytes"]), (small, large)

@@ -86,8 +86,10 @@ FUSED_CELLS = {"tips": 8, "probe3d": 16}  # cells of a head's fused output map p
 @torch.inference_mode()
 def predict_dense(model: TIPS, head: DenseHead, image: torch.Tensor, tiling: Tiling | None = None,
                   upsample: Upsampler = Upsampler("bilinear"), batch: int = 8,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """image (3, H, W) in [0, 1], H, W multiples of the patch → the task output (K, H, W) on the CPU in ``dtype``.
+                  dtype: torch.dtype = torch.float32, argmax: bool = False,
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """image (3, H, W) in [0, 1], H, W multiples of the patch → the task output (K, H, W) on the CPU in ``dtype``;
+    with ``argmax`` also the (H, W) int16 argmax over K, taken on each float32 strip.
 
     tiling: overlapping tiles blended on the head's fused map (None: the whole image at once); the fused map is
     resized to (H, W) by ``upsample`` in strips (guided by ``image`` for ``jbu``), then normals are normalised.
@@ -119,12 +121,15 @@ def predict_dense(model: TIPS, head: DenseHead, image: torch.Tensor, tiling: Til
     else:
         bands, low_size = blend_rows(plan, run, scale, batch), (grid[0] * scale, grid[1] * scale)
     out: torch.Tensor | None = None
+    labels = torch.empty(H, W, dtype=torch.int16) if argmax else None
     for lo, strip in upsample_bands(bands, low_size, (H, W), upsample, image.float()):
         strip = head.finish(strip[None])[0]
         if out is None:
             out = torch.empty(strip.shape[0], H, W, dtype=dtype)
         out[:, lo:lo + strip.shape[1]] = strip.to("cpu", dtype)
-    return out
+        if labels is not None:
+            labels[lo:lo + strip.shape[1]] = strip.argmax(0).to("cpu", torch.int16)
+    return (out, labels) if argmax else out
 
 
 @dataclass
@@ -142,6 +147,17 @@ class PredictResult:
         lines += [f"  wrote {p}" for p in self.files if p.name in ("contact_sheet.png", "skipped.json")]
         lines.append(f"  wrote {len(self.files) - 2} picture and raw files")
         return "\n".join(lines)
+
+
+def _display_inputs(image: torch.Tensor, labels: torch.Tensor, photo_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """A large image (3, H, W) and its labels (H, W) shrunk to the picture's size first (antialiased, nearest), so
+    drawing the picture of a tiled 4096² prediction copies no full-size map."""
+    size = pics.display_size(photo_size or tuple(image.shape[-2:]))
+    if image.shape[-2] * image.shape[-1] <= 4 * size[0] * size[1]:
+        return image, labels
+    small = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    small_labels = F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(labels.dtype)
+    return small, small_labels
 
 
 def output_stem(out_dir: Path, image_id: str) -> Path:
@@ -172,8 +188,9 @@ class PredictionWriter:
         one (K, H, W) per image (segmentation logits in float16, what the file stores)."""
         if self.tiling is None and self.upsample.name == "bilinear":
             return self.head.predict(model, images).float().cpu()
-        dtype = torch.float16 if self.head.task == "segmentation" else torch.float32
-        return [predict_dense(model, self.head, x, self.tiling, self.upsample, self.batch, dtype) for x in images]
+        seg = self.head.task == "segmentation"  # logits in float16 beside an argmax taken in float32
+        return [predict_dense(model, self.head, x, self.tiling, self.upsample, self.batch,
+                              torch.float16 if seg else torch.float32, argmax=seg) for x in images]
 
     def write(self, out: torch.Tensor, items: list[Decoded]) -> None:
         for item, pred in zip(items, out):
@@ -192,8 +209,9 @@ class PredictionWriter:
             picture = pics.normals_picture(image, pred, photo_size, self.random)
             raw = self._save(stem.with_name(stem.name + ".normals.safetensors"), {"normals": pred})
         else:
-            labels = pred.argmax(0)
-            picture = pics.segmentation_picture(image, labels, self.names, photo_size, self.random)
+            pred, labels = pred if isinstance(pred, tuple) else (pred, pred.argmax(0))
+            small, small_labels = _display_inputs(image, labels, photo_size)
+            picture = pics.segmentation_picture(small, small_labels, self.names, photo_size, self.random)
             tensors = {"argmax": labels.to(torch.int16)}
             if self.logits:
                 tensors["logits"] = pred.half()

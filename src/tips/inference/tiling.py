@@ -190,15 +190,16 @@ def upsample_bands(bands: Iterable[tuple[int, torch.Tensor]], in_size: tuple[int
 
 
 class RoundToPatch:
-    """PIL image → (3, H, W) in [0, 1] at the photo's own size, each side rounded to the nearest multiple of the
-    patch (tiled runs without ``--resolution``); quacks like :class:`tips.models.Preprocess`."""
+    """PIL image → (3, H, W) in [0, 1] at the photo's own size, each side rounded down to a multiple of the
+    patch (tiled runs without ``--resolution``; down, so a photo within the resize limit stays within it); quacks
+    like :class:`tips.models.Preprocess`."""
 
     def __init__(self, patch_size: int) -> None:
         self.patch_size = patch_size
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         p = self.patch_size
-        return max(p, round(height / p) * p), max(p, round(width / p) * p)
+        return max(p, height // p * p), max(p, width // p * p)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         x = pil_to_tensor(image)

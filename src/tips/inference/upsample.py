@@ -103,11 +103,12 @@ class Upsampler:
         corners = [(y0, x0, (1 - ly)[:, None] * (1 - lx)[None]), (y0, x1, (1 - ly)[:, None] * lx[None]),
                    (y1, x0, ly[:, None] * (1 - lx)[None]), (y1, x1, ly[:, None] * lx[None])]  # tent weights (n, W)
         band = band.float()
-        if self.name == "bilinear":
-            out = 0
-            for yi, xi, tent in corners:
-                out = out + tent * band[:, :, yi - band_start][..., xi]
-            return out
+        if self.name == "bilinear":  # separable: the needed rows resized along the width, then two rows blended
+            first, last = int(y0.min()) - band_start, int(y1.max()) - band_start + 1
+            part = band[:, :, first:last]
+            cols = F.interpolate(part, size=(part.shape[-2], W), mode="bilinear", align_corners=False)
+            top, bottom = cols[:, :, y0 - band_start - first], cols[:, :, y1 - band_start - first]
+            return torch.lerp(top, bottom, ly[:, None].expand_as(top))
         g = guide_rows.float()  # (B, 3, n, W)
         dist = [((g - guide_lo[:, :, yi][..., xi].float()) ** 2).sum(1) for yi, xi, _ in corners]  # (B, n, W) each
         nearest = torch.stack(dist).amin(0)
