@@ -113,40 +113,37 @@ def blend_rows(plan: TilePlan, run: Callable[[list[tuple[int, int]]], torch.Tens
 
     run: tile starts [(y, x)] in patches → outputs (n, K, th · scale, tw · scale) on a grid of ``scale`` cells per
     patch (1 for patch tokens, 8 for the official DPT head's fused map). Tiles run ``batch`` at a time, one tile
-    row after the other; a band is yielded once no later tile row reaches it, so at most about one tile row of the
-    map is held.
+    row after the other, into one accumulator one tile row high; the rows no later tile row reaches are yielded in
+    bands of about :data:`STRIP_ROWS_VALUES` values, and the rest moves up for the next tile row.
     """
     th, tw = plan.tile
-    width = plan.grid[1] * scale
+    rows, width = th * scale, plan.grid[1] * scale
     col_w = [axis_weights(plan.cols, tw, plan.ramp, scale, j) for j in range(len(plan.cols))]
-    acc: torch.Tensor | None = None
+    acc: torch.Tensor | None = None  # map rows [y·scale, (y + th)·scale) of the current tile row y
     total: torch.Tensor | None = None
-    acc_start = 0  # map row of acc's first row
     for i, y in enumerate(plan.rows):
         row_w = axis_weights(plan.rows, th, plan.ramp, scale, i)
-        end = (y + th) * scale
         boxes = plan.boxes(i)
         for b in range(0, len(boxes), batch):
             part = boxes[b:b + batch]
             out = run(part).float()  # (n, K, th·s, tw·s)
             if acc is None:
-                acc, total = out.new_zeros(out.shape[1], 0, width), out.new_zeros(0, width)
-            grow = end - (acc_start + acc.shape[1])
-            if grow > 0:
-                acc = torch.cat([acc, acc.new_zeros(acc.shape[0], grow, width)], 1)
-                total = torch.cat([total, total.new_zeros(grow, width)], 0)
-            top = y * scale - acc_start
+                acc, total = out.new_zeros(out.shape[1], rows, width), out.new_zeros(rows, width)
             for (_, x), o in zip(part, out):
-                j = plan.cols.index(x)
-                weight = (row_w[:, None] * col_w[j][None]).to(o.device)  # (th·s, tw·s)
+                weight = (row_w[:, None] * col_w[plan.cols.index(x)][None]).to(o.device)  # (th·s, tw·s)
                 cols = slice(x * scale, (x + tw) * scale)
-                acc[:, top:top + th * scale, cols] += o * weight
-                total[top:top + th * scale, cols] += weight
-        done = plan.rows[i + 1] * scale if i + 1 < len(plan.rows) else end
-        n = done - acc_start
-        if n > 0:
-            yield acc_start, acc[:, :n] / total[:n].clamp_min(1e-12)
-            acc, total, acc_start = acc[:, n:], total[n:], done
+                acc[:, :, cols] += o * weight
+                total[:, cols] += weight
+        done = (plan.rows[i + 1] - y) * scale if i + 1 < len(plan.rows) else rows
+        step = max(1, STRIP_ROWS_VALUES // max(1, acc.shape[0] * width))
+        for lo in range(0, done, step):
+            hi = min(done, lo + step)
+            yield y * scale + lo, acc[:, lo:hi] / total[lo:hi].clamp_min(1e-12)
+        if done < rows:  # the rows the next tile row also covers move to the top
+            acc[:, :rows - done] = acc[:, done:].clone()
+            total[:rows - done] = total[done:].clone()
+            acc[:, rows - done:] = 0
+            total[rows - done:] = 0
 
 
 def blend(plan: TilePlan, run: Callable[[list[tuple[int, int]]], torch.Tensor], scale: int,
