@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     write_predictions(photo, out / "pred", model, options)
     seconds = time.perf_counter() - start
-    s = round(args.side / model.patch_size) * model.patch_size
+    s = args.side // model.patch_size * model.patch_size  # tips.inference.tiling.RoundToPatch rounds down
     print(json.dumps({"side": args.side, "predicted": [s, s], "peak_rss_bytes": resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss * 1024, "output_bytes": args.classes * s * s * 2 + s * s * 2,
         "seconds": round(seconds, 1), "model": "tiny (random)", "head": f"{args.classes} classes, fusion {args.fusion}",
