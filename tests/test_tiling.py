@@ -155,15 +155,24 @@ def test_one_tile_in_tips_extract_gives_the_whole_image_patch_tokens(photos, tmp
               "--num-workers", "0"]
     assert extract_main([*common, "-o", str(tmp_path / "whole")]) == 0
     assert extract_main([*common, "-o", str(tmp_path / "tiled"), "--tile", "224", "--overlap", "0.25"]) == 0
-    assert extract_main([*common, "-o", str(tmp_path / "tiles"), "--tile", "112", "--overlap", "0.25"]) == 0
-    whole, tiled, tiles = (tips.load_features(tmp_path / n) for n in ("whole", "tiled", "tiles"))
+    whole, tiled = (tips.load_features(tmp_path / n) for n in ("whole", "tiled"))
     assert whole.patch_tokens.shape == (2, 16, 16, 192)
     torch.testing.assert_close(tiled.patch_tokens, whole.patch_tokens, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tiled.cls_alt, whole.cls_alt, atol=1e-5, rtol=1e-5)
-    assert tiles.patch_tokens.shape == whole.patch_tokens.shape
+    index = json.loads((tmp_path / "tiled" / "index.json").read_text())
+    assert index["tile"] == "224" and index["overlap"] == "0.25"
+
+
+def test_several_tiles_in_tips_extract_cover_the_grid_and_differ_from_one_pass(model):
+    from tips.inference.extract import encode_tiled
+
+    image = torch.rand(3, 16 * 14, 20 * 14)
+    whole = encode_tiled(model, image, None)
+    tiles = encode_tiled(model, image, Tiling(8 * 14, 0.25))
+    assert tiles.patch_tokens.shape == whole.patch_tokens.shape == (16, 20, 192)
     assert not torch.allclose(tiles.patch_tokens, whole.patch_tokens, atol=1e-2)
-    index = json.loads((tmp_path / "tiles" / "index.json").read_text())
-    assert index["tile"] == "112" and index["overlap"] == "0.25"
+    one = encode_tiled(model, image, Tiling(20 * 14, 0.25))
+    torch.testing.assert_close(one.patch_tokens, whole.patch_tokens)
 
 
 def test_one_tile_in_open_vocab_gives_the_whole_mode_scores():
