@@ -14,6 +14,7 @@ from ..io.sources import check_sources
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..models.dtypes import DTYPES
 from .allocator import tune_cpu_allocator
+from .dense_args import add_tile_args, add_upsample_args, check_dense_args
 from .demo_images import write_demo_images
 from .errors import CliParser, add_debug_arg, report, run_main
 from .model_args import add_inference_args, add_model_args, add_output_arg, model_from_args
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--patch-tokens", action="store_true", help="also store patch tokens (N, h, w, D)")
     o.add_argument("--pool-patches", type=int, metavar="K", help="store patch tokens average-pooled to K x K")
+    add_tile_args(o, "with --patch-tokens: patch tokens")
+    add_upsample_args(o, "with --patch-tokens: store them at --upsample-factor times the patch grid as float16, "
+                         "by jbu (joint bilateral, guided by the image) or bilinear", factor=True, default=None)
     o.add_argument("--shard-size", type=int, metavar="N", help="images per output file (features-00000.safetensors …)")
     o.add_argument("--save-dtype", choices=sorted(DTYPES), default="float32", help="dtype of stored features")
     o.add_argument("--texts", help="prompts file (one per line) → text_embeddings.safetensors")
@@ -85,7 +89,8 @@ def options_from_args(args: argparse.Namespace) -> ExtractOptions:
         quantize=args.quantize, patch_tokens=args.patch_tokens, pool_patches=args.pool_patches,
         shard_size=args.shard_size, max_pixels=args.max_pixels, texts=args.texts, pca=args.pca,
         progress=not args.no_progress, force=args.force, regions=args.regions, rank=args.rank,
-        world_size=args.world_size,
+        world_size=args.world_size, tile=args.tile, overlap=args.overlap, upsample=args.upsample,
+        upsample_factor=args.upsample_factor,
     )
 
 
@@ -98,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--demo needs a folder: --demo DIR or --demo -o DIR")
     if args.demo is None and (not args.source or not args.out):
         parser.error("give a SOURCE and -o/--out DIR (or --demo -o DIR)")
+    check_dense_args(parser, args)
     return run_main(parser.prog, lambda: _run(args), debug=args.debug)
 
 

@@ -24,6 +24,7 @@ from ..inference.predict import TASKS, PredictOptions, write_predictions
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.sources import check_sources
 from .allocator import tune_cpu_allocator
+from .dense_args import add_tile_args, add_upsample_args, check_dense_args
 from .errors import CliParser, add_debug_arg, report, run_main
 from .model_args import add_model_args, add_output_arg, model_from_args
 
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: model's)")
     r.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio (sides rounded to the patch)")
     r.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (0 = no limit)")
+    t = p.add_argument_group("high resolution (docs/dense_heads.md)")
+    add_tile_args(t, "predictions")
+    add_upsample_args(t, "resize the head's map to the image bilinearly (default) or with the joint bilateral "
+                         "upsampler guided by the image (jbu; not open-vocab)", factor=False, default="bilinear")
     v = p.add_argument_group("open-vocab (classes you name; docs/open_vocabulary.md)")
     v.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "road, car, person|people"')
     v.add_argument("--classes-file", help="one class per line, synonyms separated by ', '")
@@ -87,7 +92,8 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
         task=args.task, head=args.head, random_head=args.random_head, seed=args.seed, resolution=args.resolution,
         keep_aspect=args.keep_aspect, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         max_pixels=args.max_pixels, dtype=args.dtype, quantize=args.quantize, logits=not args.no_logits,
-        sheet=args.sheet, progress=not args.no_progress,
+        sheet=args.sheet, progress=not args.no_progress, tile=args.tile, overlap=args.overlap,
+        upsample=args.upsample,
     )
 
 
@@ -101,6 +107,9 @@ def open_vocab_from_args(args: argparse.Namespace) -> tuple[list[tuple[str, ...]
         raise ValueError(f"open-vocab needs exactly one of --classes, --classes-file, --preset (got {given or 'none'})")
     if args.head or args.random_head:
         raise ValueError("--head / --random-head are for depth, normals and segmentation; open-vocab uses the text tower")
+    if args.upsample != "bilinear":
+        raise ValueError("--upsample is for depth, normals and segmentation; open-vocab resizes its class scores "
+                         "bilinearly")
     threshold, scale, background, names = args.background_threshold, args.logit_scale, NONE_ID, None
     if args.preset:
         preset = load_preset(args.preset)
@@ -112,7 +121,7 @@ def open_vocab_from_args(args: argparse.Namespace) -> tuple[list[tuple[str, ...]
         classes = parse_classes(args.classes) if args.classes else read_class_file(args.classes_file)
     options = OpenVocabOptions(mode=args.mode, size=args.resolution, stride=args.stride, templates=TCL_TEMPLATES,
                                background_threshold=threshold or None, logit_scale=scale, background_id=background,
-                               resize="torch" if args.fast_resize else "pil")
+                               resize="torch" if args.fast_resize else "pil", tile=args.tile, overlap=args.overlap)
     run = OpenVocabRun(device=args.device, max_pixels=args.max_pixels, dtype=args.dtype, quantize=args.quantize,
                        probabilities=args.probabilities, sheet=args.sheet, progress=not args.no_progress)
     return classes, names, options, run
@@ -123,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_cpu_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_dense_args(parser, args)
     return run_main(parser.prog, lambda: _run(args), debug=args.debug)
 
 

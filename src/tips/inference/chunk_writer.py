@@ -35,8 +35,9 @@ class ChunkWriter:
     """Collects one chunk's rows (:meth:`add`), then writes every file of the chunk at once (:meth:`close`)."""
 
     def __init__(self, out_dir: Path, chunk: int, save_dtype: torch.dtype, metadata: dict[str, str], ragged: bool,
-                 sources: dict[str, str], regions: int | None = None) -> None:
+                 sources: dict[str, str], regions: int | None = None, patch_dtype: torch.dtype | None = None) -> None:
         self.out_dir, self.chunk, self.save_dtype = out_dir, chunk, save_dtype
+        self.patch_dtype = patch_dtype or save_dtype  # upsampled patch tokens are stored as float16
         self.metadata, self.ragged, self.sources, self.regions = metadata, ragged, sources, regions
         self.ids: list[str] = []
         self.cls_alt: list[torch.Tensor] = []
@@ -53,6 +54,7 @@ class ChunkWriter:
         self.cls_alt.append(cls_alt)
         self.cls_syn.append(cls_syn)
         if patches is not None:
+            patches = patches.to(self.patch_dtype)  # now: a chunk of upsampled tokens is held in float16
             self.patches += list(patches) if self.ragged else [patches]
         if regions is not None:
             self.region_rows.append(regions)
@@ -66,10 +68,11 @@ class ChunkWriter:
         cls_alt, cls_syn = torch.cat(self.cls_alt), torch.cat(self.cls_syn)
         tensors = {"cls_alt": cast(cls_alt), "cls_syn": cast(cls_syn)}
         if self.patches:
+            cast_patches = lambda t: t.to(self.patch_dtype).contiguous()  # noqa: E731
             if self.ragged:
-                tensors.update({f"patch_tokens.{i:06d}": cast(p) for i, p in enumerate(self.patches)})
+                tensors.update({f"patch_tokens.{i:06d}": cast_patches(p) for i, p in enumerate(self.patches)})
             else:
-                tensors["patch_tokens"] = cast(torch.cat(self.patches))
+                tensors["patch_tokens"] = cast_patches(torch.cat(self.patches))
         self.shapes = {k: tuple(v.shape[1:]) for k, v in tensors.items() if not k.startswith("patch_tokens.")}
         if self.ragged and self.patches:
             self.shapes["patch_tokens.<row>"] = tuple(self.patches[0].shape[-1:])

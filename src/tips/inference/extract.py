@@ -29,6 +29,7 @@ from ..io.work_chunks import chunks_for_process, is_done, matches, process_place
 from ..models.dtypes import resolve_dtype
 from ..models.preprocess import Preprocess
 from ..models.tips import TIPS
+from ..models.vision import ImageFeatures
 from . import job_folder
 from . import encoding
 from .encoding import ImageProgress
@@ -39,6 +40,8 @@ from .regions import encode_with_regions
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .pca import save_pca_picture
 from .precision import autocast, prepare_for_inference
+from .tiling import RoundToPatch, Tiling, blend, plan_tiles
+from .upsample import Upsampler, check_factor, upsampled_size
 
 FORMAT = "tips-features"
 DEFAULT_CHUNK = 1024  # images per chunk of files (a tar shard is one chunk): the unit a rerun skips
@@ -164,9 +167,11 @@ class BatchEncoder:
     :func:`run_batches` (``model``, ``dtype``, ``encode``, ``write``)."""
 
     def __init__(self, model: TIPS, dtype: torch.dtype, writer: ChunkWriter, keep_patches: bool,
-                 pool_patches: int | None, pca: int, regions: int | None = None) -> None:
+                 pool_patches: int | None, pca: int, regions: int | None = None, tiling: Tiling | None = None,
+                 upsample: Upsampler | None = None, factor: float = 4.0, tile_batch: int = 8) -> None:
         self.model, self.dtype, self.writer = model, dtype, writer
         self.keep_patches, self.pool_patches, self.pca, self.regions = keep_patches, pool_patches, pca, regions
+        self.tiling, self.upsample, self.factor, self.tile_batch = tiling, upsample, factor, tile_batch
         # (id, image (3,H,W), patches (h,w,D), photo (H, W))
         self.pca_items: list[tuple[str, torch.Tensor, torch.Tensor, tuple[int, int] | None]] = []
 
@@ -174,7 +179,11 @@ class BatchEncoder:
         """ImageFeatures, or (ImageFeatures, regions (B, K², D)) with ``regions`` (one pass through the tower)."""
         if self.regions:
             return encode_with_regions(model, images, self.regions)
-        return model.encode_image(images)
+        if self.tiling is None and self.upsample is None:
+            return model.encode_image(images)
+        feats = [encode_tiled(model, x, self.tiling, self.upsample, self.factor, self.tile_batch) for x in images]
+        return ImageFeatures(*(torch.stack([getattr(f, k) for f in feats])
+                               for k in ("cls_alt", "cls_syn", "patch_tokens")))
 
     def write(self, out, items: list[Decoded]) -> None:
         out, regions = out if self.regions else (out, None)
@@ -186,6 +195,39 @@ class BatchEncoder:
         grid = tuple(out.patch_tokens.shape[1:3])
         self.writer.add([it.id for it in items], out.cls_alt.float().cpu(), out.cls_syn.float().cpu(),
                         patches if self.keep_patches else None, None if regions is None else regions.float().cpu(), grid)
+
+
+@torch.inference_mode()
+def encode_tiled(model: TIPS, image: torch.Tensor, tiling: Tiling | None, upsample: Upsampler | None = None,
+                 factor: float = 4.0, batch: int = 8) -> ImageFeatures:
+    """One image (3, H, W) → ImageFeatures with a batch of one removed: cls_alt, cls_syn (D,), patch_tokens
+    (h', w', D).
+
+    tiling: overlapping tiles blended on the patch grid (:mod:`tips.inference.tiling`), CLS tokens the mean of the
+    tiles' (None: the whole image in one pass); upsample: the patch grid resized to ``factor`` times its size,
+    guided by the image (:mod:`tips.inference.upsample`). One tile covering the image and no upsampler give
+    ``model.encode_image``'s features.
+    """
+    p = model.patch_size
+    grid = (image.shape[-2] // p, image.shape[-1] // p)
+    if tiling is None:
+        f = model.encode_image(image[None])
+        cls_alt, cls_syn, patches = f.cls_alt[0], f.cls_syn[0], f.patch_tokens[0].permute(2, 0, 1)
+    else:
+        plan = plan_tiles(grid, tiling, p)
+        th, tw = plan.tile
+        cls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def run(boxes: list[tuple[int, int]]) -> torch.Tensor:  # (n, D, th, tw)
+            f = model.encode_image(torch.stack([image[:, y * p:(y + th) * p, x * p:(x + tw) * p] for y, x in boxes]))
+            cls.extend(zip(f.cls_alt.float(), f.cls_syn.float()))
+            return f.patch_tokens.permute(0, 3, 1, 2)
+
+        patches = blend(plan, run, 1, batch)  # (D, h, w)
+        cls_alt, cls_syn = (torch.stack(c).mean(0) for c in zip(*cls))
+    if upsample is not None:
+        patches = upsample(patches[None].float(), image[None].float(), upsampled_size(*grid, factor))[0]
+    return ImageFeatures(cls_alt, cls_syn, patches.permute(1, 2, 0))
 
 
 def run_batches(loader: Iterable[list[Decoded]], total: int, batch_size: int, job, progress: bool | ImageProgress,
@@ -243,6 +285,11 @@ class ExtractOptions:
         normalised, with their cell boxes (``region_emb/``, ``region_metadata/``), for text → region search.
     rank, world_size: this process's share (chunk i on process i mod n); default: ``RANK`` / ``WORLD_SIZE`` as
         ``torchrun`` and ``accelerate launch`` set them, else one process. Give both for SLURM arrays.
+    tile / overlap: patch tokens from overlapping tiles of ``tile`` pixels blended on the patch grid, CLS tokens
+        the mean of the tiles' (:func:`encode_tiled`, ``batch_size`` tiles at a time, one image at a time); without
+        ``resolution`` the photo keeps its size (sides rounded to the patch).
+    upsample / upsample_factor: ``"jbu"`` or ``"bilinear"``: patch tokens at ``upsample_factor`` times the patch
+        grid, guided by the image, stored as float16 (``(N, F·h, F·w, D)``).
     """
 
     resolution: int | None = None
@@ -264,6 +311,10 @@ class ExtractOptions:
     regions: int | None = None
     rank: int | None = None
     world_size: int | None = None
+    tile: int | None = None
+    overlap: float = 0.25
+    upsample: str | None = None
+    upsample_factor: float = 4.0
 
 
 def extract(
@@ -297,6 +348,8 @@ def extract(
     net, model_name = loaded.model, loaded.name
     resolution = o.resolution or net.preprocess.size
     prompts = _check_options(net, resolution, o.pool_patches, o.texts, o.regions)
+    tiling, upsample = _check_dense_options(net, o)
+    photo_size = tiling is not None and o.resolution is None  # tiles: the photo's own size unless a resolution
     dev = next(net.parameters()).device if o.device is None and isinstance(model, TIPS) else resolve_device(o.device)
     if world > 1 and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
@@ -308,7 +361,10 @@ def extract(
 
     chunks = plan_chunks(refs, o.shard_size)
     sources_of = {r.id: (f"{r.path}#{r.id}" if r.in_shard else r.path) for r in refs}
-    metadata = {"format": FORMAT, "model": model_name, "resolution": str(resolution), "keep_aspect": str(o.keep_aspect),
+    metadata = {"format": FORMAT, "model": model_name, "resolution": "photo" if photo_size else str(resolution),
+                "keep_aspect": str(o.keep_aspect or photo_size), "tile": str(o.tile),
+                "overlap": str(o.overlap if tiling else None), "upsample": str(o.upsample),
+                "upsample_factor": str(o.upsample_factor if upsample else None),
                 "patch_size": str(net.patch_size), "pool_patches": str(o.pool_patches),
                 "dtype": str(save_dtype).removeprefix("torch."), "compute_dtype": str(dtype).removeprefix("torch."),
                 "quantize": str(o.quantize)}
@@ -322,14 +378,19 @@ def extract(
     encoded = 0
     with bar:
         for i in mine:
-            writer = ChunkWriter(out_dir, i, save_dtype, metadata, ragged=o.keep_aspect and o.pool_patches is None,
-                                 sources=sources_of, regions=o.regions)
+            writer = ChunkWriter(out_dir, i, save_dtype, metadata,
+                                 ragged=(o.keep_aspect or photo_size) and o.pool_patches is None,
+                                 sources=sources_of, regions=o.regions,
+                                 patch_dtype=torch.float16 if upsample is not None else None)
             encoder = BatchEncoder(net, dtype, writer, o.patch_tokens or o.pool_patches is not None, o.pool_patches,
-                                   o.pca if i == 0 else 0, o.regions)
-            dataset = ImageDataset(chunks[i], Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
+                                   o.pca if i == 0 else 0, o.regions, tiling, upsample, o.upsample_factor, o.batch_size)
+            preprocess = RoundToPatch(net.patch_size) if photo_size else Preprocess(resolution, net.patch_size,
+                                                                                     o.keep_aspect)
+            dataset = ImageDataset(chunks[i], preprocess, o.max_pixels)
+            images = 1 if tiling is not None else o.batch_size  # tiled: batch_size counts tiles, one image at a time
+            loader = torch.utils.data.DataLoader(dataset, batch_size=images, num_workers=o.num_workers,
                                                  collate_fn=collate_decoded)
-            skipped = run_batches(loader, len(chunks[i]), o.batch_size, encoder, bar)
+            skipped = run_batches(loader, len(chunks[i]), images, encoder, bar)
             files = writer.close()
             if encoder.pca_items:
                 ids, images, grids, photos = zip(*encoder.pca_items)
@@ -425,6 +486,9 @@ def job_identity(sources, loaded: LoadedModel, resolution: int, prompts: list[st
                "save_dtype": str(resolve_dtype(o.save_dtype)), "quantize": o.quantize,
                "patch_tokens": o.patch_tokens, "pool_patches": o.pool_patches, "shard_size": o.shard_size,
                "max_pixels": o.max_pixels or None, "texts": texts, "pca": o.pca, "regions": o.regions}
+    if o.tile is not None or o.upsample is not None:  # only when used: earlier folders keep their identity
+        options |= {"tile": o.tile, "overlap": o.overlap if o.tile is not None else None, "upsample": o.upsample,
+                    "upsample_factor": o.upsample_factor if o.upsample is not None else None}
     model = {"name": loaded.name, "record": json.loads(json.dumps(loaded.record, default=str)),
              "weights": job_folder.weights_fingerprint(loaded.model)}
     return {"model": model, "sources": [str(Path(i).resolve()) if Path(i).exists() else str(i) for i in items],
@@ -445,6 +509,27 @@ def _check_options(net: TIPS, resolution: int, pool_patches: int | None, texts,
     if net.text is None or net.tokenizer is None:
         raise ValueError("texts need a text tower and a tokenizer: pass --text (official text .npz) and/or --tokenizer")
     return _read_prompts(texts) if isinstance(texts, (str, os.PathLike)) else list(texts)
+
+
+def _check_dense_options(net: TIPS, o: ExtractOptions) -> tuple[Tiling | None, Upsampler | None]:
+    """--tile / --overlap / --upsample / --upsample-factor against the other options, before any image is read."""
+    tiling = Tiling(o.tile, o.overlap) if o.tile is not None else None
+    upsample = Upsampler(o.upsample) if o.upsample is not None else None
+    for flag, used in (("--tile", tiling), ("--upsample", upsample)):
+        if used is None:
+            continue
+        if not o.patch_tokens:
+            raise ValueError(f"{flag} changes the patch tokens: add --patch-tokens")
+        if o.pool_patches is not None:
+            raise ValueError(f"{flag} and --pool-patches: pooling would undo it; give one of them")
+        if o.regions is not None:
+            raise ValueError(f"{flag} and --regions: region vectors are read from one pass over the image; "
+                             "extract them in a separate run")
+    if tiling is not None:
+        tiling.check(net.patch_size)
+    if upsample is not None:
+        check_factor(o.upsample_factor)
+    return tiling, upsample
 
 
 def pool_patch_grid(patches: torch.Tensor, k: int) -> torch.Tensor:

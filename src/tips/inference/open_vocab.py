@@ -50,6 +50,7 @@ from .loaded import LoadedModel, as_loaded, resolve_device
 from .precision import autocast, prepare_for_inference
 from .predict import output_stem
 from .regions import value_readout
+from .tiling import Tiling, blend, plan_tiles
 
 NONE_ID = 255  # the label of "none of these" when a class list has no background class of its own
 MODES = ("whole", "slide")
@@ -221,6 +222,26 @@ def whole_scores(model: TIPS, image: torch.Tensor, text: ClassText) -> torch.Ten
     return patch_cosines(model, image[None], text)[0].float()
 
 
+@torch.no_grad()
+def tiled_scores(model: TIPS, image: torch.Tensor, text: ClassText, tiling: Tiling, batch: int = 8) -> torch.Tensor:
+    """image (3, H, W) → cosines (C, h, w) at the whole image's patch grid, from overlapping tiles blended with
+    :mod:`tips.inference.tiling`'s smooth window (sides first bicubic-resized up to multiples of the patch, as
+    :func:`patch_cosines` does). One tile covering the image gives :func:`whole_scores`."""
+    p = model.patch_size
+    H, W = image.shape[-2:]
+    size = (math.ceil(H / p) * p, math.ceil(W / p) * p)
+    if size != (H, W):
+        image = F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0]
+    plan = plan_tiles((size[0] // p, size[1] // p), tiling, p)
+    th, tw = plan.tile
+
+    def run(boxes: list[tuple[int, int]]) -> torch.Tensor:
+        crops = torch.stack([image[:, y * p:(y + th) * p, x * p:(x + tw) * p] for y, x in boxes])
+        return patch_cosines(model, crops, text).float()
+
+    return blend(plan, run, 1, batch)
+
+
 def resized_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """argmax over classes of ``scores`` (C, h, w) resized bilinearly (align_corners=False) to ``size`` → (H, W).
 
@@ -269,6 +290,8 @@ class OpenVocabOptions:
     logit_scale: default the model's CLS1 scale (1 / temperature); background_id: default 255.
     resize: ``"pil"`` (the protocol) or ``"torch"`` (faster, differs slightly; :func:`prepare_image`).
     batch: windows per forward pass.
+    tile / overlap: instead of ``mode``, cosines of overlapping tiles of ``tile`` pixels blended at the patch grid
+        (:func:`tiled_scores`), then scored like ``whole``; for large ``size``.
     """
 
     mode: str = "slide"
@@ -281,6 +304,8 @@ class OpenVocabOptions:
     background_id: int = NONE_ID
     resize: str = "pil"
     batch: int = 8
+    tile: int | None = None
+    overlap: float = 0.25
 
     def geometry(self, model: TIPS) -> tuple[int, int, int]:
         """(size, window, stride) for ``model``: the notebook's 448 / 448 / 336 for a 448 model, else native, ¾."""
@@ -296,6 +321,8 @@ class OpenVocabOptions:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.resize not in RESIZES:
             raise ValueError(f"resize must be one of {RESIZES}, got {self.resize!r}")
+        if self.tile is not None:
+            Tiling(self.tile, self.overlap).check(1)
         t = self.background_threshold
         if t is not None and not 0 <= t <= 1:
             raise ValueError(f"background_threshold is a probability in [0, 1], got {t}")
@@ -366,7 +393,10 @@ def open_vocab_segment(model: TIPS, image: Image.Image | torch.Tensor, classes: 
     if threshold is not None and scale is None:
         raise ValueError("background_threshold needs a logit scale: this model stores no temperature; pass logit_scale")
     _, window, stride = o.geometry(model)
-    if o.mode == "whole":
+    if o.tile is not None:
+        scores = tiled_scores(model, x, text, Tiling(o.tile, o.overlap), o.batch)
+        cosines = scores
+    elif o.mode == "whole":
         scores = whole_scores(model, x, text)
         cosines = scores
     else:
@@ -374,8 +404,10 @@ def open_vocab_segment(model: TIPS, image: Image.Image | torch.Tensor, classes: 
     labels = resized_argmax(scores, out_size)
     if threshold is not None:
         labels[resized_max_probability(cosines, out_size, scale) < threshold] = o.background_id
-    settings = {"mode": o.mode, "size": o.geometry(model)[0], "window": window if o.mode == "slide" else None,
-                "stride": stride if o.mode == "slide" else None, "resize": o.resize,
+    slide = o.mode == "slide" and o.tile is None
+    settings = {"mode": "tiled" if o.tile is not None else o.mode, "tile": o.tile,
+                "overlap": o.overlap if o.tile is not None else None, "size": o.geometry(model)[0],
+                "window": window if slide else None, "stride": stride if slide else None, "resize": o.resize,
                 "background_threshold": threshold, "logit_scale": scale, "templates": len(o.templates),
                 "input_size": list(x.shape[-2:])}
     return OpenVocabSegmentation(labels, scores, cosines, text.synonyms, scale,
@@ -511,6 +543,8 @@ def write_open_vocab(sources: str | os.PathLike | Sequence[str | os.PathLike], o
     if not refs:
         raise ValueError(f"no images found in {sources}")
     net = as_loaded(model).model
+    if o.tile is not None:
+        Tiling(o.tile, o.overlap).check(net.patch_size)
     prepare_for_inference(net, resolve_device(r.device), r.quantize)
     device = next(net.parameters()).device
     out_dir = Path(output)
@@ -526,7 +560,8 @@ def write_open_vocab(sources: str | os.PathLike | Sequence[str | os.PathLike], o
         raise ValueError(f"{len(names)} display names for {len(text)} classes; give one name per class")
     record = {"classes": [{"id": c, "name": n, "synonyms": list(s)} for c, (n, s) in enumerate(zip(names, text.synonyms))],
               "none_id": o.background_id if o.background_threshold is not None else None,
-              "mode": o.mode, "size": size, "window": window, "stride": stride,
+              "mode": "tiled" if o.tile is not None else o.mode, "size": size, "window": window, "stride": stride,
+              "tile": o.tile, "overlap": o.overlap if o.tile is not None else None,
               "background_threshold": o.background_threshold, "logit_scale": o.logit_scale or model_logit_scale(net),
               "templates": list(o.templates), "resize": o.resize}
     write_text_atomic(classes_path, json.dumps(record, indent=1))

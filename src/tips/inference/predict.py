@@ -18,6 +18,12 @@ rounded to the patch size). Output folder, per image ``ID`` (its path relative t
   (``normals`` (3, H, W) float32); ``ID.segmentation.safetensors`` (``argmax`` (H, W) int16, ``logits`` (C, H, W)
   float16 unless ``--no-logits``);
 - ``contact_sheet.png`` (the first ``--sheet`` pictures) and ``skipped.json``.
+
+``--tile SIZE --overlap FRACTION`` runs the head on overlapping tiles of SIZE pixels and blends their outputs
+(:mod:`tips.inference.tiling`); without ``--resolution`` the photo keeps its own size (sides rounded to the patch).
+``--upsample jbu`` resizes the head's output to the image with the joint bilateral upsampler guided by the image
+(:mod:`tips.inference.upsample`) instead of bilinearly. Either way the map is upsampled in strips, so a segmentation
+holds its (C, H, W) float16 logits and about one tile row of the head's output, not a float32 (C, H, W) map.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -46,6 +53,8 @@ from .extract import NoReadableImages, check_resolution, run_batches
 from .images import Decoded, ImageDataset, collate_decoded
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .precision import prepare_for_inference
+from .tiling import RoundToPatch, TilePlan, Tiling, blend_rows, plan_tiles, upsample_bands
+from .upsample import Upsampler
 
 TASKS = ("depth", "normals", "segmentation")
 
@@ -71,6 +80,58 @@ def predict(
     return [head.predict(model, x[None]) for x in xs]
 
 
+FUSED_CELLS = {"tips": 8, "probe3d": 16}  # cells of a head's fused output map per patch
+
+
+@torch.inference_mode()
+def predict_dense(model: TIPS, head: DenseHead, image: torch.Tensor, tiling: Tiling | None = None,
+                  upsample: Upsampler = Upsampler("bilinear"), batch: int = 8,
+                  dtype: torch.dtype = torch.float32, argmax: bool = False,
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """image (3, H, W) in [0, 1], H, W multiples of the patch → the task output (K, H, W) on the CPU in ``dtype``;
+    with ``argmax`` also the (H, W) int16 argmax over K, taken on each float32 strip.
+
+    tiling: overlapping tiles blended on the head's fused map (None: the whole image at once); the fused map is
+    resized to (H, W) by ``upsample`` in strips (guided by ``image`` for ``jbu``), then normals are normalised.
+    One tile covering the image gives :meth:`DenseHead.predict`'s output (up to float rounding of the resize).
+    """
+    vision = getattr(model, "vision", model)
+    p = vision.cfg.patch_size
+    _, H, W = image.shape
+    grid = (H // p, W // p)
+    if H % p or W % p:
+        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
+    plan = plan_tiles(grid, tiling, p) if tiling is not None else TilePlan(grid, (0,), (0,), grid, 0)
+    param = next(vision.parameters())
+    image = image.to(param.device)
+    th, tw = plan.tile
+
+    scale = FUSED_CELLS[head.cfg.preset]
+
+    def run(boxes: list[tuple[int, int]], exact: bool = False) -> torch.Tensor:  # (n, K, th·s, tw·s)
+        crops = torch.stack([image[:, y * p:(y + th) * p, x * p:(x + tw) * p] for y, x in boxes])
+        out = head.task_map(head.decode(head.features(model, crops.to(param.dtype))))
+        if not exact and tuple(out.shape[-2:]) != (th * scale, tw * scale):  # an odd patch grid decodes larger
+            out = F.interpolate(out.float(), size=(th * scale, tw * scale), mode="bilinear", align_corners=False)
+        return out
+
+    if plan.count == 1:  # the whole image: the decoder's own output grid, as DenseHead.predict resizes it
+        low = run([(0, 0)], exact=True)[0].float()
+        bands, low_size = [(0, low)], tuple(low.shape[-2:])
+    else:
+        bands, low_size = blend_rows(plan, run, scale, batch), (grid[0] * scale, grid[1] * scale)
+    out: torch.Tensor | None = None
+    labels = torch.empty(H, W, dtype=torch.int16) if argmax else None
+    for lo, strip in upsample_bands(bands, low_size, (H, W), upsample, image.float()):
+        strip = head.finish(strip[None])[0]
+        if out is None:
+            out = torch.empty(strip.shape[0], H, W, dtype=dtype)
+        out[:, lo:lo + strip.shape[1]] = strip.to("cpu", dtype)
+        if labels is not None:
+            labels[lo:lo + strip.shape[1]] = strip.argmax(0).to("cpu", torch.int16)
+    return (out, labels) if argmax else out
+
+
 @dataclass
 class PredictResult:
     ids: list[str]
@@ -88,6 +149,17 @@ class PredictResult:
         return "\n".join(lines)
 
 
+def _display_inputs(image: torch.Tensor, labels: torch.Tensor, photo_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """A large image (3, H, W) and its labels (H, W) shrunk to the picture's size first (antialiased, nearest), so
+    drawing the picture of a tiled 4096² prediction copies no full-size map."""
+    size = pics.display_size(photo_size or tuple(image.shape[-2:]))
+    if image.shape[-2] * image.shape[-1] <= 4 * size[0] * size[1]:
+        return image, labels
+    small = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    small_labels = F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(labels.dtype)
+    return small, small_labels
+
+
 def output_stem(out_dir: Path, image_id: str) -> Path:
     """Where an image's outputs go: its id as a relative path under ``out_dir`` (no '..', no root)."""
     parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("/", "..", ".")]
@@ -100,18 +172,25 @@ class PredictionWriter:
     """Per batch: predict, then write each image's picture and raw output; keeps pictures for the contact sheet."""
 
     def __init__(self, model: TIPS, head: DenseHead, out_dir: Path, logits: bool, sheet: int,
-                 dtype: str | torch.dtype = "float32", random: bool = False) -> None:
+                 dtype: str | torch.dtype = "float32", random: bool = False, tiling: Tiling | None = None,
+                 upsample: str = "bilinear", batch: int = 8) -> None:
         self.model, self.head, self.out_dir, self.logits, self.sheet = model, head, out_dir, logits, sheet
         self.random = random  # a random head or model: every picture says so
+        self.tiling, self.upsample, self.batch = tiling, Upsampler(upsample), batch
         self.model, self.dtype = model, dtype  # run_batches' job: model, dtype, encode, write
         self.names = pics.class_names(head.cfg.out_channels) if head.task == "segmentation" else []
         self.ids: list[str] = []
         self.files: list[Path] = []
         self.pictures: list[tuple[str, Image.Image]] = []
 
-    def encode(self, model: TIPS, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) → the head's output (B, K, H, W) float32 on the CPU."""
-        return self.head.predict(model, images).float().cpu()
+    def encode(self, model: TIPS, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """images (B, 3, H, W) → the head's output (B, K, H, W) float32 on the CPU; tiled or upsampled by ``jbu``,
+        one (K, H, W) per image (segmentation logits in float16, what the file stores)."""
+        if self.tiling is None and self.upsample.name == "bilinear":
+            return self.head.predict(model, images).float().cpu()
+        seg = self.head.task == "segmentation"  # logits in float16 beside an argmax taken in float32
+        return [predict_dense(model, self.head, x, self.tiling, self.upsample, self.batch,
+                              torch.float16 if seg else torch.float32, argmax=seg) for x in images]
 
     def write(self, out: torch.Tensor, items: list[Decoded]) -> None:
         for item, pred in zip(items, out):
@@ -130,8 +209,9 @@ class PredictionWriter:
             picture = pics.normals_picture(image, pred, photo_size, self.random)
             raw = self._save(stem.with_name(stem.name + ".normals.safetensors"), {"normals": pred})
         else:
-            labels = pred.argmax(0)
-            picture = pics.segmentation_picture(image, labels, self.names, photo_size, self.random)
+            pred, labels = pred if isinstance(pred, tuple) else (pred, pred.argmax(0))
+            small, small_labels = _display_inputs(image, labels, photo_size)
+            picture = pics.segmentation_picture(small, small_labels, self.names, photo_size, self.random)
             tensors = {"argmax": labels.to(torch.int16)}
             if self.logits:
                 tensors["logits"] = pred.half()
@@ -178,6 +258,9 @@ class PredictOptions:
     sheet: int = 16
     progress: bool = True
     head_name: str | None = None  # how errors name a head given as a DenseHead (e.g. the file it came from)
+    tile: int | None = None
+    overlap: float = 0.25
+    upsample: str = "bilinear"
 
 
 def write_predictions(
@@ -199,6 +282,10 @@ def write_predictions(
     loaded = as_loaded(model)
     net = loaded.model
     dense = _resolve_head(o.head, o.random_head, o.task, net, o.seed, o.head_name)
+    tiling = Tiling(o.tile, o.overlap) if o.tile is not None else None
+    if tiling is not None:
+        tiling.check(net.patch_size)
+    Upsampler(o.upsample)  # a bad name before anything is read
     resolution = o.resolution or net.image_size
     check_resolution(resolution, net.patch_size)
     dev = resolve_device(o.device)
@@ -207,12 +294,18 @@ def write_predictions(
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = PredictionWriter(net, dense, out_dir, o.logits, o.sheet, o.dtype,
-                              random=o.random_head or "random_init" in loaded.record)
-    dataset = ImageDataset(refs, Preprocess(resolution, net.patch_size, o.keep_aspect), o.max_pixels)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers,
+                              random=o.random_head or "random_init" in loaded.record, tiling=tiling,
+                              upsample=o.upsample, batch=o.batch_size)
+    if tiling is not None and o.resolution is None:
+        preprocess = RoundToPatch(net.patch_size)
+    else:
+        preprocess = Preprocess(resolution, net.patch_size, o.keep_aspect)
+    dataset = ImageDataset(refs, preprocess, o.max_pixels)
+    images = 1 if tiling is not None else o.batch_size  # tiled: batch_size counts tiles, one image at a time
+    loader = torch.utils.data.DataLoader(dataset, batch_size=images, num_workers=o.num_workers,
                                          collate_fn=collate_decoded)
     start = time.perf_counter()
-    skipped = run_batches(loader, len(refs), o.batch_size, writer, o.progress)
+    skipped = run_batches(loader, len(refs), images, writer, o.progress)
     result = PredictResult(writer.ids, skipped, writer.files, time.perf_counter() - start)
     skipped_path = out_dir / "skipped.json"
     write_text_atomic(skipped_path, json.dumps([{"id": i, "reason": r} for i, r in skipped], indent=1))

@@ -331,20 +331,27 @@ class DenseHead(nn.Module):
         resolution and then resized; normals: (B, 3, H, W), the raw output resized, then L2-normalised.
         The resize is bilinear for the ``tips`` preset and bicubic for ``probe3d`` (align_corners=False).
         """
-        if self.task == "depth":
-            if raw.shape[1] == 1:
-                out = raw
-            else:
-                p = F.relu(raw.permute(0, 2, 3, 1)) + self.cfg.shift  # (B, h', w', bins)
-                p = p / p.sum(-1, keepdim=True)
-                out = (p @ self.bin_centres.to(p.dtype))[:, None]  # (B, 1, h', w')
-        elif self.task == "normals":
-            out = raw[:, :3]
-        else:
-            out = raw
+        out = self.task_map(raw)
         if size is not None and tuple(out.shape[-2:]) != tuple(size):
             out = F.interpolate(out, size=tuple(size), mode=self.cfg.upsample_mode, align_corners=False)
-        return F.normalize(out, dim=1) if self.task == "normals" else out
+        return self.finish(out)
+
+    def task_map(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw decoder output (B, out_channels, h', w') → the map that is resized to the image, at (h', w'):
+        logits (B, C), depth in metres (B, 1) (the bin expectation) or raw normals (B, 3)."""
+        if self.task == "depth":
+            if raw.shape[1] == 1:
+                return raw
+            p = F.relu(raw.permute(0, 2, 3, 1)) + self.cfg.shift  # (B, h', w', bins)
+            p = p / p.sum(-1, keepdim=True)
+            return (p @ self.bin_centres.to(p.dtype))[:, None]  # (B, 1, h', w')
+        if self.task == "normals":
+            return raw[:, :3]
+        return raw
+
+    def finish(self, resized: torch.Tensor) -> torch.Tensor:
+        """The last step after resizing :meth:`task_map`'s output: normals are L2-normalised along channels."""
+        return F.normalize(resized, dim=1) if self.task == "normals" else resized
 
     def forward(self, levels: Sequence[Level], size: tuple[int, int] | None = None) -> torch.Tensor:
         return self.outputs(self.decode(levels), size)

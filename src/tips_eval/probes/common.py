@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from tips.inference.upsample import Upsampler
+
+from ..features import image_to_tensor
 from .config import OptimSection, ProbeConfig
 
 
@@ -70,6 +73,38 @@ def forward_padded(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Ten
     x, (left, right, top, bottom) = centre_pad(images, multiple)
     out = fn(x)
     return out[..., top: out.shape[-2] - bottom, left: out.shape[-1] - right]
+
+
+class GuidedUpsample:
+    """(B, K, h, w) maps of dataset rows → (B, K, u·h, u·w): bilinear, or the joint bilateral upsampler guided by
+    the rows' images (:mod:`tips.inference.upsample`). ``u`` = 0 returns the maps as they are.
+
+    The images are resized to the output grid once and kept (uint8); rows are taken in sorted order, as
+    :meth:`tips_eval.features.FeatureCache.inputs` returns them. flip: the mirrored images (flip TTA)."""
+
+    def __init__(self, dataset, factor: int, name: str = "bilinear") -> None:
+        self.dataset, self.factor, self.up = dataset, factor, Upsampler(name)
+        self._guides: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
+
+    def guides(self, index, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] of the rows ``index`` (sorted) at ``size``."""
+        out = []
+        for i in np.sort(np.asarray(index)):
+            key = (int(i), tuple(size))
+            if key not in self._guides:
+                image = image_to_tensor(self.dataset.load_image(int(i)), size)
+                self._guides[key] = (image * 255).round().to(torch.uint8)
+            out.append(self._guides[key])
+        guide = torch.stack(out).float() / 255
+        return guide.flip(-1) if flip else guide
+
+    def __call__(self, z: torch.Tensor, index, flip: bool = False) -> torch.Tensor:
+        if self.factor < 1:
+            return z
+        size = (z.shape[-2] * self.factor, z.shape[-1] * self.factor)
+        if not self.up.needs_guide:
+            return upsample_bilinear(z, size)  # the same numbers; its backward is faster on a CPU
+        return self.up(z, self.guides(index, size, flip).to(z.device), size)
 
 
 def bilinear_matrix(n_in: int, n_out: int, device=None) -> torch.Tensor:

@@ -66,6 +66,8 @@ class DPTSection:
 class SegSection:
     head: Literal["linear", "dpt"] = "linear"  # linear: BatchNorm + 1×1 conv
     object_classes: bool = False  # also report mIoU over the dataset's object classes
+    upsample: int = 0  # fast linear head: logits ×u before the loss (0: bilinear straight to the label size)
+    upsampler: str = "bilinear"  # bilinear | jbu (joint bilateral, guided by the image): how the ×u is done
     classes: list[str] = field(default_factory=list)  # or over these named classes
 
 
@@ -77,6 +79,7 @@ class DepthSection:
     depth_min: float | None = None  # default: the dataset's range
     depth_max: float | None = None
     upsample: int = 4
+    upsampler: str = "bilinear"  # bilinear | jbu (joint bilateral, guided by the image): how the ×upsample is done
     grad_loss_weight: float = 0.5
     sig_warmup: int = 100  # SigLoss uses only its mean term for this many iterations (DINOv2)
     flip_tta: bool = False
@@ -190,10 +193,21 @@ def validate(cfg: ProbeConfig) -> None:
         "depth.mask": (cfg.depth.mask, ("none", "objects")),
         "normals.loss": (cfg.normals.loss, ("angular", "uncertainty")),
         "normals.mask": (cfg.normals.mask, ("none", "objects")),
+        "seg.upsampler": (cfg.seg.upsampler, ("bilinear", "jbu")),
+        "depth.upsampler": (cfg.depth.upsampler, ("bilinear", "jbu")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: expected one of {allowed}")
+    if cfg.seg.upsample < 0 or cfg.depth.upsample < 1:
+        raise ValueError(f"seg.upsample={cfg.seg.upsample} must be >= 0 and depth.upsample={cfg.depth.upsample} >= 1")
+    if cfg.task == "segmentation" and cfg.seg.upsampler == "jbu" and cfg.seg.upsample < 1:
+        raise ValueError("seg.upsampler=jbu upsamples the logits by seg.upsample: set seg.upsample=4 (or any u >= 1)")
+    upsampler = {"segmentation": cfg.seg.upsampler, "depth": cfg.depth.upsampler}.get(cfg.task, "bilinear")
+    head = {"segmentation": cfg.seg.head, "depth": cfg.depth.head}.get(cfg.task)
+    if upsampler == "jbu" and (cfg.protocol != "fast" or head == "dpt"):
+        raise ValueError(f"{cfg.task}: the jbu upsampler is for the linear heads of the fast protocol "
+                         f"(got protocol={cfg.protocol}, head={head})")
     if cfg.optim.iterations <= 0 or cfg.optim.batch_size <= 0:
         raise ValueError("optim.iterations and optim.batch_size must be positive")
     if len(cfg.augment.crop) != 2 or len(cfg.augment.scale_range) != 2:

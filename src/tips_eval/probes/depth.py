@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from ..datasets import DatasetInfo, DenseDataset
 from ..features import FeatureCache, FeatureSpec, compute_features, image_to_tensor, probe_input
 from .augment import augmented_batch
 from .common import (
-    ProbeOutcome, VisSample, cache_channel_stats, centre_pad, forward_padded, make_optimizer, optimizer_step,
+    GuidedUpsample, ProbeOutcome, VisSample, cache_channel_stats, centre_pad, forward_padded, make_optimizer, optimizer_step,
     training_batches, upsample_bilinear,
 )
 from .config import ProbeConfig
@@ -65,11 +66,16 @@ class LinearDepthHead(nn.Module):
         self.input_mean.copy_(mean)
         self.input_std.copy_(std.clamp_min(1e-6))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lift: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, C, h, w) → depth (B, 1, u·h, u·w); lift: another ×u of the logits (B, bins, h, w) than bilinear,
+        e.g. the joint bilateral upsampler guided by the images (``depth.upsampler=jbu``)."""
         x = (x - self.input_mean.view(1, -1, 1, 1)) / self.input_std.view(1, -1, 1, 1)
         z = self.conv(x)  # (B, bins, h, w)
         u = self.upsample
-        z = upsample_bilinear(z, (z.shape[-2] * u, z.shape[-1] * u), channels_last=True)  # (B, uh, uw, bins)
+        if lift is not None:
+            z = lift(z).permute(0, 2, 3, 1)  # (B, uh, uw, bins)
+        else:
+            z = upsample_bilinear(z, (z.shape[-2] * u, z.shape[-1] * u), channels_last=True)  # (B, uh, uw, bins)
         # Σ_k w_k c_k with w = (ReLU(z) + 0.1) / Σ_j (ReLU(z_j) + 0.1), as one matmul over the bins.
         r = F.relu(z) @ torch.stack([self.centers, torch.ones_like(self.centers)], dim=1)  # (B, uh, uw, 2)
         k = self.centers.numel()
@@ -108,14 +114,19 @@ def _build(channels: int, cfg: ProbeConfig, lo: float, hi: float, device) -> tup
     return head.to(device), DepthObjective(lo, hi, cfg.depth.grad_loss_weight, cfg.depth.sig_warmup)
 
 
-def train_fast(cache: FeatureCache, cfg: ProbeConfig, lo: float, hi: float, device) -> LinearDepthHead:
+def _lift(guided: GuidedUpsample | None, index, flip: bool = False):
+    return None if guided is None else (lambda z: guided(z, index, flip))
+
+
+def train_fast(cache: FeatureCache, cfg: ProbeConfig, lo: float, hi: float, device,
+               guided: GuidedUpsample | None = None) -> LinearDepthHead:
     head, objective = _build(cache.channels, cfg, lo, hi, device)
     if cfg.depth.standardize:
         head.set_input_stats(*cache_channel_stats(cache))
     optimizer = make_optimizer(head, cfg.optim)
     for step, idx in training_batches(len(cache), cfg, "depth probe"):
         x, depth = cache.inputs(idx).to(device), cache.targets("depth", idx).to(device)
-        optimizer_step(optimizer, objective(head(x), depth, step), step, cfg.optim)
+        optimizer_step(optimizer, objective(head(x, _lift(guided, idx)), depth, step), step, cfg.optim)
     return head.eval()
 
 
@@ -158,17 +169,17 @@ class _Evaluator:
 @torch.no_grad()
 def evaluate_fast(
     head: LinearDepthHead, cache: FeatureCache, flipped: FeatureCache | None, dataset: DenseDataset,
-    cfg: ProbeConfig, lo: float, hi: float,
+    cfg: ProbeConfig, lo: float, hi: float, guided: GuidedUpsample | None = None,
 ) -> tuple[dict, list[VisSample]]:
-    """Predictions from cached val features; with ``flipped`` (features of mirrored images) averaged with the
+    """Predictions from cached val features (guided: the ×u by ``depth.upsampler=jbu``); with ``flipped`` (features of mirrored images) averaged with the
     mirrored-back prediction of the flipped image (flip TTA)."""
     ev = _Evaluator(dataset, cfg, lo, hi)
     device = next(head.parameters()).device
     for start in range(0, len(cache), cfg.extract_batch_size):
         idx = np.arange(start, min(start + cfg.extract_batch_size, len(cache)))
-        pred = head(cache.inputs(idx).to(device))
+        pred = head(cache.inputs(idx).to(device), _lift(guided, idx))
         if flipped is not None:
-            pred = 0.5 * (pred + head(flipped.inputs(idx).to(device)).flip(-1))
+            pred = 0.5 * (pred + head(flipped.inputs(idx).to(device), _lift(guided, idx, flip=True)).flip(-1))
         for j, i in enumerate(idx):
             ev.add(int(i), pred[j: j + 1], np.asarray(cache.patch[i], dtype=np.float32))
     return ev.metrics(), ev.vis
@@ -236,10 +247,12 @@ def run_depth(
         flipped = cache_fn(val, FeatureSpec(**{**spec.__dict__, "flip": True})) if cfg.depth.flip_tta else None
         timings["features_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        head = train_fast(train_cache, cfg, lo, hi, device)
+        jbu = cfg.depth.upsampler == "jbu"
+        guided = [GuidedUpsample(ds, cfg.depth.upsample, "jbu") if jbu else None for ds in (train, val)]
+        head = train_fast(train_cache, cfg, lo, hi, device, guided[0])
         timings["train_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        metrics, vis = evaluate_fast(head, val_cache, flipped, val, cfg, lo, hi)
+        metrics, vis = evaluate_fast(head, val_cache, flipped, val, cfg, lo, hi, guided[1])
     else:
         head = train_dinov2(model, train, spec, cfg, lo, hi)
         timings["train_s"] = time.perf_counter() - t0
@@ -248,7 +261,8 @@ def run_depth(
     timings["eval_s"] = time.perf_counter() - t2
     protocol = {"depth_range": [lo, hi], "bins": cfg.depth.bins, "spacing": cfg.depth.spacing, "head": cfg.depth.head,
                 "flip_tta": cfg.depth.flip_tta, "eigen_crop": metrics["eigen_crop"], "mask": cfg.depth.mask,
-                "standardize": cfg.depth.standardize and cfg.protocol == "fast"}
+                "standardize": cfg.depth.standardize and cfg.protocol == "fast",
+                "upsample": cfg.depth.upsample, "upsampler": cfg.depth.upsampler}
     if cfg.protocol == "dinov2":
         protocol["crop"] = list(cfg.augment.crop)
     return ProbeOutcome(metrics, vis, timings, protocol)

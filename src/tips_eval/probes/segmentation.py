@@ -1,7 +1,10 @@
 """Linear semantic-segmentation probe (DINOv2 "lin."): BatchNorm + 1×1 conv on frozen patch tokens.
 
 Logits at patch resolution are upsampled bilinearly to the label size; cross-entropy ignores 255 (mean over
-the labelled pixels); mIoU comes from one confusion matrix over the whole validation split.
+the labelled pixels); mIoU comes from one confusion matrix over the whole validation split. With ``seg.upsample``
+u ≥ 1 the logits are first taken to u× the patch grid by ``seg.upsampler`` (bilinear, or ``jbu`` guided by the
+image). The head runs before the upsampling: BatchNorm (in eval) and the 1×1 conv are affine per pixel and both
+upsamplers mix cells with weights summing to one, so this equals upsampling the features first.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from ..datasets import IGNORE_INDEX, DenseDataset
 from ..features import FeatureCache, FeatureSpec, compute_features, image_to_tensor, probe_input
 from .augment import augmented_batch, resize_short_side
 from .common import (
-    ProbeOutcome, VisSample, centre_pad, forward_padded, head_device, make_optimizer, optimizer_step,
-    training_batches, upsample_bilinear,
+    GuidedUpsample, ProbeOutcome, VisSample, centre_pad, forward_padded, head_device, make_optimizer,
+    optimizer_step, training_batches, upsample_bilinear,
 )
 from .config import ProbeConfig
 from .metrics import confusion_matrix, segmentation_metrics
@@ -61,22 +64,24 @@ def class_subset(cfg: ProbeConfig, class_names: list[str], object_classes: list[
 
 
 # ------------------------------------------------------------------ fast protocol (cached features)
-def train_fast(cache: FeatureCache, num_classes: int, cfg: ProbeConfig, device: torch.device) -> LinearSegHead:
-    """Train the head on cached features and nearest-resized labels; no augmentation."""
+def train_fast(cache: FeatureCache, num_classes: int, cfg: ProbeConfig, device: torch.device,
+               lift: GuidedUpsample | None = None) -> LinearSegHead:
+    """Train the head on cached features and nearest-resized labels; no augmentation. lift: the logits' ×u."""
     torch.manual_seed(cfg.seed)
     head = LinearSegHead(cache.channels, num_classes).to(device)
     optimizer = make_optimizer(head, cfg.optim)
     head.train()
     for step, idx in training_batches(len(cache), cfg, "segmentation probe"):
         x, seg = cache.inputs(idx).to(device), cache.targets("seg", idx).to(device)
-        optimizer_step(optimizer, upsampled_loss(head(x), seg), step, cfg.optim)
+        logits = lift(head(x), idx) if lift is not None else head(x)
+        optimizer_step(optimizer, upsampled_loss(logits, seg), step, cfg.optim)
     return head.eval()
 
 
 @torch.no_grad()
 def evaluate_fast(
     head: LinearSegHead, cache: FeatureCache, dataset: DenseDataset, subset: list[int] | None, num_vis: int,
-    batch_size: int = 16,
+    batch_size: int = 16, lift: GuidedUpsample | None = None,
 ) -> tuple[dict, list[VisSample]]:
     """Logits from cached val features, upsampled to each image's own label size."""
     K = dataset.info.num_classes
@@ -85,7 +90,8 @@ def evaluate_fast(
     device = head_device(head)
     for start in range(0, len(cache), batch_size):
         idx = np.arange(start, min(start + batch_size, len(cache)))
-        logits = head(cache.inputs(idx).to(device)).cpu()
+        logits = head(cache.inputs(idx).to(device))
+        logits = (lift(logits, idx) if lift is not None else logits).cpu()
         for j, i in enumerate(idx):
             gt = dataset.load_seg(int(i))
             pred = F.interpolate(logits[j: j + 1], size=gt.shape, mode="bilinear", align_corners=False)[0].argmax(0)
@@ -190,17 +196,20 @@ def run_segmentation(
         train_cache, val_cache = cache_fn(train, spec), cache_fn(val, spec)
         timings["features_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        head = train_fast(train_cache, train.info.num_classes, cfg, next(model.parameters()).device)
+        lifts = [GuidedUpsample(ds, cfg.seg.upsample, cfg.seg.upsampler) if cfg.seg.upsample else None
+                 for ds in (train, val)]
+        head = train_fast(train_cache, train.info.num_classes, cfg, next(model.parameters()).device, lifts[0])
         timings["train_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        metrics, vis = evaluate_fast(head, val_cache, val, subset, cfg.num_vis, cfg.extract_batch_size)
+        metrics, vis = evaluate_fast(head, val_cache, val, subset, cfg.num_vis, cfg.extract_batch_size, lifts[1])
     else:
         head = train_dinov2(model, train, spec, cfg)
         timings["train_s"] = time.perf_counter() - t0
         t2 = time.perf_counter()
         metrics, vis = evaluate_dinov2(model, head, val, spec, cfg, subset)
     timings["eval_s"] = time.perf_counter() - t2
-    protocol = {"subset_classes": None if subset is None else [val.info.class_names[i] for i in subset]}
+    protocol = {"subset_classes": None if subset is None else [val.info.class_names[i] for i in subset],
+                "upsample": cfg.seg.upsample, "upsampler": cfg.seg.upsampler if cfg.seg.upsample else "bilinear"}
     if cfg.protocol == "dinov2":
         protocol.update(crop=list(cfg.augment.crop), stride=cfg.augment.stride, test_short_side=cfg.augment.test_short_side)
     return ProbeOutcome(metrics, vis, timings, protocol)
