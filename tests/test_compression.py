@@ -56,6 +56,7 @@ def test_probe_global_tasks_take_dtype_and_quantize(data, tmp_path):
         assert protocol["checkpoint"][flags[0].lstrip("-")] == flags[1]
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # its one-width picture once drew an empty legend
 def test_compression_retrieval_at_full_width_equals_tips_probe_retrieval(data, tmp_path):
     """Same model, same CLS, same captions: the compression report's fp32 full-width row is tips-probe retrieval's
     result (the probe format's caption kind follows --cls in both: CLS2 ↔ synthetic captions)."""

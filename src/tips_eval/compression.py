@@ -121,7 +121,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.set_title(metric)
         ax.set_xlabel("embedding width")
-    axes[0][0].legend()
+    if metrics:
+        axes[0][0].legend()
+    else:  # one width per precision: no curve to draw, say so instead of an empty panel
+        axes[0][0].text(0.5, 0.5, "one width per precision:\nno curve to draw (see the table)", ha="center",
+                        va="center", transform=axes[0][0].transAxes)
+        axes[0][0].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
