@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tips.io import append_line
-from tips_eval.compare import compare_table, dense_record, log_records, read_records
+from tips_eval.compare import compare_table, dense_record, headline_metrics, log_records, read_records
 
 
 def test_append_line_is_one_append_write_and_lines_never_interleave(tmp_path, monkeypatch):
@@ -69,3 +69,9 @@ def test_compare_refuses_what_it_cannot_read_naming_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no results.jsonl and no probe result JSON"):
         read_records([tmp_path / "empty"])
+
+
+def test_breakdowns_per_class_and_per_image_are_not_metrics():
+    metrics = {"objects": {"rmse": 2.1, "images": 64, "per_image_rmse": {"val-000000": 1.9, "val-000001": 2.3}},
+               "per_class_iou": {"sky": 0.9}}
+    assert headline_metrics(metrics) == {"objects.rmse": 2.1}

@@ -33,8 +33,8 @@ FORMATS = ("markdown", "csv")
 HEADLINE = ("segmentation/miou", "depth/all.rmse", "depth/all.d1", "depth/objects.rmse", "normals/all.mean",
             "normals/all.pct_11.25", "zero-shot/top1", "knn/top1", "retrieval/*.R@1", "zero-shot-seg/miou",
             "compression/*")
-# leaves that count or list things, not measures of the features
-_SKIPPED = ("num_*", "images*", "classes_counted", "per_class*", "confusion*", "examples", "subset", "eigen_crop")
+# leaves that count or list things, not measures of the features; per_* are breakdowns (per class, per image)
+_SKIPPED = ("num_*", "images*", "classes_counted", "per_*", "confusion*", "examples", "subset", "eigen_crop")
 
 
 def headline_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
