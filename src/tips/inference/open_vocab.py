@@ -48,7 +48,7 @@ from . import pictures as pics
 from .extract import NoReadableImages
 from .loaded import LoadedModel, as_loaded, resolve_device
 from .precision import autocast, prepare_for_inference
-from .predict import output_stem
+from .predict import PredictResult, output_stem
 from .regions import value_readout
 from .tiling import Tiling, blend, plan_tiles
 
@@ -502,19 +502,14 @@ class OpenVocabRun:
     progress: bool = True
 
 
-@dataclass
-class OpenVocabResult:
-    ids: list[str]
-    skipped: list[tuple[str, str]]
-    files: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
+class OpenVocabResult(PredictResult):
+    """What ``tips-predict open-vocab`` wrote: :class:`PredictResult`'s summary, in its own words."""
 
-    def summary(self) -> str:
-        lines = [f"{len(self.ids)} images segmented, {len(self.skipped)} skipped ({self.seconds:.1f} s)"]
-        lines += [f"  skipped {i}: {r}" for i, r in self.skipped[:20]]
-        lines += [f"  wrote {p}" for p in self.files if p.name in ("contact_sheet.png", "classes.json")]
-        lines.append(f"  wrote {len(self.ids)} label maps and pictures")
-        return "\n".join(lines)
+    verb = "segmented"
+    named_files = ("contact_sheet.png", "classes.json")
+
+    def written(self) -> str:
+        return f"  wrote {len(self.ids)} label maps and pictures"
 
 
 def label_png(labels: torch.Tensor, num_classes: int) -> Image.Image:

@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -134,19 +134,26 @@ def predict_dense(model: TIPS, head: DenseHead, image: torch.Tensor, tiling: Til
 
 @dataclass
 class PredictResult:
+    """What a dense-prediction job wrote; :meth:`summary` is the text the command prints."""
+
     ids: list[str]
     skipped: list[tuple[str, str]]
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    verb: ClassVar[str] = "predicted"
+    named_files: ClassVar[tuple[str, ...]] = ("contact_sheet.png", "skipped.json")  # listed by name
 
     def summary(self) -> str:
-        lines = [f"{len(self.ids)} images predicted, {len(self.skipped)} skipped ({self.seconds:.1f} s)"]
+        lines = [f"{len(self.ids)} images {self.verb}, {len(self.skipped)} skipped ({self.seconds:.1f} s)"]
         lines += [f"  skipped {i}: {r}" for i, r in self.skipped[:20]]
         if len(self.skipped) > 20:
             lines.append(f"  … and {len(self.skipped) - 20} more skipped (all listed in skipped.json)")
-        lines += [f"  wrote {p}" for p in self.files if p.name in ("contact_sheet.png", "skipped.json")]
-        lines.append(f"  wrote {len(self.files) - 2} picture and raw files")
+        lines += [f"  wrote {p}" for p in self.files if p.name in self.named_files]
+        lines.append(self.written())
         return "\n".join(lines)
+
+    def written(self) -> str:
+        return f"  wrote {len(self.files) - 2} picture and raw files"
 
 
 def _display_inputs(image: torch.Tensor, labels: torch.Tensor, photo_size) -> tuple[torch.Tensor, torch.Tensor]:
