@@ -1,7 +1,9 @@
 """Image-encoder throughput of every inference path, same run, same weights, against the official encoder.
 
 Paths (one model's weights; repeats interleaved, the order rotating each repeat):
-- ``fp32``: ``TIPS.encode_image`` (what ``tips-extract`` runs), SDPA attention;
+- ``fp32``: ``TIPS.encode_image`` after ``tips.prepare_for_inference`` (what ``tips-extract`` runs): on the CPU the
+  image tower's linear layers pre-packed for oneDNN with bias, GELU and LayerScale fused; SDPA attention;
+- ``fp32-eager``: the same model without that preparation (plain ``nn.Linear``), the path before packing;
 - ``bf16``: the same under ``tips.autocast(model, "bfloat16")`` (``tips-extract --dtype bfloat16``);
 - ``int8``: ``tips.quantize(model, "int8")`` (fbgemm on CPU; ``tips-extract --quantize int8``);
 - ``int8-torchao``: torchao's int8 dynamic layers (opt-in with ``--paths``; very slow on AVX2 CPUs);
@@ -13,7 +15,7 @@ Paths (one model's weights; repeats interleaved, the order rotating each repeat)
 
 Prints a markdown table of images/s (median over repeats) and the ratios to our fp32, to ``transformers`` and to
 ``official``, and
-the cosine similarity of CLS1 to fp32 (the lowest over the batch).
+the cosine similarity of CLS1 to the eager fp32 model (the lowest over the batch).
 
     python bench/extract.py --variant b14                               # batch 8 at 224 and 2 at 448, CPU
     python bench/extract.py --paths fp32,bf16,official --device cuda --batch 64,16
@@ -35,8 +37,8 @@ import tips
 
 from tips_reference.official_torch import OfficialVisionEncoder, load_official_npz
 
-PATHS = ("fp32", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "transformers", "official")
-DEFAULT_PATHS = "fp32,bf16,int8,onnx,onnx-int8,transformers,official"
+PATHS = ("fp32", "fp32-eager", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "transformers", "official")
+DEFAULT_PATHS = "fp32,fp32-eager,bf16,int8,onnx,onnx-int8,transformers,official"
 
 
 def official_encoder(model: tips.TIPS, workdir: Path) -> OfficialVisionEncoder:
@@ -81,7 +83,10 @@ def build_paths(model: tips.TIPS, names: list[str], size: int, device: torch.dev
     """{path name: fn(images) → CLS1 (B, D)} for the requested paths."""
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     if "fp32" in names:
-        fns["fp32"] = lambda x: model.encode_image(x).cls_alt
+        prepared = tips.prepare_for_inference(copy.deepcopy(model), device)
+        fns["fp32"] = lambda x: prepared.encode_image(x).cls_alt
+    if "fp32-eager" in names:
+        fns["fp32-eager"] = lambda x: model.encode_image(x).cls_alt
     if "bf16" in names:
         def bf16(x: torch.Tensor) -> torch.Tensor:
             with tips.autocast(model, "bfloat16"):
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print(f"variant {args.variant}, device {device} (threads {threads}), {args.iters} repeats after {args.warmup} "
           f"warm-up, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}\n")
-    print("| input | batch | path | img/s | × fp32 | × transformers | × official | CLS1 cos to fp32 |")
+    print("| input | batch | path | img/s | × fp32 | × transformers | × official | CLS1 cos to fp32-eager |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for size, batch in zip(sizes, batches):

@@ -44,6 +44,7 @@ _PUBLIC: dict[str, str] = {
     "autocast": "tips.inference.precision",
     "prepare_for_inference": "tips.inference.precision",
     "quantize": "tips.inference.quantize",
+    "pack_linears": "tips.inference.onednn",
     "pca_picture": "tips.inference.pca",
     "pca_rgb": "tips.inference.pca",
     "open_vocab_segment": "tips.inference.open_vocab",
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never runs
     from .inference.open_vocab import (
         OpenVocabOptions, encode_classes, load_preset, open_vocab_segment, value_readout, write_open_vocab,
     )
+    from .inference.onednn import pack_linears
     from .inference.pca import pca_picture, pca_rgb
     from .inference.precision import autocast, prepare_for_inference
     from .inference.predict import PredictOptions, predict, write_predictions

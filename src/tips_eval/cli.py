@@ -132,7 +132,7 @@ def build_model(args: argparse.Namespace, device: str) -> tuple[tips.TIPS, dict,
 
     model = model_from_args(args).model
     identity, label = model_identity(args.model, args.random_init, args.seed, args.quantize, args.dtype)
-    return tips.prepare_for_inference(model, device, args.quantize), identity, label
+    return tips.prepare_for_inference(model, device, args.quantize, args.dtype), identity, label
 
 
 def run_dense(task: str, argv: list[str]) -> int:

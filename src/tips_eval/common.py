@@ -79,7 +79,8 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     args.device = str(resolve_device(args.device))  # decided now, and recorded as decided
     torch.manual_seed(args.seed)
     loaded = model_from_args(args)
-    return tips.prepare_for_inference(loaded.model, args.device, getattr(args, "quantize", None)), loaded.record
+    return tips.prepare_for_inference(loaded.model, args.device, getattr(args, "quantize", None),
+                                      getattr(args, "dtype", None)), loaded.record
 
 
 def precision(model: nn.Module, args: argparse.Namespace):

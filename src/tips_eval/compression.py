@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for precision in precisions:
         dtype, quantize = PRECISIONS[precision]
-        model = tips.prepare_for_inference(copy.deepcopy(base), args.device, quantize)
+        model = tips.prepare_for_inference(copy.deepcopy(base), args.device, quantize, dtype)
         with tips.autocast(model, dtype):
             per_width = global_metrics(model, args, dims)
         dense = dense_metrics(model, args, precision, record) if args.dense else {}

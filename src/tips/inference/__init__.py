@@ -7,6 +7,7 @@ from .encoding import ImageProgress, encode_images
 from .extract import ExtractOptions, ExtractResult, Features, NoReadableImages, extract, load_features
 from .loaded import LoadedModel, ModelArgumentError, build_model, random_model, resolve_device
 from .merge import MergeMismatch, merge
+from .onednn import pack_linears
 from .open_vocab import (
     OpenVocabOptions, OpenVocabRun, OpenVocabSegmentation, encode_classes, load_preset, open_vocab_segment,
     write_open_vocab,
@@ -39,6 +40,7 @@ __all__ = [
     "load_preset",
     "merge",
     "open_vocab_segment",
+    "pack_linears",
     "predict",
     "prepare_for_inference",
     "quantize",

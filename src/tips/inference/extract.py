@@ -357,7 +357,7 @@ def extract(
     out_dir = Path(output)
     identity = job_identity(sources, loaded, resolution, prompts, o)
     job_folder.claim(out_dir, identity, o.force)  # one job per folder: before anything is written
-    prepare_for_inference(net, dev, o.quantize)
+    prepare_for_inference(net, dev, o.quantize, o.dtype)
 
     chunks = plan_chunks(refs, o.shard_size)
     sources_of = {r.id: (f"{r.path}#{r.id}" if r.in_shard else r.path) for r in refs}

@@ -540,7 +540,7 @@ def write_open_vocab(sources: str | os.PathLike | Sequence[str | os.PathLike], o
     net = as_loaded(model).model
     if o.tile is not None:
         Tiling(o.tile, o.overlap).check(net.patch_size)
-    prepare_for_inference(net, resolve_device(r.device), r.quantize)
+    prepare_for_inference(net, resolve_device(r.device), r.quantize, r.dtype)
     device = next(net.parameters()).device
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)

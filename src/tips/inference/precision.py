@@ -61,8 +61,15 @@ def print_bf16_hint(prog: str, device: torch.device, dtype: str | torch.dtype | 
         print(f"{prog}: {hint}", file=sys.stderr)
 
 
-def prepare_for_inference(model: nn.Module, device: str | torch.device | None = None, quantize: str | None = None) -> nn.Module:
-    """Eval mode, on ``device``, and with ``quantize="int8"`` int8 linear layers (:func:`tips.quantize`)."""
+def prepare_for_inference(model: nn.Module, device: str | torch.device | None = None, quantize: str | None = None,
+                          dtype: str | torch.dtype | None = None) -> nn.Module:
+    """Eval mode, on ``device``, and ready for the precision the job runs in.
+
+    ``quantize="int8"``: int8 linear layers (:func:`tips.quantize`). Otherwise, on the CPU in float32 (``dtype``
+    None or float32), the image tower's linear layers are pre-packed for oneDNN with bias, GELU and LayerScale
+    fused (:func:`tips.pack_linears`; 1.1-1.4x faster, equal to float rounding): the model is then for fp32 CPU
+    inference only. Pass the ``dtype`` the job autocasts to, so that a bf16 job keeps plain layers.
+    """
     model.eval()
     if device is not None:
         model.to(device)
@@ -70,4 +77,13 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device | None = 
         from .quantize import quantize as quantize_model
 
         quantize_model(model, quantize)
+    elif resolve_dtype(dtype) in (None, torch.float32) and _on_cpu(model):
+        from .onednn import pack_linears
+
+        pack_linears(model)
     return model
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    param = next(model.parameters(), None)
+    return param is not None and param.device.type == "cpu"

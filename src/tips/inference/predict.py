@@ -296,7 +296,7 @@ def write_predictions(
     resolution = o.resolution or net.image_size
     check_resolution(resolution, net.patch_size)
     dev = resolve_device(o.device)
-    prepare_for_inference(net, dev, o.quantize)
+    prepare_for_inference(net, dev, o.quantize, o.dtype)
     dense.to(dev)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..formats.optional import require
+from .onednn import unpack_linears
 from .slow_paths import warn_slow_path
 
 MODES = ("int8",)
@@ -88,6 +89,7 @@ def quantize(model: nn.Module, mode: str = "int8", backend: str = "auto") -> nn.
         backend = "torchao" if device.type == "cuda" else "fbgemm"
     model.eval()
     if backend == "torchao":
+        unpack_linears(model)
         ao = require("torchao.quantization", "quantize(backend='torchao')")
         ao.quantize_(model, ao.Int8DynamicActivationInt8WeightConfig())
         return model
@@ -98,6 +100,7 @@ def quantize(model: nn.Module, mode: str = "int8", backend: str = "auto") -> nn.
         raise RuntimeError(f"this PyTorch build has no fbgemm engine ({torch.backends.quantized.supported_engines}); "
                            "use backend='torchao'")
     torch.backends.quantized.engine = "fbgemm"
+    unpack_linears(model)  # a model prepared for fp32 CPU inference: quantise its plain layers
     if _swap_linears(model) == 0:
         raise ValueError("quantize: the model has no nn.Linear layer to quantise")
     return model
