@@ -95,4 +95,6 @@ def test_a_packed_model_behaves_as_the_unpacked_one_wherever_the_kernel_does_not
     assert packed.vision.blocks[0].attn.qkv._packed is None
     quantized = tips.quantize(tips.prepare_for_inference(tiny(), "cpu"), "int8")
     assert not is_packed(quantized) and is_quantized(quantized)
-    assert type(quantized.vision.blocks[0].ls1).__name__ == "LayerScale"
+    with torch.inference_mode():  # LayerScale folded into the int8 layers, the result still that of the model
+        got, want = quantized.encode_image(x).patch_tokens, tiny().encode_image(x).patch_tokens
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.99

@@ -50,11 +50,12 @@ def add_model_args(
 def add_inference_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--dtype`` and ``--quantize``, the same flags in every command that encodes (``tips-extract``, ``tips-predict``).
 
-    Use them as ``prepare_for_inference(model, device, args.quantize)`` and ``with autocast(model, args.dtype):``.
+    Use them as ``prepare_for_inference(model, device, args.quantize, args.dtype)`` and ``with autocast(model, args.dtype):``.
     """
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="compute dtype (autocast; bfloat16 is the fast path on CPUs with native bf16 (AVX-512 BF16, "
-                             "AMX) and on CUDA, and slower on AVX2-only CPUs)")
+                        help="compute dtype (autocast; bfloat16 is the fast path on CUDA and on CPUs with native bf16 "
+                             "(AMX, AVX-512 BF16); emulated and several times slower on AVX2-only CPUs, where it "
+                             "warns; float32 on a CPU runs oneDNN-packed layers)")
     parser.add_argument("--quantize", choices=MODES, help="int8 linear layers, dynamic activations (CPU: fbgemm)")
 
 

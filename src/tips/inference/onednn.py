@@ -147,7 +147,7 @@ def _is_noop(module: nn.Module | None) -> bool:
     return module is None or isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
 
 
-def _foldable(layer_scale: nn.Module | None) -> bool:
+def foldable_layer_scale(layer_scale: nn.Module | None) -> bool:
     """timm's LayerScale (x * γ, not in place) folds into the layer before it."""
     return type(layer_scale).__name__ == "LayerScale" and not getattr(layer_scale, "inplace", False)
 
@@ -159,7 +159,7 @@ def _packable_block(block: nn.Module) -> bool:
               getattr(mlp, "fc2", None)]
     if not all(type(layer) is nn.Linear for layer in layers):
         return False
-    return all(_is_noop(getattr(block, name, None)) or _foldable(getattr(block, name)) for name in ("ls1", "ls2"))
+    return all(_is_noop(getattr(block, name, None)) or foldable_layer_scale(getattr(block, name)) for name in ("ls1", "ls2"))
 
 
 def _pack_block(block: nn.Module) -> int:
@@ -168,7 +168,7 @@ def _pack_block(block: nn.Module) -> int:
     attn.qkv = PackedLinear(attn.qkv)
     for layer_name, owner, ls_name in (("proj", attn, "ls1"), ("fc2", mlp, "ls2")):
         ls = getattr(block, ls_name, None)
-        fold = _foldable(ls)
+        fold = foldable_layer_scale(ls)
         setattr(owner, layer_name, PackedLinear(getattr(owner, layer_name), scale=ls.gamma if fold else None))
         if fold:
             setattr(block, ls_name, FoldedLayerScale(ls))
