@@ -71,12 +71,8 @@ class PackedLinear(nn.Module):
         if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in self._sources()):
             return
         with torch.no_grad():
-            weight = self.weight.detach()
-            bias = None if self.bias is None else self.bias.detach()
-            if self.scale is not None:  # γ ⊙ (x Wᵀ + b) = x (diag(γ) W)ᵀ + γ ⊙ b
-                gamma = self.scale.detach()
-                weight = weight * gamma[:, None]
-                bias = gamma * bias if bias is not None else None
+            weight, bias = fold_layer_scale(self.weight.detach(), None if self.bias is None else self.bias.detach(),
+                                            self.scale)
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
             self._packed_bias = None if bias is None else bias.clone()
         self._versions = self._current_versions()
@@ -107,8 +103,7 @@ class PackedLinear(nn.Module):
         return self
 
     def __getstate__(self) -> dict:  # copy.deepcopy and pickle: the packed tensor is opaque, pack the copy again
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = self.__dict__.copy()
         state["_packed"] = state["_packed_bias"] = None
         state["_versions"] = ()
         return state
@@ -143,6 +138,21 @@ class FoldedLayerScale(nn.Module):
         return x
 
 
+def fold_layer_scale(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer (out, in) weight and (out,) bias followed by LayerScale γ (out,) as one layer:
+    γ ⊙ (x Wᵀ + b) = x (diag(γ) W)ᵀ + γ ⊙ b. gamma None returns them unchanged."""
+    if gamma is None:
+        return weight, bias
+    gamma = gamma.detach().to(weight.dtype)
+    return weight * gamma[:, None], (None if bias is None else gamma * bias)
+
+
+def layer_scale_sites(block: nn.Module) -> tuple[tuple[nn.Module | None, str, str], ...]:
+    """(owner, layer name, LayerScale name) of a timm ViT block's two layers a LayerScale follows."""
+    return ((getattr(block, "attn", None), "proj", "ls1"), (getattr(block, "mlp", None), "fc2", "ls2"))
+
+
 def _is_noop(module: nn.Module | None) -> bool:
     return module is None or isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
 
@@ -159,14 +169,15 @@ def _packable_block(block: nn.Module) -> bool:
               getattr(mlp, "fc2", None)]
     if not all(type(layer) is nn.Linear for layer in layers):
         return False
-    return all(_is_noop(getattr(block, name, None)) or foldable_layer_scale(getattr(block, name)) for name in ("ls1", "ls2"))
+    return all(_is_noop(getattr(block, name, None)) or foldable_layer_scale(getattr(block, name))
+               for name in ("ls1", "ls2"))
 
 
 def _pack_block(block: nn.Module) -> int:
     """Pack one timm ``Block``'s attention and MLP layers, folding its LayerScales and the MLP's GELU."""
     attn, mlp = block.attn, block.mlp
     attn.qkv = PackedLinear(attn.qkv)
-    for layer_name, owner, ls_name in (("proj", attn, "ls1"), ("fc2", mlp, "ls2")):
+    for owner, layer_name, ls_name in layer_scale_sites(block):
         ls = getattr(block, ls_name, None)
         fold = foldable_layer_scale(ls)
         setattr(owner, layer_name, PackedLinear(getattr(owner, layer_name), scale=ls.gamma if fold else None))

@@ -69,8 +69,8 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device | None = 
 
     ``quantize="int8"``: int8 linear layers (:func:`tips.quantize`). Otherwise, on the CPU in float32 (``dtype``
     None or float32), the image tower's linear layers are pre-packed for oneDNN with bias, GELU and LayerScale
-    fused (:func:`tips.pack_linears`; 1.1-1.4x faster, equal to float rounding): the model is then for fp32 CPU
-    inference only. Pass the ``dtype`` the job autocasts to, so that a bf16 job keeps plain layers.
+    fused (:func:`tips.pack_linears`; 1.1-1.4x faster, equal to float rounding; elsewhere the layers compute as
+    before). Pass the ``dtype`` the job autocasts to, so that a bf16 job does not hold a packed copy it never uses.
     """
     model.eval()
     if device is not None:
@@ -79,13 +79,8 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device | None = 
         from .quantize import quantize as quantize_model
 
         quantize_model(model, quantize)
-    elif resolve_dtype(dtype) in (None, torch.float32) and _on_cpu(model):
+    elif resolve_dtype(dtype) in (None, torch.float32):
         from .onednn import pack_linears
 
-        pack_linears(model)
+        pack_linears(model)  # packs nothing unless the tower is fp32 on the CPU
     return model
-
-
-def _on_cpu(model: nn.Module) -> bool:
-    param = next(model.parameters(), None)
-    return param is not None and param.device.type == "cpu"

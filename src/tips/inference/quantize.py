@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..formats.optional import require
-from .onednn import foldable_layer_scale, unpack_linears
+from .onednn import fold_layer_scale, foldable_layer_scale, layer_scale_sites, unpack_linears
 from .slow_paths import warn_slow_path
 
 MODES = ("int8",)
@@ -40,9 +40,7 @@ class Int8DynamicLinear(nn.Module):
         self.reduce_range = reduce_range
         weight = linear.weight.detach().float().cpu()
         bias = None if linear.bias is None else linear.bias.detach().float().cpu()
-        if scale is not None:  # a LayerScale after this layer: γ ⊙ (x Wᵀ + b) = x (diag(γ) W)ᵀ + γ ⊙ b
-            gamma = scale.detach().float().cpu()
-            weight, bias = weight * gamma[:, None], (None if bias is None else gamma * bias)
+        weight, bias = fold_layer_scale(weight, bias, None if scale is None else scale.cpu())
         scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8).double()  # (out,)
         with warnings.catch_warnings():  # quantised-tensor constructors warn of deprecation; fbgemm needs one here
             warnings.simplefilter("ignore", UserWarning)
@@ -69,8 +67,7 @@ def _fold_layer_scales(model: nn.Module) -> None:
     """Quantise each image-tower block's attention output and second MLP layer with its LayerScale folded in (one
     elementwise pass less each; per-channel int8 scales absorb γ, so the int8 codes are those of the plain layer)."""
     for block in getattr(getattr(model, "vision", model), "blocks", []):
-        for owner, layer_name, ls_name in ((getattr(block, "attn", None), "proj", "ls1"),
-                                           (getattr(block, "mlp", None), "fc2", "ls2")):
+        for owner, layer_name, ls_name in layer_scale_sites(block):
             layer, ls = getattr(owner, layer_name, None), getattr(block, ls_name, None)
             if type(layer) is nn.Linear and foldable_layer_scale(ls):
                 setattr(owner, layer_name, Int8DynamicLinear(layer, scale=ls.gamma))
