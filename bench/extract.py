@@ -5,7 +5,9 @@ Paths (one model's weights; repeats interleaved, the order rotating each repeat)
   image tower's linear layers pre-packed for oneDNN with bias, GELU and LayerScale fused; SDPA attention;
 - ``fp32-eager``: the same model without that preparation (plain ``nn.Linear``), the path before packing;
 - ``bf16``: the same under ``tips.autocast(model, "bfloat16")`` (``tips-extract --dtype bfloat16``);
-- ``int8``: ``tips.quantize(model, "int8")`` (fbgemm on CPU; ``tips-extract --quantize int8``);
+- ``int8``: ``tips.quantize(model, "int8")`` (``tips-extract --quantize int8``: on CPU oneDNN's int8 kernels where
+  the CPU has VNNI, else fbgemm);
+- ``int8-fbgemm``: the same with ``backend="fbgemm"`` (7-bit activations), the CPU path before oneDNN;
 - ``int8-torchao``: torchao's int8 dynamic layers (opt-in with ``--paths``; very slow on AVX2 CPUs);
 - ``onnx`` / ``onnx-int8``: ``tips-export --format onnx [--int8]`` graphs run by onnxruntime (CPU);
 - ``transformers``: transformers' ``Tipsv2VisionModel`` (SDPA attention) loaded from ``tips-export --format
@@ -37,8 +39,9 @@ import tips
 
 from tips_reference.official_torch import OfficialVisionEncoder, load_official_npz
 
-PATHS = ("fp32", "fp32-eager", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "transformers", "official")
-DEFAULT_PATHS = "fp32,fp32-eager,bf16,int8,onnx,onnx-int8,transformers,official"
+PATHS = ("fp32", "fp32-eager", "bf16", "int8", "int8-fbgemm", "int8-torchao", "onnx", "onnx-int8", "transformers",
+         "official")
+DEFAULT_PATHS = "fp32,fp32-eager,bf16,int8,int8-fbgemm,onnx,onnx-int8,transformers,official"
 
 
 def official_encoder(model: tips.TIPS, workdir: Path) -> OfficialVisionEncoder:
@@ -95,6 +98,9 @@ def build_paths(model: tips.TIPS, names: list[str], size: int, device: torch.dev
     if "int8" in names:
         q = tips.quantize(copy.deepcopy(model), "int8")
         fns["int8"] = lambda x: q.encode_image(x).cls_alt
+    if "int8-fbgemm" in names:
+        qf = tips.quantize(copy.deepcopy(model), "int8", backend="fbgemm")
+        fns["int8-fbgemm"] = lambda x: qf.encode_image(x).cls_alt
     if "int8-torchao" in names:
         qa = tips.quantize(copy.deepcopy(model), "int8", backend="torchao")
         fns["int8-torchao"] = lambda x: qa.encode_image(x).cls_alt

@@ -1,6 +1,7 @@
 """How close the int8 paths stay to fp32 on a real checkpoint: the lowest cosine over a batch of real photos for
-CLS1, CLS2 and the patch tokens, for ``tips.quantize(model, "int8")`` (fbgemm dynamic int8 linear layers) and for
-the ONNX Runtime int8 graph of ``tips-export --format onnx --int8``.
+CLS1, CLS2 and the patch tokens, for ``tips.quantize(model, "int8")`` (dynamic int8 linear layers: oneDNN where the
+CPU has VNNI, else fbgemm), for its fbgemm backend (7-bit activations) and for the ONNX Runtime int8 graph of
+``tips-export --format onnx --int8``.
 
 Trained ViTs have outlier channels that random weights lack, so measure on trained weights: the official ones
 (``--model tips-v2-b14`` where they are cached) or the demo's checkpoint (``tips-demo``'s ``run/final``).
@@ -59,8 +60,12 @@ def main(argv: list[str] | None = None) -> None:
 
     with torch.inference_mode():
         ref = outputs(model.encode_image(x))
-        quantized = tips.quantize(copy.deepcopy(model), "int8")
-        rows = {"int8 (fbgemm)": min_cosines(ref, outputs(quantized.encode_image(x)))}
+        rows = {}
+        for backend in ("auto", "fbgemm"):
+            quantized = tips.quantize(copy.deepcopy(model), "int8", backend=backend)
+            engine = quantized.vision.blocks[0].mlp.fc1.engine
+            label = f"int8 `--quantize int8` ({engine})" if backend == "auto" else f"int8 backend={backend!r}"
+            rows[label] = min_cosines(ref, outputs(quantized.encode_image(x)))
     import onnxruntime
 
     vision_only = copy.deepcopy(model)

@@ -44,6 +44,40 @@ def test_int8_quantize_replaces_every_linear_and_stays_close_to_fp32():
     assert cosine(got_text, ref_text) > 0.99
 
 
+def test_int8_engine_follows_the_cpu_flags_and_onednn_keeps_full_8_bit_activations(tmp_path, monkeypatch):
+    from tips.inference import slow_paths
+    from tips.inference.quantize import CPU_ENGINES, default_cpu_engine
+
+    vnni, avx2 = tmp_path / "vnni", tmp_path / "avx2"
+    vnni.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    avx2.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert default_cpu_engine(vnni) == "onednn" and default_cpu_engine(avx2) == "fbgemm"
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(256, 64)
+    x[:, 3] *= 20  # an outlier channel, as trained ViTs have: the activation range is what the bits must cover
+    before = torch.backends.quantized.engine
+    layers = {engine: Int8DynamicLinear(linear, engine) for engine in CPU_ENGINES}
+    assert torch.backends.quantized.engine == before  # the prepack's engine is not left behind
+    with torch.inference_mode():
+        ref = linear(x)
+        out = {e: layer(x) for e, layer in layers.items()}
+        err = {e: ((y - ref).norm() / ref.norm()).item() for e, y in out.items()}
+        for engine in CPU_ENGINES:  # a packed layer keeps its engine, whatever the global one says
+            torch.backends.quantized.engine = engine
+            try:
+                assert all(torch.equal(layer(x), out[e]) for e, layer in layers.items())
+            finally:
+                torch.backends.quantized.engine = before
+    assert err["onednn"] < 0.7 * err["fbgemm"]  # 8-bit activations: about half fbgemm's 7-bit error
+
+    read_flags = slow_paths.cpu_flags
+    for cpuinfo, engine in ((vnni, "onednn"), (avx2, "fbgemm")):  # backend="auto" on a fake CPU
+        monkeypatch.setattr(slow_paths, "cpu_flags", lambda c="/proc/cpuinfo", f=cpuinfo: read_flags(f))
+        assert tips.quantize(tiny(), "int8").vision.blocks[0].mlp.fc1.engine == engine
+
+
 def test_an_int8_model_refuses_to_be_saved(tmp_path):
     with pytest.raises(RuntimeError, match="cannot be saved"):
         tips.save(tips.quantize(tiny(), "int8"), tmp_path / "q")

@@ -13,6 +13,7 @@ import torch
 from ..models.dtypes import resolve_dtype
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo names of the bf16 instructions
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products without 16-bit saturation
 
 
 class SlowPathWarning(UserWarning):
@@ -36,6 +37,13 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """
     flags = cpu_flags(cpuinfo)
     return flags is not None and any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has VNNI int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8 in the ``flags`` of
+    ``cpuinfo``); False where that cannot be read."""
+    flags = cpu_flags(cpuinfo)
+    return flags is not None and any(f in flags for f in VNNI_FLAGS)
 
 
 def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | None, quantize: str | None,
