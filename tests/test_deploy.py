@@ -52,6 +52,9 @@ def test_int8_engine_follows_the_cpu_flags_and_onednn_keeps_full_8_bit_activatio
     vnni.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     avx2.write_text("flags\t\t: fpu sse2 avx2 fma\n")
     assert default_cpu_engine(vnni) == "onednn" and default_cpu_engine(avx2) == "fbgemm"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN capped below its VNNI kernels
+    assert default_cpu_engine(vnni) == "fbgemm"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32)
