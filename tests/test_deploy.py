@@ -214,6 +214,12 @@ def test_a_slow_path_is_named_from_the_cpu_flags_and_warned_once_by_autocast_and
     assert warn("cuda", "bfloat16", None, avx2) is None
     assert warn("cpu", "float32", None, avx2) is None and warn("cpu", None, "int8", avx2) is None
     assert "no AVX2" in warn("cpu", None, "int8", sse)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # the user capped oneDNN below its bf16 kernels
+    assert "ONEDNN_MAX_CPU_ISA=AVX2 hides" in warn("cpu", "bfloat16", None, amx)
+    assert not precision.cpu_has_native_bf16(amx)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
+    assert warn("cpu", "bfloat16", None, amx) is None
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert warn("cpu", "bfloat16", None, arm) is None and warn("cpu", "bfloat16", None, tmp_path / "missing") is None
 
     read_flags = precision.cpu_flags

@@ -23,7 +23,6 @@ tower's packed ``in_proj_weight`` and the temperatures stay fp32. A quantised mo
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -119,15 +118,11 @@ def _swap_linears(module: nn.Module, engine: str) -> int:
     return count
 
 
-ONEDNN_ISAS_WITHOUT_VNNI = ("SSE41", "AVX", "AVX2", "AVX512_CORE")  # ONEDNN_MAX_CPU_ISA caps below VNNI
-
-
 def default_cpu_engine(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """The int8 engine ``backend="auto"`` picks on this CPU: ``"onednn"`` where ``cpuinfo`` shows VNNI int8 dot
-    products, PyTorch has the engine and ``ONEDNN_MAX_CPU_ISA`` does not cap oneDNN below them; else ``"fbgemm"``."""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
-    if (cpu_has_vnni(cpuinfo) and cap not in ONEDNN_ISAS_WITHOUT_VNNI
-            and "onednn" in torch.backends.quantized.supported_engines):
+    """The int8 engine ``backend="auto"`` picks on this CPU: ``"onednn"`` where it has VNNI int8 dot products
+    (:func:`~tips.inference.slow_paths.cpu_has_vnni`: ``cpuinfo``'s flags, ``ONEDNN_MAX_CPU_ISA``) and PyTorch has
+    the engine; else ``"fbgemm"``."""
+    if cpu_has_vnni(cpuinfo) and "onednn" in torch.backends.quantized.supported_engines:
         return "onednn"
     return "fbgemm"
 

@@ -1,10 +1,14 @@
 """Requests that run slower than the default on this CPU, named from its instruction-set flags: bf16 without
 AVX-512 BF16 / AMX (emulated), int8 without AVX2 (fbgemm's reference kernels). :func:`tips.autocast` and
-:func:`tips.quantize` warn once (:class:`SlowPathWarning`); the run goes on in the precision asked for."""
+:func:`tips.quantize` warn once (:class:`SlowPathWarning`); the run goes on in the precision asked for.
+
+The CPU is seen as oneDNN will use it: ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) set below an instruction
+set hides it, as it does from oneDNN's kernels."""
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from pathlib import Path
 
@@ -14,6 +18,9 @@ from ..models.dtypes import resolve_dtype
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo names of the bf16 instructions
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products without 16-bit saturation
+# ONEDNN_MAX_CPU_ISA values that stop below those instructions (oneDNN's names; absent, ALL or DEFAULT: no cap)
+ONEDNN_CAPS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+ONEDNN_CAPS_WITHOUT_BF16 = ONEDNN_CAPS_WITHOUT_VNNI | {"AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI"}
 
 
 class SlowPathWarning(UserWarning):
@@ -30,20 +37,32 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
     return frozenset(f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split())
 
 
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap the user gave oneDNN (``ONEDNN_MAX_CPU_ISA``, upper case), or None."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.upper() if cap else None
+
+
+def _native_bf16(flags: frozenset[str]) -> bool:
+    return bool(flags & set(NATIVE_BF16_FLAGS)) and onednn_isa_cap() not in ONEDNN_CAPS_WITHOUT_BF16
+
+
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX-BF16 in the ``flags`` of ``cpuinfo``).
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX-BF16 in the ``flags`` of ``cpuinfo``, not capped
+    away by ``ONEDNN_MAX_CPU_ISA``).
 
     False where that cannot be read: the hint below is then never given.
     """
     flags = cpu_flags(cpuinfo)
-    return flags is not None and any(f in flags for f in NATIVE_BF16_FLAGS)
+    return flags is not None and _native_bf16(flags)
 
 
 def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU has VNNI int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8 in the ``flags`` of
-    ``cpuinfo``); False where that cannot be read."""
+    ``cpuinfo``, not capped away by ``ONEDNN_MAX_CPU_ISA``); False where that cannot be read."""
     flags = cpu_flags(cpuinfo)
-    return flags is not None and any(f in flags for f in VNNI_FLAGS)
+    return (flags is not None and any(f in flags for f in VNNI_FLAGS)
+            and onednn_isa_cap() not in ONEDNN_CAPS_WITHOUT_VNNI)
 
 
 def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | None, quantize: str | None,
@@ -59,8 +78,10 @@ def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | Non
     flags = cpu_flags(cpuinfo)
     if not flags or not any(f.startswith(("sse", "avx")) for f in flags):  # unreadable, or not an x86 CPU
         return None
-    if resolve_dtype(dtype) == torch.bfloat16 and quantize is None and not flags & set(NATIVE_BF16_FLAGS):
-        return ("bfloat16 on this CPU (no AVX-512 BF16 / AMX) is emulated and about 4-9x slower than float32 "
+    if resolve_dtype(dtype) == torch.bfloat16 and quantize is None and not _native_bf16(flags):
+        why = (f"ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} hides AVX-512 BF16 / AMX" if flags & set(NATIVE_BF16_FLAGS)
+               else "no AVX-512 BF16 / AMX")
+        return (f"bfloat16 on this CPU ({why}) is emulated and about 4-9x slower than float32 "
                 "(docs/deploy.md): use the default float32, or --quantize int8 for speed")
     if quantize == "int8" and "avx2" not in flags:
         return ("int8 on this CPU (no AVX2) runs fbgemm's reference kernels, slower than float32: "
