@@ -1,7 +1,7 @@
-"""How close the int8 paths stay to fp32 on a real checkpoint: the lowest cosine over a batch of real photos for
-CLS1, CLS2 and the patch tokens, for ``tips.quantize(model, "int8")`` (dynamic int8 linear layers: oneDNN where the
-CPU has VNNI, else fbgemm), for its fbgemm backend (7-bit activations) and for the ONNX Runtime int8 graph of
-``tips-export --format onnx --int8``.
+"""How close each fast path stays to fp32 on a real checkpoint: the lowest cosine over a batch of real photos for
+CLS1, CLS2 and the patch tokens, for bf16 autocast (``--dtype bfloat16``), ``tips.quantize(model, "int8")``
+(dynamic int8 linear layers: oneDNN where the CPU has VNNI, else fbgemm), its fbgemm backend (7-bit activations)
+and the ONNX Runtime fp32 and int8 graphs of ``tips-export --format onnx --int8``.
 
 Trained ViTs have outlier channels that random weights lack, so measure on trained weights: the official ones
 (``--model tips-v2-b14`` where they are cached) or the demo's checkpoint (``tips-demo``'s ``run/final``).
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with torch.inference_mode():
         ref = outputs(model.encode_image(x))
-        rows = {}
+        with tips.autocast(model, "bfloat16"):
+            rows = {"bf16 autocast `--dtype bfloat16`": min_cosines(ref, outputs(model.encode_image(x)))}
         for backend in ("auto", "fbgemm"):
             quantized = tips.quantize(copy.deepcopy(model), "int8", backend=backend)
             engine = quantized.vision.blocks[0].mlp.fc1.engine
@@ -72,10 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     vision_only.text = None
     with tempfile.TemporaryDirectory() as tmp:
         files = tips.save(vision_only, Path(tmp) / "onnx", format="onnx", image_size=size, int8=True)
-        session = onnxruntime.InferenceSession(str(files["vision_int8"]), providers=["CPUExecutionProvider"])
         names = ["cls_alt", "cls_syn", "patch_tokens"]
-        got = dict(zip(names, (torch.from_numpy(a) for a in session.run(names, {"images": x.numpy()}))))
-        rows["ONNX Runtime int8"] = min_cosines(ref, got)
+        for label, key in (("ONNX Runtime fp32", "vision"), ("ONNX Runtime int8", "vision_int8")):
+            session = onnxruntime.InferenceSession(str(files[key]), providers=["CPUExecutionProvider"])
+            got = dict(zip(names, (torch.from_numpy(a) for a in session.run(names, {"images": x.numpy()}))))
+            rows[label] = min_cosines(ref, got)
     print(f"{args.model} at {size} px, {len(PHOTOS)} scikit-image photos, {cpu_name()}, torch {torch.__version__}\n")
     print("| path | min cos CLS1 | min cos CLS2 | min cos patch tokens |\n|---|---|---|---|")
     for name, c in rows.items():
