@@ -109,6 +109,33 @@ def test_httpx_with_float_gets_the_in_process_embeddings_of_texts_and_images(set
     assert cosine(out["data"][2]["embedding"], text_alone(m, "an astronaut")) >= 0.9999
 
 
+def test_a_server_in_bfloat16_or_int8_answers_what_the_library_computes_in_that_precision(setup):
+    import copy
+
+    import tips
+    from tips.serve import ServedModel
+
+    model, photo = setup["model"], setup["photos"][2]
+    x = torch.rand(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    bf16 = ServedModel(model, NAME, dtype="bfloat16").handlers()["image"](list(x))  # autocast on the worker
+    with torch.inference_mode(), tips.autocast(model, "bfloat16"):
+        want = torch.nn.functional.normalize(model.encode_image(x).cls_alt.float(), dim=-1).numpy()
+    assert np.array_equal(np.stack([r["alt"] for r in bf16]), want)
+    fp32 = ServedModel(model, NAME).handlers()["image"](list(x))
+    assert not np.allclose(np.stack([r["alt"] for r in fp32]), want, atol=1e-6, rtol=0)  # bf16 really ran
+
+    quantized = tips.quantize(copy.deepcopy(model), "int8")
+    with serving.running(create_app(ServedModel(quantized, NAME))) as url:
+        assert httpx.get(url + "/health", timeout=10).json()["precision"] == "int8"
+        r = httpx.post(url + "/v1/embeddings", json={"input": [{"image": data_url(photo)}],
+                                                     "encoding_format": "float"}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()["data"][0]["embedding"]
+    assert cosine(got, image_alone(quantized, photo)) >= 0.99999
+    assert not np.allclose(got, image_alone(model, photo), atol=1e-6, rtol=0)
+    assert httpx.get(setup["url"] + "/health", timeout=10).json()["precision"] == "float32"
+
+
 def test_dimensions_truncates_to_the_first_dimensions_and_renormalises(setup):
     r = httpx.post(setup["url"] + "/v1/embeddings", json={"input": "a red car", "dimensions": 48}, timeout=60)
     v = np.asarray(r.json()["data"][0]["embedding"])
@@ -501,7 +528,8 @@ def test_the_tips_serve_command_serves_until_interrupted(tmp_path):
     port = serving.free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "tips.cli.serve", "--random-init", "tiny", "--random-head", "depth",
-                             "--port", str(port), "--max-batch", "1"], env=env, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--max-batch", "1", "--quantize", "int8"], env=env,
+                            stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -513,6 +541,7 @@ def test_the_tips_serve_command_serves_until_interrupted(tmp_path):
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
                 time.sleep(0.5)
         assert health["model"] == "random-init:tiny:seed=0" and health["heads"] == ["depth"] and health["random_weights"]
+        assert health["precision"] == "int8"
         r = httpx.post(url + "/v1/embeddings", json={"input": "a cat", "model": health["model"]}, timeout=60)
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == health["width"]
     finally:

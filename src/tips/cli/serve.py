@@ -33,7 +33,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="tips-serve", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p, inference=False)
+    add_model_args(p)
     m = p.add_argument_group("what is served")
     m.add_argument("--head", action="append", default=[], metavar="HEAD",
                    help="a DPT head (file, folder or official name, e.g. tips-v2-b14-depth); repeatable, one per task")
@@ -127,14 +127,15 @@ def serve(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--index {args.index}: no such folder (build one with tips-index)")
     loaded = model_from_args(args)
     device = resolve_device(args.device)
-    model = prepare_for_inference(loaded.model, device)
+    model = prepare_for_inference(loaded.model, device, args.quantize, args.dtype)
     heads = {task: head.to(device) for task, head in heads_from_args(args, model.width).items()}
     name = args.served_name or loaded.name
     index = served_index(args.index, model, loaded.name) if args.index is not None else None
-    served = ServedModel(model, name, heads, index, random="random_init" in loaded.record or bool(args.random_head))
+    served = ServedModel(model, name, heads, index, random="random_init" in loaded.record or bool(args.random_head),
+                         dtype=args.dtype)
     app = create_app(served, options_from_args(args))
     print(f"tips-serve: {name} on http://{args.host}:{args.port} (heads: {', '.join(sorted(heads)) or 'none'}; "
-          f"index: {args.index or 'none'})", file=sys.stderr)
+          f"index: {args.index or 'none'}; {served.precision})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

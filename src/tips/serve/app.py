@@ -331,7 +331,7 @@ class Server:
         return {"status": "ok", "model": s.name, "width": s.model.width, "image_size": s.model.image_size,
                 "heads": sorted(s.heads), "index": None if s.index is None else
                 {"kind": s.index.kind, "count": s.index.count, "width": s.index.width},
-                "queue": self.batcher.pending, "random_weights": s.random}
+                "queue": self.batcher.pending, "random_weights": s.random, "precision": s.precision}
 
 
 def _param(loc: Sequence[Any]) -> str:

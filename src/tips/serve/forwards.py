@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from ..inference.open_vocab import open_vocab_segment
+from ..inference.precision import autocast
+from ..inference.quantize import is_quantized
 from ..inference.regions import value_readout
 
 DENSE_TASKS = ("depth", "normals", "segmentation")
@@ -34,28 +36,42 @@ class ServedIndex:
 
 @dataclass
 class ServedModel:
-    """model: a TIPS model in eval mode on its device; name: what requests give as ``model``; heads: task →
-    DenseHead; index: an optional :class:`ServedIndex`; random: the weights are random (pictures say so)."""
+    """model: a TIPS model in eval mode on its device (int8 if :func:`tips.quantize` made it so); name: what requests
+    give as ``model``; heads: task → DenseHead; index: an optional :class:`ServedIndex`; random: the weights are
+    random (pictures say so); dtype: the compute dtype every forward autocasts to (``tips-serve --dtype``)."""
 
     model: Any
     name: str
     heads: dict[str, Any] = field(default_factory=dict)
     index: ServedIndex | None = None
     random: bool = False
+    dtype: str = "float32"
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def precision(self) -> str:
+        """How the forwards compute: ``float32``, ``bfloat16`` / ``float16`` (autocast) or ``int8``."""
+        return "int8" if is_quantized(self.model) else self.dtype
+
     def handlers(self) -> dict[str, Callable[[list[Any]], Sequence[Any]]]:
-        """kind → the function the worker runs on a batch of that kind's items."""
+        """kind → the function the worker runs on a batch of that kind's items, under the served dtype's autocast
+        (entered on the worker thread, where the forward runs)."""
         table: dict[str, Callable[[list[Any]], Sequence[Any]]] = {
             "text": self.encode_texts, "image": self.encode_images, "open_vocab": self.open_vocab,
             "readout": self.readout,
         }
         for task in self.heads:
             table[task] = lambda images, task=task: self.dense(task, images)
-        return table
+        return {kind: self._in_precision(fn) for kind, fn in table.items()}
+
+    def _in_precision(self, fn: Callable[[list[Any]], Sequence[Any]]) -> Callable[[list[Any]], Sequence[Any]]:
+        def run(items: list[Any]) -> Sequence[Any]:
+            with autocast(self.model, self.dtype):
+                return fn(items)
+        return run
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
