@@ -450,6 +450,7 @@ def test_the_page_searches_by_text_and_shows_dense_results_of_an_upload_in_a_rea
         wait = WebDriverWait(driver, 60)
         driver.get(setup["url"] + "/")
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), NAME))
+        assert driver.find_element(By.ID, "status").text.endswith("· float32")
         driver.save_screenshot(str(screens / "1-loaded.png"))
         driver.find_element(By.ID, "search-text").send_keys("a cat")
         driver.find_element(By.ID, "search-button").click()
@@ -476,6 +477,28 @@ def test_the_page_searches_by_text_and_shows_dense_results_of_an_upload_in_a_rea
         assert len(legends) == 2 and all(lg.find_elements(By.TAG_NAME, "li") for lg in legends)  # seg + open-vocab
         driver.execute_script("document.getElementById('image-panel').scrollIntoView()")
         driver.save_screenshot(str(screens / "3-image-upload.png"))
+
+        # a file dropped on the drop zone (a real DragEvent carrying a 40x30 PNG made in the page) is predicted too
+        driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const canvas = document.createElement("canvas");
+            canvas.width = 40; canvas.height = 30;
+            canvas.getContext("2d").fillRect(0, 0, 20, 30);
+            canvas.toBlob((blob) => {
+              const data = new DataTransfer();
+              data.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+              document.getElementById("drop").dispatchEvent(
+                new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+              done();
+            }, "image/png");""")
+
+        def dropped_results(d) -> bool:
+            imgs = d.find_elements(By.CSS_SELECTOR, "#dense-results img.result")
+            sizes = [d.execute_script("return arguments[0].complete ? [arguments[0].naturalWidth, "
+                                      "arguments[0].naturalHeight] : null", img) for img in imgs]
+            return len(imgs) == 5 and all(size == [40, 30] for size in sizes)
+        wait.until(dropped_results)
+        assert driver.find_element(By.ID, "image-note").text.startswith("done")
     finally:
         driver.quit()
 

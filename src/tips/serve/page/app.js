@@ -126,7 +126,8 @@ async function start() {
     health = await (await fetch("/health")).json();
     $("status").textContent = health.model + (health.random_weights ? " (random weights)" : "") +
       " · heads: " + (health.heads.join(", ") || "none") +
-      " · index: " + (health.index ? health.index.count + " " + health.index.kind + " vectors" : "none");
+      " · index: " + (health.index ? health.index.count + " " + health.index.kind + " vectors" : "none") +
+      " · " + health.precision;
     if (!health.index) {
       $("search-button").disabled = true;
       note("search-note", "no index loaded: start tips-serve with --index DIR");
