@@ -55,6 +55,8 @@ def test_int8_engine_follows_the_cpu_flags_and_onednn_keeps_full_8_bit_activatio
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN capped below its VNNI kernels
     assert default_cpu_engine(vnni) == "fbgemm"
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert default_cpu_engine(avx2, engines=["qnnpack", "onednn"]) == "onednn"  # a build without fbgemm (ARM)
+    assert default_cpu_engine(vnni, engines=["qnnpack", "fbgemm"]) == "fbgemm"
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -118,11 +118,13 @@ def _swap_linears(module: nn.Module, engine: str) -> int:
     return count
 
 
-def default_cpu_engine(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+def default_cpu_engine(cpuinfo: str | Path = "/proc/cpuinfo", engines: Sequence[str] | None = None) -> str:
     """The int8 engine ``backend="auto"`` picks on this CPU: ``"onednn"`` where it has VNNI int8 dot products
     (:func:`~tips.inference.slow_paths.cpu_has_vnni`: ``cpuinfo``'s flags, ``ONEDNN_MAX_CPU_ISA``) and PyTorch has
-    the engine; else ``"fbgemm"``."""
-    if cpu_has_vnni(cpuinfo) and "onednn" in torch.backends.quantized.supported_engines:
+    the engine; else ``"fbgemm"``, or ``"onednn"`` where PyTorch has no fbgemm (builds for ARM). engines: PyTorch's
+    quantised engines (default: this build's)."""
+    engines = torch.backends.quantized.supported_engines if engines is None else engines
+    if "onednn" in engines and (cpu_has_vnni(cpuinfo) or "fbgemm" not in engines):
         return "onednn"
     return "fbgemm"
 
