@@ -216,6 +216,12 @@ def test_a_slow_path_is_named_from_the_cpu_flags_and_warned_once_by_autocast_and
     assert warn("cuda", "bfloat16", None, avx2) is None
     assert warn("cpu", "float32", None, avx2) is None and warn("cpu", None, "int8", avx2) is None
     assert "no AVX2" in warn("cpu", None, "int8", sse)
+    spr = tmp_path / "spr"
+    spr.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_fp16\n")
+    assert "about 4x slower" in warn("cpu", "float16", None, amx) and "--dtype bfloat16" in warn("cpu", "float16",
+                                                                                                 None, amx)
+    assert "the default float32" in warn("cpu", "float16", None, avx2)
+    assert warn("cpu", "float16", None, spr) is None and warn("cuda", "float16", None, avx2) is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # the user capped oneDNN below its bf16 kernels
     assert "ONEDNN_MAX_CPU_ISA=AVX2 hides" in warn("cpu", "bfloat16", None, amx)
     assert not precision.cpu_has_native_bf16(amx)

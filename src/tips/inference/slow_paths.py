@@ -1,5 +1,6 @@
 """Requests that run slower than the default on this CPU, named from its instruction-set flags: bf16 without
-AVX-512 BF16 / AMX (emulated), int8 without AVX2 (fbgemm's reference kernels). :func:`tips.autocast` and
+AVX-512 BF16 / AMX and float16 without AVX-512 FP16 / AMX-FP16 (emulated), int8 without AVX2 (fbgemm's reference
+kernels). :func:`tips.autocast` and
 :func:`tips.quantize` warn once (:class:`SlowPathWarning`); the run goes on in the precision asked for.
 
 The CPU is seen as oneDNN will use it: ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) set below an instruction
@@ -17,10 +18,12 @@ import torch
 from ..models.dtypes import resolve_dtype
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo names of the bf16 instructions
+NATIVE_FP16_FLAGS = ("avx512_fp16", "amx_fp16")  # fp16 arithmetic (Sapphire Rapids, Granite Rapids)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products without 16-bit saturation
 # ONEDNN_MAX_CPU_ISA values that stop below those instructions (oneDNN's names; absent, ALL or DEFAULT: no cap)
 ONEDNN_CAPS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
 ONEDNN_CAPS_WITHOUT_BF16 = ONEDNN_CAPS_WITHOUT_VNNI | {"AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI"}
+ONEDNN_CAPS_WITHOUT_FP16 = ONEDNN_CAPS_WITHOUT_BF16 | {"AVX512_CORE_BF16"}
 
 
 class SlowPathWarning(UserWarning):
@@ -71,6 +74,8 @@ def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | Non
     (or when the CPU's flags cannot be read: no warning on a guess).
 
     - bf16 on an x86 CPU without AVX-512 BF16 / AMX: emulated, 4-9x slower than fp32 (measured on an AVX2 AMD EPYC);
+    - float16 on an x86 CPU without AVX-512 FP16 / AMX-FP16: emulated, about 4x slower than fp32 (measured on a
+      Zen 4 EPYC, which has bf16 but not fp16 arithmetic);
     - int8 on an x86 CPU without AVX2: fbgemm's int8 kernels need AVX2 (not measured here: no such CPU at hand).
     """
     if torch.device(device).type != "cpu":
@@ -83,6 +88,11 @@ def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | Non
                else "no AVX-512 BF16 / AMX")
         return (f"bfloat16 on this CPU ({why}) is emulated and about 4-9x slower than float32 "
                 "(docs/deploy.md): use the default float32, or --quantize int8 for speed")
+    if resolve_dtype(dtype) == torch.float16 and quantize is None and not (
+            flags & set(NATIVE_FP16_FLAGS) and onednn_isa_cap() not in ONEDNN_CAPS_WITHOUT_FP16):
+        instead = "--dtype bfloat16" if _native_bf16(flags) else "the default float32"
+        return ("float16 on this CPU (no AVX-512 FP16 / AMX-FP16) is emulated and about 4x slower than float32 "
+                f"(docs/deploy.md): use {instead}, or --quantize int8 for speed")
     if quantize == "int8" and "avx2" not in flags:
         return ("int8 on this CPU (no AVX2) runs fbgemm's reference kernels, slower than float32: "
                 "use the default float32")
