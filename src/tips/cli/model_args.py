@@ -55,7 +55,8 @@ def add_inference_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="compute dtype (autocast; bfloat16 is the fast path on CUDA and on CPUs with native bf16 "
                              "(AMX, AVX-512 BF16); emulated and several times slower on AVX2-only CPUs, where it "
-                             "warns; float32 on a CPU runs oneDNN-packed layers)")
+                             "warns; float16 is for CUDA and warns on CPUs without AVX-512 FP16; float32 on a CPU "
+                             "runs oneDNN-packed layers)")
     parser.add_argument("--quantize", choices=MODES,
                         help="int8 linear layers, dynamic activations (CPU: oneDNN where it has VNNI, else fbgemm)")
 
