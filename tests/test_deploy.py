@@ -127,7 +127,7 @@ def test_tips_extract_dtype_and_quantize_flags_write_features_close_to_fp32(tmp_
             assert cosine(getattr(outs[name], key), getattr(outs["fp32"], key)) > 0.99, (name, key)
 
 
-def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_fp32_cpu_runs(tmp_path, monkeypatch):
+def test_native_bf16_and_vnni_are_read_from_the_cpu_flags_and_hinted_only_for_fp32_cpu_runs(tmp_path, monkeypatch):
     from tips.inference import precision
 
     amx, avx2 = tmp_path / "amx", tmp_path / "avx2"
@@ -139,12 +139,19 @@ def test_native_bf16_is_read_from_the_cpu_flags_and_hinted_only_for_fp32_cpu_run
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert "--dtype bfloat16" in precision.bf16_hint(cpu, "float32", None)
-    assert precision.bf16_hint(cpu, "bfloat16", None) is None
-    assert precision.bf16_hint(cpu, "float32", "int8") is None
-    assert precision.bf16_hint(torch.device("meta"), "float32", None) is None
+    monkeypatch.setattr(precision, "cpu_has_vnni", lambda: False)
+    hint = precision.fast_path_hint(cpu, "float32", None)
+    assert "--dtype bfloat16" in hint and "--quantize int8" not in hint
+    assert precision.fast_path_hint(cpu, "bfloat16", None) is None
+    assert precision.fast_path_hint(cpu, "float32", "int8") is None
+    assert precision.fast_path_hint(torch.device("meta"), "float32", None) is None
+    monkeypatch.setattr(precision, "cpu_has_vnni", lambda: True)  # int8 named first: the faster of the two
+    both = precision.fast_path_hint(cpu, "float32", None)
+    assert both.index("--quantize int8") < both.index("--dtype bfloat16")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    assert precision.bf16_hint(cpu, "float32", None) is None
+    assert "--dtype" not in precision.fast_path_hint(cpu, None, None)
+    monkeypatch.setattr(precision, "cpu_has_vnni", lambda: False)
+    assert precision.fast_path_hint(cpu, "float32", None) is None
 
 
 def test_onnx_export_of_a_tiny_model_matches_pytorch_within_1e_4(tmp_path, capfd):

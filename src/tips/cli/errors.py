@@ -119,11 +119,11 @@ def run_main(prog: str, body: Callable[[], int | None], *, debug: bool = False) 
 
 
 def report(prog: str, result: Any, device: Any = None, dtype: str = "float32", quantize: str | None = None) -> int:
-    """The success tail of the encoding commands: the result's summary on stdout and, on a CPU where bfloat16 would
-    be faster, the hint on stderr. Returns 0."""
+    """The success tail of the encoding commands: the result's summary on stdout and, on a CPU where int8 or bfloat16
+    would be faster, the hint on stderr. Returns 0."""
     from ..inference.loaded import resolve_device
-    from ..inference.precision import print_bf16_hint
+    from ..inference.precision import print_fast_path_hint
 
     print(result.summary())
-    print_bf16_hint(prog, resolve_device(device), dtype, quantize)
+    print_fast_path_hint(prog, resolve_device(device), dtype, quantize)
     return 0

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..models.dtypes import resolve_dtype
-from .slow_paths import cpu_flags, cpu_has_native_bf16, warn_slow_path
+from .slow_paths import cpu_flags, cpu_has_native_bf16, cpu_has_vnni, warn_slow_path
 
 
 
@@ -41,24 +41,30 @@ def autocast(model_or_device: nn.Module | str | torch.device, dtype: str | torch
     return torch.autocast(device.type, dtype=dtype)
 
 
-def bf16_hint(device: torch.device, dtype: str | torch.dtype | None, quantize: str | None) -> str | None:
-    """A one-line hint that ``--dtype bfloat16`` is the fast path, for an fp32 CPU run on a CPU with native bf16.
+def fast_path_hint(device: torch.device, dtype: str | torch.dtype | None, quantize: str | None) -> str | None:
+    """A one-line hint naming the faster paths this CPU has, for an fp32 CPU run: ``--quantize int8`` where the CPU
+    has VNNI int8 dot products, ``--dtype bfloat16`` where it computes bf16 natively; None where it has neither.
 
     fp32 stays the default everywhere so that features do not depend on the machine that computed them.
     """
     if device.type != "cpu" or quantize is not None or resolve_dtype(dtype) not in (None, torch.float32):
         return None
-    if not cpu_has_native_bf16():
+    paths = []
+    if cpu_has_vnni():  # measured: oneDNN int8 on a Zen 4 EPYC (bench/extract.py, docs/deploy.md)
+        paths.append("--quantize int8 about 2.1-2.5x (measured on a Zen 4 EPYC; cosine 0.9995 to float32)")
+    if cpu_has_native_bf16():
+        flags = cpu_flags() or frozenset()
+        speed = "about 3.4-4x" if "amx_bf16" in flags else "about 1.4-1.6x"  # measured: AMX Xeon; Zen 4 EPYC
+        paths.append(f"--dtype bfloat16 {speed} (cosine 0.9999)")
+    if not paths:
         return None
-    flags = cpu_flags() or frozenset()
-    speed = "about 3.4-4x" if "amx_bf16" in flags else "about 1.4-1.6x"  # measured: AMX Xeon; Zen 4 EPYC
-    return (f"hint: this CPU computes bf16 natively (AVX-512 BF16 / AMX); --dtype bfloat16 encodes {speed} "
-            "faster than float32 on such CPUs at cosine 0.9999 to fp32 (docs/deploy.md)")
+    return f"hint: this CPU has faster paths than float32: {'; '.join(paths)} (docs/deploy.md)"
 
 
-def print_bf16_hint(prog: str, device: torch.device, dtype: str | torch.dtype | None, quantize: str | None) -> None:
-    """After an inference command on ``device``: print :func:`bf16_hint` for its ``--dtype`` / ``--quantize``."""
-    hint = bf16_hint(device, dtype, quantize)
+def print_fast_path_hint(prog: str, device: torch.device, dtype: str | torch.dtype | None,
+                         quantize: str | None) -> None:
+    """After an inference command on ``device``: print :func:`fast_path_hint` for its ``--dtype`` / ``--quantize``."""
+    hint = fast_path_hint(device, dtype, quantize)
     if hint:
         print(f"{prog}: {hint}", file=sys.stderr)
 
