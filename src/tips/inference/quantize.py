@@ -8,13 +8,12 @@ Backends (``backend=``):
   halves the quantisation error and puts the encoder ahead of ONNX Runtime's int8 graph (docs/deploy.md).
 - ``"fbgemm"`` (the CPU default without VNNI): fbgemm's kernels with 7-bit activations (``reduce_range``: AVX2's
   ``vpmaddubsw`` saturates 16-bit sums; oneDNN's would too, so those CPUs keep fbgemm).
-
-Both call PyTorch's quantised ops (``torch.ops.quantized.linear_prepack`` / ``linear_dynamic``, the kernels behind
-the deprecated ``torch.ao.quantization.quantize_dynamic``), not that API.
-
 - ``"torchao"``: torchao's ``Int8DynamicActivationInt8WeightConfig`` (the maintained PyTorch quantisation
   library); the default on CUDA. Needs the ``deploy`` extra. On AVX2 CPUs its int8 layers are much slower than
   fp32 in eager mode (docs/deploy.md; ``bench/extract.py --paths fp32,int8,int8-torchao`` measures it).
+
+The two CPU backends call PyTorch's quantised ops (``torch.ops.quantized.linear_prepack`` / ``linear_dynamic``,
+the kernels behind the deprecated ``torch.ao.quantization.quantize_dynamic``), not that API.
 
 Only ``nn.Linear`` layers are replaced (attention q/k/v and output, MLP); patch embedding, LayerNorms, the text
 tower's packed ``in_proj_weight`` and the temperatures stay fp32. A quantised model is for inference only.
