@@ -1,7 +1,7 @@
 """Requests that run slower than the default on this CPU, named from its instruction-set flags: bf16 without
 AVX-512 BF16 / AMX and float16 without AVX-512 FP16 / AMX-FP16 (emulated), int8 without AVX2 (fbgemm's reference
-kernels). :func:`tips.autocast` and
-:func:`tips.quantize` warn once (:class:`SlowPathWarning`); the run goes on in the precision asked for.
+kernels). :func:`tips.autocast` and :func:`tips.quantize` warn once (:class:`SlowPathWarning`); the run goes on in
+the precision asked for.
 
 The CPU is seen as oneDNN will use it: ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) set below an instruction
 set hides it, as it does from oneDNN's kernels."""
@@ -46,8 +46,13 @@ def onednn_isa_cap() -> str | None:
     return cap.upper() if cap else None
 
 
+def _usable(flags: frozenset[str], instructions: tuple[str, ...], caps_without: frozenset[str]) -> bool:
+    """Whether ``flags`` hold one of ``instructions`` and ``ONEDNN_MAX_CPU_ISA`` does not cap oneDNN below them."""
+    return bool(flags & set(instructions)) and onednn_isa_cap() not in caps_without
+
+
 def _native_bf16(flags: frozenset[str]) -> bool:
-    return bool(flags & set(NATIVE_BF16_FLAGS)) and onednn_isa_cap() not in ONEDNN_CAPS_WITHOUT_BF16
+    return _usable(flags, NATIVE_BF16_FLAGS, ONEDNN_CAPS_WITHOUT_BF16)
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -64,8 +69,7 @@ def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU has VNNI int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8 in the ``flags`` of
     ``cpuinfo``, not capped away by ``ONEDNN_MAX_CPU_ISA``); False where that cannot be read."""
     flags = cpu_flags(cpuinfo)
-    return (flags is not None and any(f in flags for f in VNNI_FLAGS)
-            and onednn_isa_cap() not in ONEDNN_CAPS_WITHOUT_VNNI)
+    return flags is not None and _usable(flags, VNNI_FLAGS, ONEDNN_CAPS_WITHOUT_VNNI)
 
 
 def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | None, quantize: str | None,
@@ -88,8 +92,8 @@ def slow_path_warning(device: str | torch.device, dtype: str | torch.dtype | Non
                else "no AVX-512 BF16 / AMX")
         return (f"bfloat16 on this CPU ({why}) is emulated and about 4-9x slower than float32 "
                 "(docs/deploy.md): use the default float32, or --quantize int8 for speed")
-    if resolve_dtype(dtype) == torch.float16 and quantize is None and not (
-            flags & set(NATIVE_FP16_FLAGS) and onednn_isa_cap() not in ONEDNN_CAPS_WITHOUT_FP16):
+    if (resolve_dtype(dtype) == torch.float16 and quantize is None
+            and not _usable(flags, NATIVE_FP16_FLAGS, ONEDNN_CAPS_WITHOUT_FP16)):
         instead = "--dtype bfloat16" if _native_bf16(flags) else "the default float32"
         return ("float16 on this CPU (no AVX-512 FP16 / AMX-FP16) is emulated and about 4x slower than float32 "
                 f"(docs/deploy.md): use {instead}, or --quantize int8 for speed")
