@@ -95,15 +95,10 @@ def build_paths(model: tips.TIPS, names: list[str], size: int, device: torch.dev
             with tips.autocast(model, "bfloat16"):
                 return model.encode_image(x).cls_alt
         fns["bf16"] = bf16
-    if "int8" in names:
-        q = tips.quantize(copy.deepcopy(model), "int8")
-        fns["int8"] = lambda x: q.encode_image(x).cls_alt
-    if "int8-fbgemm" in names:
-        qf = tips.quantize(copy.deepcopy(model), "int8", backend="fbgemm")
-        fns["int8-fbgemm"] = lambda x: qf.encode_image(x).cls_alt
-    if "int8-torchao" in names:
-        qa = tips.quantize(copy.deepcopy(model), "int8", backend="torchao")
-        fns["int8-torchao"] = lambda x: qa.encode_image(x).cls_alt
+    for name, backend in (("int8", "auto"), ("int8-fbgemm", "fbgemm"), ("int8-torchao", "torchao")):
+        if name in names:
+            quantized = tips.quantize(copy.deepcopy(model), "int8", backend=backend)
+            fns[name] = lambda x, q=quantized: q.encode_image(x).cls_alt
     if "onnx" in names or "onnx-int8" in names:
         import onnxruntime
 
